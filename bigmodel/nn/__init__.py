@@ -1,0 +1,5 @@
+"""Drop-in modules: subclasses of the torch.nn classes they replace (same constructor, parameters and
+state_dict), plus a `backend=` keyword."""
+from .layer_norm import LayerNorm
+
+__all__ = ["LayerNorm"]

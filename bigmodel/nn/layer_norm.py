@@ -1,0 +1,19 @@
+import torch
+
+from .. import ops
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """`torch.nn.LayerNorm` on bigmodel's fused kernel. Same constructor, parameters and state_dict;
+    `backend` pins one backend for this module (default: the active choice, see bigmodel.backends)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None,
+                 *, backend=None):
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device=device, dtype=dtype)
+        self.backend = backend
+
+    def forward(self, input):
+        return ops.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", backend={self.backend!r}" if self.backend else "")

@@ -1,0 +1,37 @@
+"""Input validation shared by the public ops: errors name the argument, what was expected, what arrived."""
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_tensor(op: str, name: str, t, dtypes=FLOAT_DTYPES, optional=False):
+    """`t` is a tensor of one of `dtypes` (or None when optional)."""
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"bigmodel.ops.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        expected = ", ".join(_dtype_name(d) for d in dtypes)
+        raise TypeError(f"bigmodel.ops.{op}: {name} must have dtype {expected}; got {_dtype_name(t.dtype)}")
+
+
+def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others):
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"bigmodel.ops.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                             "all tensors must be on one device")
+
+
+def check_dtype_in(op: str, name: str, t, allowed: tuple, why: str):
+    if t is not None and t.dtype not in allowed:
+        expected = " or ".join(_dtype_name(d) for d in dict.fromkeys(allowed))
+        raise TypeError(f"bigmodel.ops.{op}: {name} must have dtype {expected} ({why}); got {_dtype_name(t.dtype)}")
+
+
+def check_shape(op: str, name: str, t, expected: tuple, what: str = ""):
+    if t is not None and tuple(t.shape) != tuple(expected):
+        raise ValueError(f"bigmodel.ops.{op}: {name} must have shape {tuple(expected)}{what}; got {tuple(t.shape)}")

@@ -1,0 +1,35 @@
+"""bigmodel.ops.layer_norm: F.layer_norm's semantics on the fused kernels."""
+import numbers
+
+import torch
+
+from .. import backends
+from . import _checks
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend=None):
+    """Same as `torch.nn.functional.layer_norm`; statistics are computed in fp32 for every dtype.
+
+    weight / bias may have the input's dtype or float32 (mixed precision: fp32 parameters, 16-bit
+    activations); the output has the input's dtype. `backend`: "triton", "cuda", "torch" or "auto".
+    """
+    op = "layer_norm"
+    _checks.check_tensor(op, "input", input)
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    if not shape or any(not isinstance(s, numbers.Integral) or s <= 0 for s in shape):
+        raise ValueError(f"bigmodel.ops.{op}: normalized_shape must be a non-empty sequence of positive ints; "
+                         f"got {normalized_shape!r}")
+    k = len(shape)
+    if input.dim() < k or tuple(input.shape[-k:]) != shape:
+        raise ValueError(f"bigmodel.ops.{op}: normalized_shape {list(shape)} must match the last {k} dim(s) of "
+                         f"input; input has shape {tuple(input.shape)}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        _checks.check_tensor(op, name, p, optional=True)
+        _checks.check_shape(op, name, p, shape, " (= normalized_shape)")
+        _checks.check_dtype_in(op, name, p, (input.dtype, torch.float32), f"the input is {input.dtype}")
+    _checks.check_same_device(op, "input", input, weight=weight, bias=bias)
+    if not isinstance(eps, numbers.Real) or eps < 0:
+        raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")
+    y, _mean, _rstd = torch.ops.bigmodel.layer_norm(input, list(shape), weight, bias, float(eps),
+                                                     backends.requested(backend))
+    return y

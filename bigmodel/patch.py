@@ -1,0 +1,44 @@
+"""bigmodel.patch(model): swap torch.nn modules for their bigmodel drop-ins, in place."""
+import logging
+
+import torch
+
+from . import nn as bnn
+
+log = logging.getLogger("bigmodel")
+
+
+def _layer_norm(m: torch.nn.LayerNorm, backend):
+    new = bnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, m.bias is not None, backend=backend)
+    # Share the parameters themselves: optimizers and tied references keep working.
+    new.weight, new.bias = m.weight, m.bias
+    return new
+
+
+# torch.nn class -> builder of its drop-in. Exact classes only: a subclass may change forward().
+REPLACEMENTS = {torch.nn.LayerNorm: _layer_norm}
+
+
+def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
+    """Replace every module whose class is in REPLACEMENTS with the bigmodel equivalent, keeping weights,
+    device, dtype and train/eval state. Returns the same `model` object (patched in place)."""
+    from .backends import check_name
+
+    if backend is not None:
+        check_name(backend)
+    counts = {}
+    targets = [(name, m) for name, m in model.named_modules() if type(m) in REPLACEMENTS]
+    for name, m in targets:
+        new = REPLACEMENTS[type(m)](m, backend)
+        new.train(m.training)
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else None
+        if parent is None:  # the model itself is a replaceable module: patch cannot swap the root object
+            raise TypeError(f"bigmodel.patch: model is itself a {type(m).__name__}; wrap it in a container or use "
+                            f"{type(new).__module__}.{type(new).__name__} directly")
+        setattr(parent, attr, new)
+        counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    summary = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "nothing"
+    log.info("bigmodel.patch: replaced %s", summary)
+    model.bigmodel_patched = counts
+    return model

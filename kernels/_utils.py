@@ -1,0 +1,40 @@
+"""Launch helpers shared by the kernel files."""
+import os
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU with numpy (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def num_parallel_programs(device: torch.device) -> int:
+    """How many persistent programs fill the device: 4 per SM on a GPU; few under the interpreter,
+    which runs one program instance at a time."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """One kernel at one launch config, for the static GPU-compile test (see tests/test_static_compile.py).
+    `signature` maps each runtime argument to its Triton type ('*fp16', 'i32', 'fp32', ...)."""
+    name: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    num_warps: int = 4
+    num_stages: int = 3
+    require_no_spills: bool = True
+    tags: tuple = field(default_factory=tuple)
+
+
+TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))

@@ -1,0 +1,313 @@
+"""LayerNorm in Triton: forward, backward, and a deterministic reduction for dW / dB.
+
+Forward, per row of N elements (statistics in fp32, saved for the backward):
+    mean = sum(x) / N,  rstd = 1 / sqrt(sum((x - mean)^2) / N + eps),  y = (x - mean) * rstd * w + b
+Backward, with xhat = (x - mean) * rstd and g = dy * w:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    dw = sum over rows of dy * xhat,  db = sum over rows of dy
+dW/dB: each program sums its own rows into one row of an fp32 partial buffer, then a second kernel adds
+the partial rows in a fixed order. No float atomics, so results are identical run to run.
+
+A row of up to MAX_FUSED_N elements lives in registers (one read of x). Longer rows take the looped
+path: the forward merges per-chunk (count, mean, M2) with Chan's formula, then normalizes in a second
+pass; the backward computes the two row coefficients first, then dx and the partial sums per column chunk.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import CompileSpec, TL_DTYPE, next_pow2, num_parallel_programs
+
+MAX_FUSED_N = 8192  # longest row kept whole in registers
+LOOP_BLOCK_N = 4096  # chunk of a row on the looped path
+
+
+# --------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _fwd_fused_kernel(X, Y, W, B, Mean, Rstd, stride_xm, M, N, eps,
+                      HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols < N)[None, :]
+    rows64 = rows.to(tl.int64)
+    x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / N + eps)
+    y = xc * rstd[:, None]
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows64[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + rows, mean, mask=rmask)
+    tl.store(Rstd + rows, rstd, mask=rmask)
+
+
+@triton.jit
+def _fwd_looped_kernel(X, Y, W, B, Mean, Rstd, stride_xm, N, eps,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_xm
+    y_row = Y + row * N
+    # Pass 1: merge each chunk's (count, mean, M2) into the running statistics (Chan et al.).
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        x = tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
+        n_b = tl.minimum(N - start, BLOCK_N).to(tl.float32)
+        mean_b = tl.sum(x, axis=0) / n_b
+        d = tl.where(cols < N, x - mean_b, 0.0)
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * (count * n_b / total)
+        count = total
+    rstd = tl.rsqrt(m2 / N + eps)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+    # Pass 2: normalize.
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        y = (tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32) - mean) * rstd
+        if HAS_W:
+            y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+        tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _bwd_fused_kernel(X, DY, DX, W, Mean, Rstd, DWp, DBp, stride_xm, stride_dym, M, N, rows_per_prog,
+                      HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        w = tl.full([BLOCK_N], 1.0, tl.float32)
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    row_start = pid * rows_per_prog
+    row_end = tl.minimum(row_start + rows_per_prog, M)
+    for r0 in range(row_start, row_end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rmask = rows < row_end
+        mask = rmask[:, None] & cmask[None, :]
+        rows64 = rows.to(tl.int64)
+        x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=rmask, other=0.0)
+        rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]
+        c1 = tl.sum(g * xhat, axis=1) / N
+        c2 = tl.sum(g, axis=1) / N
+        dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        tl.store(DX + rows64[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        db_acc += tl.sum(dy, axis=0)
+    if HAS_W:
+        tl.store(DWp + pid * N + cols, dw_acc, mask=cmask)
+    if HAS_B:
+        tl.store(DBp + pid * N + cols, db_acc, mask=cmask)
+
+
+@triton.jit
+def _bwd_row_coef_kernel(X, DY, W, Mean, Rstd, C1, C2, stride_xm, stride_dym, N,
+                         HAS_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Looped path, step 1: c1 = mean(g * xhat), c2 = mean(g) of one long row."""
+    row = tl.program_id(0).to(tl.int64)
+    mean = tl.load(Mean + row)
+    rstd = tl.load(Rstd + row)
+    s1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        x = tl.load(X + row * stride_xm + cols, mask=cmask, other=0.0).to(tl.float32)
+        g = tl.load(DY + row * stride_dym + cols, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_W:
+            g = g * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        s1 += g * tl.where(cmask, (x - mean) * rstd, 0.0)
+        s2 += g
+    tl.store(C1 + row, tl.sum(s1, axis=0) / N)
+    tl.store(C2 + row, tl.sum(s2, axis=0) / N)
+
+
+@triton.jit
+def _bwd_looped_kernel(X, DY, DX, W, Mean, Rstd, C1, C2, DWp, DBp, stride_xm, stride_dym, M, N, rows_per_prog,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Looped path, step 2: dx for one column chunk of a group of rows, and their partial dW/dB."""
+    pid_n = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        w = tl.full([BLOCK_N], 1.0, tl.float32)
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    row_start = pid_g * rows_per_prog
+    row_end = tl.minimum(row_start + rows_per_prog, M)
+    for r0 in range(row_start, row_end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rmask = rows < row_end
+        mask = rmask[:, None] & cmask[None, :]
+        rows64 = rows.to(tl.int64)
+        x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=rmask, other=0.0)
+        rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
+        c1 = tl.load(C1 + rows, mask=rmask, other=0.0)
+        c2 = tl.load(C2 + rows, mask=rmask, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dx = (dy * w[None, :] - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        tl.store(DX + rows64[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        db_acc += tl.sum(dy, axis=0)
+    if HAS_W:
+        tl.store(DWp + pid_g * N + cols, dw_acc, mask=cmask)
+    if HAS_B:
+        tl.store(DBp + pid_g * N + cols, db_acc, mask=cmask)
+
+
+@triton.jit
+def _sum_partials_kernel(P, Out, G, N, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Out[n] = sum over g of P[g, n], in a fixed order (deterministic)."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        g = g0 + tl.arange(0, BLOCK_G)
+        mask = (g < G)[:, None] & (cols < N)[None, :]
+        acc += tl.sum(tl.load(P + g[:, None] * N + cols[None, :], mask=mask, other=0.0), axis=0)
+    tl.store(Out + cols, acc.to(Out.dtype.element_ty), mask=cols < N)
+
+
+# --------------------------------------------------------------------------------------------- configs
+def _warps(elements: int) -> int:
+    return 4 if elements <= 2048 else 8 if elements <= 4096 else 16
+
+
+def fwd_config(n: int) -> dict:
+    if n > MAX_FUSED_N:
+        return dict(looped=True, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+    block_n = next_pow2(n)
+    block_m = max(1, min(64, 2048 // block_n))  # several short rows per program
+    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_warps(block_m * block_n))
+
+
+def bwd_config(n: int) -> dict:
+    if n > MAX_FUSED_N:
+        return dict(looped=True, BLOCK_M=1, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+    block_n = next_pow2(n)
+    block_m = max(1, min(32, 1024 // block_n))
+    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_warps(block_m * block_n))
+
+
+SUM_BLOCK_G, SUM_BLOCK_N = 32, 128
+
+
+# --------------------------------------------------------------------------------------------- launchers
+def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
+    """x: (M, N) with unit column stride. Returns y (M, N) contiguous in x.dtype, mean and rstd (M,) fp32."""
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    mean = torch.empty(M, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    w = weight if weight is not None else mean  # placeholder pointer, never read
+    b = bias if bias is not None else mean
+    cfg = fwd_config(N)
+    common = dict(HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_N=cfg["BLOCK_N"],
+                  num_warps=cfg["num_warps"])
+    if cfg["looped"]:
+        _fwd_looped_kernel[(M,)](x, y, w, b, mean, rstd, x.stride(0), N, eps, **common)
+    else:
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
+        _fwd_fused_kernel[grid](x, y, w, b, mean, rstd, x.stride(0), M, N, eps, BLOCK_M=cfg["BLOCK_M"], **common)
+    return y, mean, rstd
+
+
+def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean, rstd):
+    """dy, x: (M, N) with unit column stride; bias is only looked at for its presence and dtype.
+    Returns dx (M, N) in x.dtype, and dw, db (N,) in the weight's / bias's dtype (None where absent)."""
+    M, N = x.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    cfg = bwd_config(N)
+    block_m = cfg["BLOCK_M"]
+    programs = max(1, min(num_parallel_programs(x.device), triton.cdiv(M, block_m)))
+    rows_per_prog = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
+    programs = triton.cdiv(M, rows_per_prog)
+    has_w, has_bias = weight is not None, bias is not None
+    dwp = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_w else mean
+    dbp = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else mean
+    w = weight if has_w else mean
+    common = dict(HAS_W=has_w, HAS_B=has_bias, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+    if cfg["looped"]:
+        c1 = torch.empty(M, dtype=torch.float32, device=x.device)
+        c2 = torch.empty(M, dtype=torch.float32, device=x.device)
+        _bwd_row_coef_kernel[(M,)](x, dy, w, mean, rstd, c1, c2, x.stride(0), dy.stride(0), N,
+                                   HAS_W=has_w, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
+        grid = (triton.cdiv(N, cfg["BLOCK_N"]), programs)
+        _bwd_looped_kernel[grid](x, dy, dx, w, mean, rstd, c1, c2, dwp, dbp, x.stride(0), dy.stride(0),
+                                 M, N, rows_per_prog, **common)
+    else:
+        _bwd_fused_kernel[(programs,)](x, dy, dx, w, mean, rstd, dwp, dbp, x.stride(0), dy.stride(0),
+                                       M, N, rows_per_prog, **common)
+    dw = _sum_partials(dwp, weight.dtype) if has_w else None
+    db = _sum_partials(dbp, bias.dtype) if has_bias else None
+    return dx, dw, db
+
+
+def _sum_partials(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    G, N = partials.shape
+    out = torch.empty(N, dtype=dtype, device=partials.device)
+    _sum_partials_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](partials, out, G, N, BLOCK_G=SUM_BLOCK_G,
+                                                          BLOCK_N=SUM_BLOCK_N, num_warps=4)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- static compile
+def compile_specs(sizes=(1, 33, 768, 1000, 4096, 8192, 16384, 65536)):
+    """Every kernel at the configs the launchers pick for these row sizes, per dtype."""
+    specs = {}
+
+    def add(fn, sig, consts, num_warps, tag):
+        key = (fn.__name__, tuple(sig.values()), tuple(sorted(consts.items())), num_warps)
+        specs.setdefault(key, CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, num_warps))
+
+    for torch_dtype, t in TL_DTYPE.items():
+        p, f32 = f"*{t}", "*fp32"
+        for n in sizes:
+            tag = f"{t},N={n}"
+            flags = dict(HAS_W=True, HAS_B=True)
+            fc = fwd_config(n)
+            fwd_sig = dict(X=p, Y=p, W=p, B=p, Mean=f32, Rstd=f32, stride_xm="i32")
+            if fc["looped"]:
+                add(_fwd_looped_kernel, {**fwd_sig, "N": "i32", "eps": "fp32"},
+                    dict(flags, BLOCK_N=fc["BLOCK_N"]), fc["num_warps"], tag)
+            else:
+                add(_fwd_fused_kernel, {**fwd_sig, "M": "i32", "N": "i32", "eps": "fp32"},
+                    dict(flags, BLOCK_M=fc["BLOCK_M"], BLOCK_N=fc["BLOCK_N"]), fc["num_warps"], tag)
+            bc = bwd_config(n)
+            consts = dict(flags, BLOCK_M=bc["BLOCK_M"], BLOCK_N=bc["BLOCK_N"])
+            if bc["looped"]:
+                add(_bwd_row_coef_kernel, dict(X=p, DY=p, W=p, Mean=f32, Rstd=f32, C1=f32, C2=f32,
+                                               stride_xm="i32", stride_dym="i32", N="i32"),
+                    dict(HAS_W=True, BLOCK_N=bc["BLOCK_N"]), bc["num_warps"], tag)
+                add(_bwd_looped_kernel, dict(X=p, DY=p, DX=p, W=p, Mean=f32, Rstd=f32, C1=f32, C2=f32, DWp=f32,
+                                             DBp=f32, stride_xm="i32", stride_dym="i32", M="i32", N="i32",
+                                             rows_per_prog="i32"), consts, bc["num_warps"], tag)
+            else:
+                add(_bwd_fused_kernel, dict(X=p, DY=p, DX=p, W=p, Mean=f32, Rstd=f32, DWp=f32, DBp=f32,
+                                            stride_xm="i32", stride_dym="i32", M="i32", N="i32",
+                                            rows_per_prog="i32"), consts, bc["num_warps"], tag)
+        add(_sum_partials_kernel, dict(P="*fp32", Out=f"*{t}", G="i32", N="i32"),
+            dict(BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N), 4, t)
+    return list(specs.values())
