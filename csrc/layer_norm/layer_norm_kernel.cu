@@ -1,0 +1,227 @@
+// LayerNorm forward / backward kernels, templated on the element type T, the parameter type W (T or float)
+// and the vector width VEC. Math (statistics in fp32):
+//   forward   mean, M2 by Welford + Chan merge; rstd = rsqrt(M2 / N + eps); y = (x - mean) * rstd * w + b
+//   backward  xhat = (x - mean) * rstd, g = dy * w, dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//             dw = sum_rows dy * xhat, db = sum_rows dy: per-split partial sums, then a fixed-order sum.
+// A row is handled by one warp (cols <= kWarpRowMaxCols, 4 rows per block) or by a whole block.
+#include <algorithm>
+#include <cstdint>
+
+#include "common/reduce.cuh"
+#include "common/vec.cuh"
+#include "layer_norm/layer_norm.h"
+
+namespace bigmodel {
+namespace {
+
+constexpr int kWarpRowsPerBlock = 4;
+constexpr int64_t kWarpRowMaxCols = 1024;
+constexpr int kParamCols = 32, kParamRowThreads = 8;
+
+template <typename W, int VEC>
+__device__ __forceinline__ void load_param(const void* p, int c, float (&out)[VEC], float absent) {
+  if (p) {
+    load_vec<W, VEC>(static_cast<const W*>(p) + c, out);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = absent;
+  }
+}
+
+template <typename T, typename W, int VEC>
+__global__ void ln_fwd_kernel(LayerNormParams p) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (row >= p.rows) return;  // a whole row group leaves together
+  const int cols = static_cast<int>(p.cols);
+  const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
+  T* y = static_cast<T*>(p.y) + row * p.cols;
+
+  Welford st{0.f, 0.f, 0.f};
+  for (int c = threadIdx.x * VEC; c < cols; c += blockDim.x * VEC) {
+    float v[VEC];
+    load_vec<T, VEC>(x + c, v);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) st.add(v[i]);
+  }
+  st = row_group_welford(st);
+  const float mean = st.mean, rstd = rsqrtf(st.m2 / cols + p.eps);
+  if (threadIdx.x == 0) {
+    p.mean[row] = mean;
+    p.rstd[row] = rstd;
+  }
+  for (int c = threadIdx.x * VEC; c < cols; c += blockDim.x * VEC) {
+    float v[VEC], w[VEC], b[VEC];
+    load_vec<T, VEC>(x + c, v);
+    load_param<W, VEC>(p.weight, c, w, 1.f);
+    load_param<W, VEC>(p.bias, c, b, 0.f);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = (v[i] - mean) * rstd * w[i] + b[i];
+    store_vec<T, VEC>(y + c, v);
+  }
+}
+
+template <typename T, typename W, int VEC>
+__global__ void ln_bwd_dx_kernel(LayerNormParams p) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (row >= p.rows) return;
+  const int cols = static_cast<int>(p.cols);
+  const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
+  const T* dy = static_cast<const T*>(p.dy) + row * p.dy_stride;
+  T* dx = static_cast<T*>(p.dx) + row * p.cols;
+  const float mean = p.mean[row], rstd = p.rstd[row];
+
+  Floats<2> s{{0.f, 0.f}};  // sum(g * xhat), sum(g)
+  for (int c = threadIdx.x * VEC; c < cols; c += blockDim.x * VEC) {
+    float xv[VEC], g[VEC], w[VEC];
+    load_vec<T, VEC>(x + c, xv);
+    load_vec<T, VEC>(dy + c, g);
+    load_param<W, VEC>(p.weight, c, w, 1.f);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      g[i] *= w[i];
+      s.v[0] += g[i] * (xv[i] - mean) * rstd;
+      s.v[1] += g[i];
+    }
+  }
+  s = row_group_sum(s);
+  const float c1 = s.v[0] / cols, c2 = s.v[1] / cols;
+  for (int c = threadIdx.x * VEC; c < cols; c += blockDim.x * VEC) {
+    float xv[VEC], g[VEC], w[VEC];
+    load_vec<T, VEC>(x + c, xv);
+    load_vec<T, VEC>(dy + c, g);
+    load_param<W, VEC>(p.weight, c, w, 1.f);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) g[i] = (g[i] * w[i] - c2 - (xv[i] - mean) * rstd * c1) * rstd;
+    store_vec<T, VEC>(dx + c, g);
+  }
+}
+
+// Block (kParamCols, kParamRowThreads) sums dy * xhat and dy over one split of the rows for 32 columns.
+template <typename T>
+__global__ void ln_bwd_param_partial_kernel(LayerNormParams p, int64_t rows_per_split) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kParamCols + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
+  const int64_t r1 = min(r0 + rows_per_split, p.rows);
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  float dw = 0.f, db = 0.f;
+  if (col < p.cols) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kParamRowThreads) {
+      const float g = to_float(dy[r * p.dy_stride + col]);
+      dw += g * (to_float(x[r * p.x_stride + col]) - p.mean[r]) * p.rstd[r];
+      db += g;
+    }
+  }
+  __shared__ float sw[kParamRowThreads][kParamCols + 1], sb[kParamRowThreads][kParamCols + 1];
+  sw[threadIdx.y][threadIdx.x] = dw;
+  sb[threadIdx.y][threadIdx.x] = db;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < p.cols) {
+    for (int i = 1; i < kParamRowThreads; ++i) {
+      dw += sw[i][threadIdx.x];
+      db += sb[i][threadIdx.x];
+    }
+    p.partial[blockIdx.y * p.cols + col] = dw;
+    p.partial[(p.param_splits + blockIdx.y) * p.cols + col] = db;
+  }
+}
+
+template <typename W>
+__global__ void ln_bwd_param_final_kernel(LayerNormParams p) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.cols) return;
+  float dw = 0.f, db = 0.f;
+  for (int s = 0; s < p.param_splits; ++s) {
+    dw += p.partial[s * p.cols + col];
+    db += p.partial[(p.param_splits + s) * p.cols + col];
+  }
+  if (p.dweight) static_cast<W*>(p.dweight)[col] = from_float<W>(dw);
+  if (p.dbias) static_cast<W*>(p.dbias)[col] = from_float<W>(db);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+bool aligned(const void* p, size_t bytes) { return !p || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+struct RowLaunch {
+  dim3 grid, block;
+};
+
+RowLaunch row_launch(int64_t rows, int64_t cols, int vec) {
+  if (cols <= kWarpRowMaxCols)
+    return {dim3(static_cast<unsigned>(ceil_div(rows, kWarpRowsPerBlock))), dim3(32, kWarpRowsPerBlock)};
+  const int64_t vectors = ceil_div(cols, vec);
+  int threads = 32;
+  while (threads < 1024 && threads * 4 < vectors) threads *= 2;  // about 4 vectors per thread
+  return {dim3(static_cast<unsigned>(rows)), dim3(threads, 1)};
+}
+
+// 16-byte vectors when every row and parameter pointer allows them.
+template <typename T, typename W>
+bool can_vectorize(const LayerNormParams& p, bool backward) {
+  constexpr int V = kVec16<T>;
+  const size_t tb = sizeof(T) * V, wb = sizeof(W) * V;
+  bool ok = p.cols % V == 0 && p.x_stride % V == 0 && aligned(p.x, tb) && aligned(p.weight, wb) &&
+            aligned(p.bias, wb);
+  if (backward) ok = ok && p.dy_stride % V == 0 && aligned(p.dy, tb) && aligned(p.dx, tb);
+  else ok = ok && aligned(p.y, tb);
+  return ok;
+}
+
+template <typename T, typename W>
+cudaError_t launch_fwd(const LayerNormParams& p, cudaStream_t stream) {
+  constexpr int V = kVec16<T>;
+  if (can_vectorize<T, W>(p, false)) {
+    const RowLaunch l = row_launch(p.rows, p.cols, V);
+    ln_fwd_kernel<T, W, V><<<l.grid, l.block, 0, stream>>>(p);
+  } else {
+    const RowLaunch l = row_launch(p.rows, p.cols, 1);
+    ln_fwd_kernel<T, W, 1><<<l.grid, l.block, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, typename W>
+cudaError_t launch_bwd(const LayerNormParams& p, cudaStream_t stream) {
+  constexpr int V = kVec16<T>;
+  if (can_vectorize<T, W>(p, true)) {
+    const RowLaunch l = row_launch(p.rows, p.cols, V);
+    ln_bwd_dx_kernel<T, W, V><<<l.grid, l.block, 0, stream>>>(p);
+  } else {
+    const RowLaunch l = row_launch(p.rows, p.cols, 1);
+    ln_bwd_dx_kernel<T, W, 1><<<l.grid, l.block, 0, stream>>>(p);
+  }
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || (!p.dweight && !p.dbias)) return err;
+  const int64_t rows_per_split = ceil_div(p.rows, p.param_splits);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.cols, kParamCols)), p.param_splits);
+  ln_bwd_param_partial_kernel<T><<<grid, dim3(kParamCols, kParamRowThreads), 0, stream>>>(p, rows_per_split);
+  ln_bwd_param_final_kernel<W><<<static_cast<unsigned>(ceil_div(p.cols, 256)), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int layer_norm_param_splits(int64_t rows, int64_t cols, int sm_count) {
+  const int64_t col_blocks = ceil_div(cols, kParamCols);
+  const int64_t want = ceil_div(8LL * sm_count, col_blocks);  // about 8 blocks per SM
+  const int64_t most = std::max<int64_t>(1, ceil_div(rows, 32));  // at least 32 rows per split
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 1024})));
+}
+
+cudaError_t layer_norm_fwd_cuda(const LayerNormParams& p, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  BIGMODEL_DISPATCH_FLOAT(p.dtype, T, [&] {
+    err = p.param_dtype == DType::kFloat32 ? launch_fwd<T, float>(p, stream) : launch_fwd<T, T>(p, stream);
+  });
+  return err;
+}
+
+cudaError_t layer_norm_bwd_cuda(const LayerNormParams& p, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  BIGMODEL_DISPATCH_FLOAT(p.dtype, T, [&] {
+    err = p.param_dtype == DType::kFloat32 ? launch_bwd<T, float>(p, stream) : launch_bwd<T, T>(p, stream);
+  });
+  return err;
+}
+
+}  // namespace bigmodel
