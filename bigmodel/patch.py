@@ -31,12 +31,11 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
     for name, m in targets:
         new = REPLACEMENTS[type(m)](m, backend)
         new.train(m.training)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else None
-        if parent is None:  # the model itself is a replaceable module: patch cannot swap the root object
+        if not name:  # the model itself is a replaceable module: patch cannot swap the root object
             raise TypeError(f"bigmodel.patch: model is itself a {type(m).__name__}; wrap it in a container or use "
-                            f"{type(new).__module__}.{type(new).__name__} directly")
-        setattr(parent, attr, new)
+                            f"bigmodel.nn.{type(new).__name__} directly")
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, new)
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     summary = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "nothing"
     log.info("bigmodel.patch: replaced %s", summary)

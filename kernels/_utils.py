@@ -29,7 +29,8 @@ class CompileSpec:
     constexprs: dict
     num_warps: int = 4
     num_stages: int = 3
-    require_no_spills: bool = True
+    require_no_spills: bool = True  # no local memory / stack frame (spills) at this config
+    expect_wgmma: bool = False  # a matmul-bound kernel: its sm_90 PTX must use wgmma
     tags: tuple = field(default_factory=tuple)
 
 

@@ -1,0 +1,63 @@
+"""Shared test setup.
+
+* Without a GPU, TRITON_INTERPRET=1 is set here, before anything imports triton (or bigmodel, which
+  imports it), so the Triton kernels run on CPU tensors. With a GPU it is left unset: the CPU-interpreter
+  tests skip and the `cuda`-marked tests cover the kernels on the device.
+* `cuda`-marked tests skip without a GPU ("needs a CUDA GPU"). Markers are declared in pyproject.toml.
+* Every test starts from torch.manual_seed(<a stable hash of its node id>): inputs are random but
+  reproducible, and different tests get different inputs.
+* The process-wide backend override (bigmodel.set_backend / use_backend) is reset around every test.
+"""
+import os
+import sys
+import zlib
+
+import torch
+
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+import pytest  # noqa: E402
+
+from numerics import INTERPRETER_SKIP_REASON, triton_interpreting  # noqa: E402,F401
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _reset_backend_override():
+    """Leave bigmodel's process-wide backend override as each test found it (None)."""
+    mod = sys.modules.get("bigmodel.backends")
+    before = mod._override[0] if mod is not None else None
+    yield
+    mod = sys.modules.get("bigmodel.backends")
+    if mod is not None:
+        mod._override[0] = before
+
+
+@pytest.fixture
+def interpreter():
+    """Use in tests that run Triton kernels on CPU tensors: skips when the interpreter is off."""
+    if not triton_interpreting():
+        pytest.skip(INTERPRETER_SKIP_REASON)
+    return True
+

@@ -1,0 +1,156 @@
+"""The project's correctness rule (DESIGN.md, "Numerics"), implemented once for every test.
+
+    from numerics import assert_close_by_rule, layer_norm_case
+
+fp32 (and fp64) results: relative error against an fp64 reference,
+    max|out - ref| / max(max|ref|, floor)  <  1e-5 for outputs, 1e-4 for gradients.
+`floor` (REF_FLOOR = 1e-3 by default) only matters where the exact answer is (near) zero everywhere, e.g.
+dweight at hidden size 1, which is exactly 0 in exact math and ~1e-16 noise in fp64: dividing by that noise
+would turn a perfect answer into a huge "relative" error. The test inputs are O(1) (randn * 3 + 1), so every
+non-degenerate quantity in the suite is far above 1e-3 and the floor never loosens a real comparison.
+
+fp16 / bf16 results (FlashAttention's rule): with err(t) = max|t - ref64|,
+    err(ours) <= 2 * err(plain PyTorch in the same low precision)   for outputs,
+    err(ours) <= 3 * err(plain PyTorch in the same low precision)   for gradients.
+Only where PyTorch's own error is exactly 0 (the fp64 answer is representable and PyTorch hit it) is an
+absolute allowance added: one unit in the last place of the low-precision dtype at the reference's scale,
+    finfo(dtype).eps * max(max|ref|, floor),
+since a kernel that accumulates in a different order may legitimately round to the neighbouring value.
+
+This module must not import triton or bigmodel (conftest imports it before TRITON_INTERPRET is settled).
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+FP32_RTOL = {"output": 1e-5, "grad": 1e-4}
+LOWP_FACTOR = {"output": 2.0, "grad": 3.0}
+REF_FLOOR = 1e-3
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run on CPU tensors (TRITON_INTERPRET=1, set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+INTERPRETER_SKIP_REASON = ("needs the Triton CPU interpreter (TRITON_INTERPRET=1); it is off (conftest turns it on "
+                           "only without a GPU) - the cuda-marked tests cover the kernels on a GPU")
+# Mark for tests that run Triton kernels on CPU tensors.
+requires_interpreter = pytest.mark.skipif(not triton_interpreting(), reason=INTERPRETER_SKIP_REASON)
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    return t.detach().double().abs().max().item() if t.numel() else 0.0
+
+
+def _max_err(out: torch.Tensor, ref64: torch.Tensor) -> float:
+    if out.numel() == 0:
+        return 0.0
+    return (out.detach().double() - ref64.detach().double()).abs().max().item()
+
+
+def assert_close_by_rule(name, out, ref64, torch_lowp=None, kind="output", *, floor=REF_FLOOR):
+    """Assert `out` meets DESIGN.md's rule against the fp64 reference `ref64`.
+
+    name: what is compared, for the message ("y", "dweight", ...).
+    out: the result under test; its dtype picks the rule (fp32/fp64: relative error; fp16/bf16: vs PyTorch).
+    ref64: the same quantity computed in fp64 (any dtype is upcast to fp64).
+    torch_lowp: the same quantity from plain PyTorch in out's low precision; required for fp16/bf16.
+    kind: "output" or "grad".
+    floor: smallest denominator for the fp32 relative error, and the scale of the ulp allowance (see module doc).
+    """
+    if kind not in FP32_RTOL:
+        raise ValueError(f"kind must be 'output' or 'grad', got {kind!r}")
+    assert isinstance(out, torch.Tensor), f"{name}: expected a tensor, got {type(out).__name__}"
+    assert tuple(out.shape) == tuple(ref64.shape), (
+        f"{name}: shape {tuple(out.shape)} != reference shape {tuple(ref64.shape)}")
+    assert not torch.isnan(out).any() or torch.isnan(ref64).any(), f"{name}: NaN where the reference has none"
+    ref64 = ref64.detach().double()
+    scale = max(_max_abs(ref64), floor)
+    err = _max_err(out, ref64.to(out.device))
+
+    if out.dtype in LOW_PRECISION:
+        if torch_lowp is None:
+            raise ValueError(f"{name}: {out.dtype} results need torch_lowp (plain PyTorch in {out.dtype})")
+        assert tuple(torch_lowp.shape) == tuple(out.shape), (
+            f"{name}: torch_lowp shape {tuple(torch_lowp.shape)} != {tuple(out.shape)}")
+        torch_err = _max_err(torch_lowp, ref64.to(torch_lowp.device))
+        factor = LOWP_FACTOR[kind]
+        allowance = torch.finfo(out.dtype).eps * scale if torch_err == 0.0 else 0.0
+        bound = factor * torch_err + allowance
+        ratio = err / torch_err if torch_err > 0 else (0.0 if err == 0 else float("inf"))
+        assert err <= bound, (
+            f"{name} ({kind}, {str(out.dtype).replace('torch.', '')}): max abs error vs fp64 = {err:.3e}, "
+            f"plain PyTorch's = {torch_err:.3e}, ratio {ratio:.2f} > allowed {factor:g}x"
+            + (f" (+ 1-ulp allowance {allowance:.3e} since PyTorch's error is 0)" if allowance else "")
+            + f"; max|ref| = {_max_abs(ref64):.3e}")
+    else:
+        rtol = FP32_RTOL[kind]
+        rel = err / scale
+        torch_note = ""
+        if torch_lowp is not None:
+            torch_note = f"; plain PyTorch's relative error = {_max_err(torch_lowp, ref64.to(torch_lowp.device)) / scale:.3e}"
+        assert rel < rtol, (
+            f"{name} ({kind}, {str(out.dtype).replace('torch.', '')}): relative error vs fp64 = {rel:.3e} "
+            f">= {rtol:g} (max abs error {err:.3e} / max(max|ref| = {_max_abs(ref64):.3e}, floor {floor:g}))"
+            + torch_note)
+
+
+# ----------------------------------------------------------------------------------------------- layer_norm
+def randn_input(*shape, dtype=torch.float32, device="cpu", scale=3.0, shift=1.0):
+    """Random input with non-zero mean and non-unit scale (never zeros)."""
+    return (torch.randn(*shape, device=device, dtype=torch.float32) * scale + shift).to(dtype)
+
+
+def layer_norm_case(fn, x, normalized_shape, weight=None, bias=None, eps=1e-5, dy=None):
+    """Run `fn(x, normalized_shape, weight, bias, eps)` (the implementation under test), plain PyTorch
+    (F.layer_norm) in the inputs' own precision and an fp64 F.layer_norm reference, forward + backward(dy).
+
+    Returns {"y"|"dx"|"dweight"|"dbias": (ours, ref64, torch_lowp)} (absent where the parameter is None).
+    `x` and `dy` may be non-contiguous: the implementation under test receives them with the same strides.
+    """
+    if dy is None:
+        dy = torch.randn(x.shape, dtype=torch.float32, device=x.device).to(x.dtype)
+    runs = {}
+    for which in ("ours", "ref64", "lowp"):
+        cast = (lambda t: t.double()) if which == "ref64" else (lambda t: t)
+        leaves = [None if t is None else cast(t.detach()).contiguous().clone().requires_grad_(True)
+                  for t in (x, weight, bias)]
+        xin = with_layout(leaves[0], x)
+        g = with_layout(dy.detach().double(), dy) if which == "ref64" else dy
+        if which == "ours":
+            y = fn(xin, normalized_shape, leaves[1], leaves[2], eps)
+        else:
+            shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+            y = F.layer_norm(xin, shape, leaves[1], leaves[2], eps)
+        y.backward(g)
+        runs[which] = [y.detach()] + [None if t is None else t.grad for t in leaves]
+    result = {}
+    for i, key in enumerate(("y", "dx", "dweight", "dbias")):
+        if runs["ref64"][i] is None:
+            assert runs["ours"][i] is None, f"{key}: a gradient for a parameter that was None"
+            continue
+        result[key] = (runs["ours"][i], runs["ref64"][i], runs["lowp"][i])
+    return result
+
+
+def with_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t`'s values (differentiably) in a tensor with `like`'s strides, e.g. transposed or row-padded."""
+    if like.is_contiguous():
+        return t
+    out = torch.empty_strided(like.shape, like.stride(), dtype=t.dtype, device=t.device)
+    out = out.copy_(t)
+    assert out.stride() == like.stride()
+    return out
+
+
+def check_layer_norm_case(result, *, floor=REF_FLOOR):
+    """Apply the rule to every entry of layer_norm_case's result."""
+    for key, (ours, ref64, lowp) in result.items():
+        assert ours is not None, f"{key}: missing from the implementation under test"
+        assert ours.dtype == lowp.dtype, f"{key}: dtype {ours.dtype}, plain PyTorch gives {lowp.dtype}"
+        kind = "output" if key == "y" else "grad"
+        assert_close_by_rule(key, ours, ref64, lowp, kind, floor=floor)

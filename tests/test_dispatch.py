@@ -1,0 +1,278 @@
+"""Backend choice: argument > use_backend() / set_backend() > BIGMODEL_BACKEND > auto; explicit choices
+that cannot run raise BackendUnavailable listing every backend's reasons; auto falls back only to what can run."""
+import pytest
+import torch
+
+import bigmodel
+import bigmodel.backends as backends
+from bigmodel.backends import BACKENDS, BackendUnavailable
+from numerics import randn_input, requires_interpreter
+
+NAMES = ("cuda", "triton", "torch")
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records, in order, which backend's layer_norm_fwd / layer_norm_bwd ran."""
+    calls = []
+    patched = []
+    for name, impl in BACKENDS.items():
+        for fn in ("layer_norm_fwd", "layer_norm_bwd"):
+            original = getattr(impl, fn)
+
+            def wrapper(*args, _name=name, _fn=fn, _original=original):
+                calls.append((_name, _fn))
+                return _original(*args)
+
+            assert fn not in vars(impl)
+            setattr(impl, fn, wrapper)  # instance attribute shadows the method
+            patched.append((impl, fn))
+    monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
+    try:
+        yield calls
+    finally:
+        for impl, fn in patched:
+            delattr(impl, fn)
+
+
+def ran(calls):
+    """The backend(s) whose forward ran, in order."""
+    return [name for name, fn in calls if fn == "layer_norm_fwd"]
+
+
+def ln(x=None, backend=None):
+    x = randn_input(4, 16) if x is None else x
+    return bigmodel.ops.layer_norm(x, (16,), torch.ones(16, dtype=x.dtype), torch.zeros(16, dtype=x.dtype),
+                                   backend=backend)
+
+
+def test_spy_restored_after_use():
+    for impl in BACKENDS.values():
+        assert "layer_norm_fwd" not in vars(impl), "a spy leaked out of a previous test"
+
+
+# ------------------------------------------------------------------------------------------ precedence
+@requires_interpreter
+def test_argument_beats_everything(spy, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
+    bigmodel.set_backend("triton")
+    with bigmodel.use_backend("triton"):
+        ln(backend="torch")
+    assert ran(spy) == ["torch"]
+
+
+@requires_interpreter
+def test_use_backend_beats_set_backend_and_env(spy, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
+    bigmodel.set_backend("triton")
+    with bigmodel.use_backend("torch"):
+        ln()
+    ln()  # back to set_backend's choice
+    assert ran(spy) == ["torch", "triton"]
+
+
+@requires_interpreter
+def test_set_backend_beats_env(spy, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
+    bigmodel.set_backend("torch")
+    ln()
+    bigmodel.set_backend(None)  # None restores BIGMODEL_BACKEND / auto
+    ln()
+    assert ran(spy) == ["torch", "triton"]
+
+
+@requires_interpreter
+@pytest.mark.parametrize("env", ["torch", "triton"])
+def test_env_beats_auto(spy, monkeypatch, env):
+    monkeypatch.setenv("BIGMODEL_BACKEND", env)
+    ln()
+    assert ran(spy) == [env]
+
+
+@requires_interpreter
+def test_env_read_at_call_time(spy, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "torch")
+    ln()
+    monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
+    ln()
+    assert ran(spy) == ["torch", "triton"]
+
+
+def test_env_auto_means_auto(spy, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "auto")
+    ln()
+    assert ran(spy) == [backends.select("layer_norm", "auto", input=randn_input(2, 16)).name]
+
+
+@requires_interpreter
+def test_auto_prefers_triton_for_layer_norm_on_cpu_with_interpreter(spy):
+    ln()
+    assert ran(spy) == ["triton"]
+
+
+@requires_interpreter
+def test_backward_uses_the_forward_backend(spy):
+    x = randn_input(4, 16).requires_grad_(True)
+    with bigmodel.use_backend("torch"):
+        y = ln(x)
+    y.sum().backward()  # outside the context: the backend chosen for the forward is recorded on the node
+    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
+
+
+@requires_interpreter
+def test_nn_module_backend_kw(spy):
+    m = bigmodel.nn.LayerNorm(16, backend="torch")
+    with bigmodel.use_backend("triton"):
+        m(randn_input(4, 16))
+    assert ran(spy) == ["torch"]
+
+
+# ------------------------------------------------------------------------------------------ use_backend
+def test_use_backend_nests_and_restores(monkeypatch):
+    monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
+    bigmodel.set_backend(None)
+    with bigmodel.use_backend("triton"):
+        assert backends.requested() == "triton"
+        with bigmodel.use_backend("torch"):
+            assert backends.requested() == "torch"
+            with bigmodel.use_backend("auto"):
+                assert backends.requested() == "auto"
+            assert backends.requested() == "torch"
+        assert backends.requested() == "triton"
+    assert backends._override[0] is None
+
+
+def test_use_backend_restores_on_exception():
+    bigmodel.set_backend("torch")
+    with pytest.raises(RuntimeError, match="boom"):
+        with bigmodel.use_backend("triton"):
+            raise RuntimeError("boom")
+    assert backends.requested() == "torch"
+
+
+def test_requested_precedence_without_running(monkeypatch):
+    monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
+    bigmodel.set_backend(None)
+    assert backends.requested() == "auto"
+    monkeypatch.setenv("BIGMODEL_BACKEND", "cuda")
+    assert backends.requested() == "cuda"
+    bigmodel.set_backend("triton")
+    assert backends.requested() == "triton"
+    with bigmodel.use_backend("torch"):
+        assert backends.requested() == "torch"
+        assert backends.requested("cuda") == "cuda"
+    monkeypatch.setenv("BIGMODEL_BACKEND", "")  # empty means unset
+    bigmodel.set_backend(None)
+    assert backends.requested() == "auto"
+
+
+# ------------------------------------------------------------------------------------------ bad names
+VALID = r"'cuda', 'triton', 'torch', 'auto'"
+
+
+@pytest.mark.parametrize("bad", ["Triton", "tritonn", "", "gpu", 3])
+def test_unknown_names_raise_listing_valid(bad):
+    for call in (lambda: bigmodel.set_backend(bad), lambda: bigmodel.use_backend(bad).__enter__(),
+                 lambda: ln(backend=bad)):
+        with pytest.raises(ValueError, match=VALID):
+            call()
+    assert backends._override[0] is None
+
+
+def test_unknown_env_name_raises(monkeypatch):
+    monkeypatch.setenv("BIGMODEL_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"BIGMODEL_BACKEND: expected one of " + VALID + r", got 'fast'"):
+        ln()
+
+
+def test_patch_rejects_unknown_backend():
+    model = torch.nn.Sequential(torch.nn.LayerNorm(16))
+    with pytest.raises(ValueError, match=VALID):
+        bigmodel.patch(model, backend="nope")
+
+
+# ------------------------------------------------------------------------------------------ unavailable
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_explicit_cuda_on_cpu_raises_with_every_reason(monkeypatch):
+    with pytest.raises(BackendUnavailable) as info:
+        ln(backend="cuda")
+    msg = str(info.value)
+    assert "backend 'cuda' cannot run" in msg
+    for name in NAMES:
+        assert f"\n  {name}: " in msg, f"no line for {name} in:\n{msg}"
+    cuda_line = next(line for line in msg.splitlines() if line.startswith("  cuda: "))
+    for reason in BACKENDS["cuda"].not_supported_reasons("layer_norm", input=randn_input(2, 16)):
+        assert reason in cuda_line
+    assert "  torch: can run these inputs" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_explicit_cuda_via_use_backend_and_env_raises(monkeypatch):
+    with bigmodel.use_backend("cuda"):
+        with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run"):
+            ln()
+    monkeypatch.setenv("BIGMODEL_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run"):
+        ln()
+
+
+def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailable) as info:
+        ln(backend="triton")
+    msg = str(info.value)
+    assert "backend 'triton' cannot run" in msg
+    assert "triton needs CUDA tensors (or TRITON_INTERPRET=1" in msg
+    for name in NAMES:
+        assert f"\n  {name}: " in msg
+
+
+def test_triton_interpret_zero_means_off(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        ln(backend="triton")
+
+
+def test_auto_on_cpu_without_interpreter_falls_back_to_torch(spy, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = randn_input(4, 16).requires_grad_(True)
+    y = ln(x)
+    y.sum().backward()
+    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
+
+
+@pytest.mark.parametrize("backend", [None, "auto"])
+def test_float64_under_auto_runs_on_torch(spy, backend):
+    ln(randn_input(4, 16, dtype=torch.float64), backend=backend)
+    assert ran(spy) == ["torch"]
+
+
+def test_float64_explicit_triton_raises_naming_dtype():
+    with pytest.raises(BackendUnavailable, match=r"input has dtype float64; triton supports"):
+        ln(randn_input(4, 16, dtype=torch.float64), backend="triton")
+
+
+def test_explicit_failure_does_not_fall_back(spy, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailable):
+        ln(backend="triton")
+    assert spy == []
+
+
+# ------------------------------------------------------------------------------------------ available_backends
+def test_available_backends():
+    av = bigmodel.available_backends()
+    assert isinstance(av, dict) and set(av) == set(NAMES)
+    for name, reasons in av.items():
+        assert isinstance(reasons, list) and all(isinstance(r, str) and r for r in reasons), (name, reasons)
+    assert av["torch"] == []
+    assert av["triton"] == []  # triton is installed in the test environment
+    if not torch.cuda.is_available():
+        assert av["cuda"], "cuda must say why it cannot run on a machine without a GPU"
+    assert bigmodel.available_backends is backends.available_backends
+
+
+def test_registry_names():
+    assert set(BACKENDS) == set(NAMES)
+    for name, impl in BACKENDS.items():
+        assert impl.name == name
