@@ -19,6 +19,11 @@ def row_view(t: Tensor, n: int) -> Tensor:
     return t2 if t2.stride(-1) == 1 or n == 1 else t2.contiguous()
 
 
+def _flat_param(p: Optional[Tensor], n: int) -> Optional[Tensor]:
+    """A weight / bias of any normalized_shape as a contiguous (n,) vector."""
+    return p.reshape(n).contiguous() if p is not None else None
+
+
 def _empty_grad(like: Tensor) -> Tensor:
     """Placeholder output for a gradient that does not exist (custom ops cannot return None)."""
     return like.new_empty(0)
@@ -31,8 +36,7 @@ def layer_norm(x: Tensor, normalized_shape: list[int], weight: Optional[Tensor],
     """Returns (y, mean, rstd); mean and rstd are fp32 of shape (rows,), saved for the backward."""
     impl = backends.select("layer_norm", backend, input=x, weight=weight, bias=bias)
     n = math.prod(normalized_shape)
-    w = weight.reshape(n) if weight is not None else None
-    b = bias.reshape(n) if bias is not None else None
+    w, b = _flat_param(weight, n), _flat_param(bias, n)
     y, mean, rstd = impl.layer_norm_fwd(row_view(x, n), w, b, eps)
     return y.view(x.shape), mean, rstd
 
@@ -51,8 +55,8 @@ def layer_norm_backward(grad_out: Tensor, x: Tensor, normalized_shape: list[int]
     """Returns (dx, dweight, dbias); a missing parameter's gradient is an empty tensor."""
     impl = backends.select("layer_norm", backend, input=x, weight=weight, bias=bias)
     n = math.prod(normalized_shape)
-    w = weight.reshape(n) if weight is not None else None
-    dx, dw, db = impl.layer_norm_bwd(row_view(grad_out, n), row_view(x, n), w, bias, mean, rstd)
+    w, b = _flat_param(weight, n), _flat_param(bias, n)
+    dx, dw, db = impl.layer_norm_bwd(row_view(grad_out, n), row_view(x, n), w, b, mean, rstd)
     dw = dw.view(weight.shape) if weight is not None else _empty_grad(x)
     db = db.view(bias.shape) if bias is not None else _empty_grad(x)
     return dx.view(x.shape), dw, db

@@ -249,6 +249,13 @@ def test_bad_bias_dtype():
         bigmodel.ops.layer_norm(x.half(), (8,), w.half(), b.bfloat16())
 
 
+def test_bad_weight_bias_dtype_mismatch():
+    x = torch.randn(2, 8, dtype=torch.float16)
+    w, b = torch.randn(8), torch.randn(8, dtype=torch.float16)  # each allowed alone, not together
+    with pytest.raises(TypeError, match=r"weight and bias must have the same dtype; got weight torch.float32"):
+        bigmodel.ops.layer_norm(x, (8,), w, b)
+
+
 def test_bad_weight_device():
     x, w, b = _args()
     with pytest.raises(ValueError, match=r"weight is on meta but input is on cpu"):

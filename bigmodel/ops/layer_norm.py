@@ -27,6 +27,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
         _checks.check_tensor(op, name, p, optional=True)
         _checks.check_shape(op, name, p, shape, " (= normalized_shape)")
         _checks.check_dtype_in(op, name, p, (input.dtype, torch.float32), f"the input is {input.dtype}")
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        raise TypeError(f"bigmodel.ops.{op}: weight and bias must have the same dtype; got weight "
+                        f"{weight.dtype} and bias {bias.dtype}")
     _checks.check_same_device(op, "input", input, weight=weight, bias=bias)
     if not isinstance(eps, numbers.Real) or eps < 0:
         raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")

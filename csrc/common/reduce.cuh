@@ -50,8 +50,9 @@ struct Welford {
 };
 
 __device__ __forceinline__ Welford welford_merge(Welford a, Welford b) {
+  if (b.n == 0.f) return a;  // also keeps d * d * 0 from turning inf into NaN for huge means
+  if (a.n == 0.f) return b;
   const float n = a.n + b.n;
-  if (n == 0.f) return a;
   const float d = b.mean - a.mean, wb = b.n / n;
   return {n, a.mean + d * wb, a.m2 + b.m2 + d * d * a.n * wb};
 }

@@ -14,13 +14,16 @@ namespace {
 
 constexpr const char* kFwd = "bigmodel._C.layer_norm_fwd";
 constexpr const char* kBwd = "bigmodel._C.layer_norm_bwd";
+constexpr int64_t kMaxCols = int64_t{1} << 30;
 
 // x: CUDA, 2-D, unit column stride, a kernel dtype. Returns its DType.
 DType check_rows(const at::Tensor& x, const char* op, const char* name) {
   check_cuda(x, op, name);
   TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D (rows, cols); got shape ", x.sizes());
-  TORCH_CHECK(x.size(1) > 0 && x.size(1) <= INT_MAX, op, ": ", name, " must have 1 to ", INT_MAX,
+  // Column loops use 32-bit indices; grids take one row (block mode) or 4 rows (warp mode) per block.
+  TORCH_CHECK(x.size(1) > 0 && x.size(1) <= kMaxCols, op, ": ", name, " must have 1 to ", kMaxCols,
               " columns; got ", x.size(1));
+  TORCH_CHECK(x.size(0) <= INT_MAX, op, ": ", name, " must have at most ", INT_MAX, " rows; got ", x.size(0));
   check_unit_last_stride(x, op, name);
   return to_dtype(x, op, name);
 }

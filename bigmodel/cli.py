@@ -1,0 +1,254 @@
+"""The `bigmodel` command (also `python -m bigmodel`).
+
+    bigmodel info                      versions, device, and which backends can run here (and why not)
+    bigmodel bench [--ops layer_norm] [--modes fwd,bwd,fwd+bwd] [--dtype bf16] [--out bench-out] [--quick]
+                                       time every provider side by side; writes <out>/<stem>.json, .md, .png
+
+`bench` reuses the case definitions of benchmarks/cases.py (a source checkout, e.g. `pip install -e .`).
+Without a GPU it runs small CPU cases, labelled "CPU timings - not performance numbers".
+Exit status: 0 on success, 1 when a provider that should run failed (the report is still written),
+130 when interrupted (the cases finished so far are written).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+CPU_WARNING = "CPU timings — not performance numbers (no GPU here: this only shows that every path runs)"
+
+
+# ------------------------------------------------------------------------------------------ output
+class Output:
+    """rich when installed (it is a dev extra), plain text otherwise."""
+
+    def __init__(self):
+        try:
+            from rich.console import Console
+
+            # Logs and pipes get wide lines (rich would wrap at 80 columns) unless COLUMNS says otherwise.
+            wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+            self.console = Console(width=180 if wide else None)
+        except ImportError:
+            self.console = None
+
+    def print(self, text: str = "", style: str | None = None):
+        if self.console is not None:
+            self.console.print(text, style=style, highlight=False, markup=False)
+        else:
+            print(text)
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]):
+        if self.console is not None:
+            from rich.table import Table
+
+            table = Table(title=title, title_justify="left")
+            for col in columns:
+                table.add_column(col, overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            self.console.print(table)
+            return
+        widths = [max(len(str(x)) for x in [col] + [r[i] for r in rows]) for i, col in enumerate(columns)]
+        print(title)
+        for row in [columns] + rows:
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+
+    def progress(self, total: int):
+        """A progress bar on a terminal (rich), nothing otherwise (logs get one line per case)."""
+        if self.console is None or not self.console.is_terminal:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.console, transient=True)
+        progress.task = progress.add_task("benchmarking", total=total)
+        return progress
+
+
+# ------------------------------------------------------------------------------------------ info
+def cmd_info(args, out: Output) -> int:
+    import platform
+
+    import torch
+
+    import bigmodel
+    from bigmodel import backends
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    out.print(f"bigmodel {bigmodel.__version__}", style="bold")
+    out.print(f"python {platform.python_version()}, torch {torch.__version__}, triton {triton_version}, "
+              f"CUDA {torch.version.cuda or 'none (CPU build of torch)'}")
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        out.print(f"device: {p.name} (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+                  f"{p.total_memory / 2**30:.0f} GiB), {torch.cuda.device_count()} visible")
+    else:
+        out.print("device: no GPU (torch.cuda.is_available() is False)")
+    interp = os.environ.get("TRITON_INTERPRET", "")
+    out.print(f"TRITON_INTERPRET: {interp or 'unset'}" + (" (Triton kernels run on CPU tensors)"
+                                                         if interp not in ("", "0") else ""))
+    # available_backends() answers for the machine; add each backend's limits on this machine's tensors
+    # (e.g. triton on CPU tensors needs the interpreter).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, reasons in bigmodel.available_backends().items():
+        reasons = reasons or backends.BACKENDS[name].device_reasons(device)
+        rows.append([name, "yes" if not reasons else "no", "; ".join(reasons) or "-"])
+    out.table(f"backends (on {device.type} tensors)", ["backend", "usable here", "why not"], rows)
+    order = ", ".join(f"{op}: {' > '.join(names)}" for op, names in backends.PRIORITY.items())
+    out.print(f"auto order: {order}; other ops: {' > '.join(backends.DEFAULT_PRIORITY)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ bench
+def load_benchmarks():
+    """benchmarks/{cases,timing,report}.py from the source checkout next to this package."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "cases.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks import cases, report, timing
+    except ImportError as e:
+        raise SystemExit(f"bigmodel bench needs the benchmarks/ folder of a bigmodel source checkout "
+                         f"(install with `pip install -e .`); could not import it: {e}")
+    return cases, report, timing
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def case_line(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['reason']}"
+    rate = f"{row['gbps']:.0f} GB/s" if row.get("gbps") else ""
+    rate = f"{row['tflops']:.1f} TFLOP/s" if row.get("tflops") else rate
+    return f"{row['median_ms']:.4f} {row['timer']} ms  {rate}"
+
+
+def cmd_bench(args, out: Output) -> int:
+    cases, report, timing = load_benchmarks()
+    device = args.device or cases.default_device()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("bigmodel bench --device cuda: no CUDA GPU is visible")
+    try:
+        todo = cases.all_cases(_csv(args.ops), tuple(_csv(args.modes) or cases.MODES), _csv(args.dtype),
+                               device, args.quick)
+    except ValueError as e:
+        raise SystemExit(f"bigmodel bench: {e}")
+    providers = _csv(args.providers)
+    if providers:
+        todo = [c for c in todo if c.provider in providers]
+    if not todo:
+        raise SystemExit("bigmodel bench: no case matches these options")
+
+    timer = timing.TIMER[device]
+    out.print(f"bigmodel bench: {len(todo)} cases on {timing.device_name(device)} ({timer} timings)", style="bold")
+    if timer == "CPU":
+        out.print(CPU_WARNING, style="bold yellow")
+    else:
+        out.print(f"copy bandwidth: {timing.copy_bandwidth_gbps(device):.0f} GB/s (device-to-device copy)")
+
+    rows, interrupted, start = [], False, time.monotonic()
+    progress = out.progress(len(todo))
+    try:
+        if progress:
+            progress.start()
+        for i, case in enumerate(todo, 1):
+            if args.max_seconds and time.monotonic() - start > args.max_seconds:
+                rows.append(timing.skipped_row(case, f"not run: --max-seconds {args.max_seconds:g} spent"))
+                continue
+            if progress:
+                progress.update(progress.task, description=f"{case.op} {case.id}")
+            row = timing.run_case(case, quick=args.quick)
+            rows.append(row)
+            line = f"[{i}/{len(todo)}] {case.op} {case.id}: {case_line(row)}"
+            (progress.console.print(line, highlight=False, markup=False) if progress else out.print(line))
+            if progress:
+                progress.advance(progress.task)
+    except KeyboardInterrupt:
+        interrupted = True
+        rows += [timing.skipped_row(c, "not run: interrupted") for c in todo[len(rows):]]
+    finally:
+        if progress:
+            progress.stop()
+    elapsed = time.monotonic() - start
+
+    env = report.environment(device)
+    env["elapsed_s"] = round(elapsed, 1)
+    env["command"] = "bigmodel " + " ".join(sys.argv[1:])
+    paths = report.write(rows, env, args.out, args.stem)
+    print_results(out, rows, timer)
+    out.print(f"\n{len(rows)} cases in {elapsed:.0f} s ({timer} timings); wrote " + ", ".join(map(str, paths)))
+    errors = [r for r in rows if r["status"] == "error"]
+    if errors:
+        out.print(f"{len(errors)} case(s) failed: " + ", ".join(f"{r['op']} {r['id']}" for r in errors), style="red")
+    return 130 if interrupted else 1 if errors else 0
+
+
+def print_results(out: Output, rows: list[dict], timer: str):
+    unit = f"{timer} ms"
+    table, notes = [], {}
+    for r in rows:
+        if r["status"] == "skipped":
+            notes.setdefault((r["provider"], r["reason"]), []).append(f"{r['mode']} {r['shape_str']}")
+            continue
+        if r["status"] == "error":
+            table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], "ERROR", "", "", "",
+                          r["reason"][:120]])
+            continue
+        pct = f"{r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else "-"
+        vs = f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") is not None else "-"
+        rate = f"{r['tflops']:.1f} TFLOP/s" if r.get("tflops") else f"{r['gbps']:.0f} GB/s" if r.get("gbps") else "-"
+        table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], f"{r['median_ms']:.4f}",
+                      rate, pct, vs, ""])
+    title = f"results ({CPU_WARNING})" if timer == "CPU" else "results (GPU timings, median)"
+    out.table(title, ["op", "mode", "dtype", "shape", "provider", unit, "rate", "% copy BW", "vs torch", "note"],
+              table)
+    for (provider, reason), where in notes.items():
+        out.print(f"skipped {provider} ({len(where)} cases): {reason}")
+
+
+# ------------------------------------------------------------------------------------------ main
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigmodel", description="Fused Transformer kernels: info and benchmarks.")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("info", help="versions, device, and each backend's availability (with reasons)")
+    b = sub.add_parser("bench", help="benchmark every provider side by side; writes JSON + markdown + PNG",
+                       description="Benchmark the ops of benchmarks/cases.py on every provider.")
+    b.add_argument("--ops", help="comma-separated ops (default: all)")
+    b.add_argument("--modes", help="comma-separated, from fwd,bwd,fwd+bwd (default: all)")
+    b.add_argument("--dtype", help="comma-separated, from bf16,fp16,fp32 (default: bf16 on GPU, fp32 on CPU)")
+    b.add_argument("--providers", help="comma-separated subset, e.g. torch,triton (default: all)")
+    b.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible")
+    b.add_argument("--out", default="bench-out", help="output folder (default: bench-out/)")
+    b.add_argument("--stem", help="file name stem (default: <date>-<gpu> or <date>-cpu)")
+    b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timing")
+    b.add_argument("--max-seconds", type=float, help="start no new case after this long (the rest: skipped)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    out = Output()
+    if args.command == "info":
+        return cmd_info(args, out)
+    if args.command == "bench":
+        return cmd_bench(args, out)
+    parser().print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
