@@ -12,6 +12,8 @@ Exit status: 0 on success, 1 when a provider that should run failed (the report 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import sys
 import time
@@ -93,8 +95,8 @@ def cmd_info(args, out: Output) -> int:
     else:
         out.print("device: no GPU (torch.cuda.is_available() is False)")
     interp = os.environ.get("TRITON_INTERPRET", "")
-    out.print(f"TRITON_INTERPRET: {interp or 'unset'}" + (" (Triton kernels run on CPU tensors)"
-                                                         if interp not in ("", "0") else ""))
+    interpreting = interp not in ("", "0")
+    out.print(f"TRITON_INTERPRET: {interp or 'unset'}" + (" (Triton runs on CPU tensors)" if interpreting else ""))
     # available_backends() answers for the machine; add each backend's limits on this machine's tensors
     # (e.g. triton on CPU tensors needs the interpreter).
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +111,7 @@ def cmd_info(args, out: Output) -> int:
 
 
 # ------------------------------------------------------------------------------------------ bench
+@functools.cache
 def load_benchmarks():
     """benchmarks/{cases,timing,report}.py from the source checkout next to this package."""
     root = Path(__file__).resolve().parent.parent
@@ -127,11 +130,11 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 def case_line(row: dict) -> str:
+    report = load_benchmarks()[1]
     if row["status"] != "ok":
         return f"{row['status']}: {row['reason']}"
-    rate = f"{row['gbps']:.0f} GB/s" if row.get("gbps") else ""
-    rate = f"{row['tflops']:.1f} TFLOP/s" if row.get("tflops") else rate
-    return f"{row['median_ms']:.4f} {row['timer']} ms  {rate}"
+    pct = f"  {row['pct_copy_bw']:.0f}% of copy BW" if row.get("pct_copy_bw") is not None else ""
+    return f"{row['median_ms']:.4f} {row['timer']} ms  {report.rate(row)}{pct}"
 
 
 def cmd_bench(args, out: Output) -> int:
@@ -162,27 +165,21 @@ def cmd_bench(args, out: Output) -> int:
 
     rows, interrupted, start = [], False, time.monotonic()
     progress = out.progress(len(todo))
-    try:
-        if progress:
-            progress.start()
-        for i, case in enumerate(todo, 1):
-            if args.max_seconds and time.monotonic() - start > args.max_seconds:
-                rows.append(timing.skipped_row(case, f"not run: --max-seconds {args.max_seconds:g} spent"))
-                continue
-            if progress:
-                progress.update(progress.task, description=f"{case.op} {case.id}")
-            row = timing.run_case(case, quick=args.quick)
-            rows.append(row)
-            line = f"[{i}/{len(todo)}] {case.op} {case.id}: {case_line(row)}"
-            (progress.console.print(line, highlight=False, markup=False) if progress else out.print(line))
-            if progress:
-                progress.advance(progress.task)
-    except KeyboardInterrupt:
-        interrupted = True
-        rows += [timing.skipped_row(c, "not run: interrupted") for c in todo[len(rows):]]
-    finally:
-        if progress:
-            progress.stop()
+    with progress or contextlib.nullcontext():
+        try:
+            for i, case in enumerate(todo, 1):
+                if args.max_seconds and time.monotonic() - start > args.max_seconds:
+                    rows.append(timing.skipped_row(case, f"not run: --max-seconds {args.max_seconds:g} spent"))
+                    continue
+                if progress:
+                    progress.update(progress.task, description=f"{case.op} {case.id}")
+                rows.append(timing.run_case(case, quick=args.quick))
+                out.print(f"[{i}/{len(todo)}] {case.op} {case.id}: {case_line(rows[-1])}")  # above the bar
+                if progress:
+                    progress.advance(progress.task)
+        except KeyboardInterrupt:  # keep what finished: the report below is still written
+            interrupted = True
+            rows += [timing.skipped_row(c, "not run: interrupted") for c in todo[len(rows):]]
     elapsed = time.monotonic() - start
 
     env = report.environment(device)
@@ -190,7 +187,9 @@ def cmd_bench(args, out: Output) -> int:
     env["command"] = "bigmodel " + " ".join(sys.argv[1:])
     paths = report.write(rows, env, args.out, args.stem)
     print_results(out, rows, timer)
-    out.print(f"\n{len(rows)} cases in {elapsed:.0f} s ({timer} timings); wrote " + ", ".join(map(str, paths)))
+    counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in ("ok", "skipped", "error"))
+    out.print(f"\n{len(rows)} cases ({counts}) in {elapsed:.0f} s, {timer} timings; wrote "
+              + ", ".join(map(str, paths)))
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         out.print(f"{len(errors)} case(s) failed: " + ", ".join(f"{r['op']} {r['id']}" for r in errors), style="red")
@@ -198,6 +197,7 @@ def cmd_bench(args, out: Output) -> int:
 
 
 def print_results(out: Output, rows: list[dict], timer: str):
+    report = load_benchmarks()[1]
     unit = f"{timer} ms"
     table, notes = [], {}
     for r in rows:
@@ -210,9 +210,8 @@ def print_results(out: Output, rows: list[dict], timer: str):
             continue
         pct = f"{r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else "-"
         vs = f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") is not None else "-"
-        rate = f"{r['tflops']:.1f} TFLOP/s" if r.get("tflops") else f"{r['gbps']:.0f} GB/s" if r.get("gbps") else "-"
         table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], f"{r['median_ms']:.4f}",
-                      rate, pct, vs, ""])
+                      report.rate(r), pct, vs, ""])
     title = f"results ({CPU_WARNING})" if timer == "CPU" else "results (GPU timings, median)"
     out.table(title, ["op", "mode", "dtype", "shape", "provider", unit, "rate", "% copy BW", "vs torch", "note"],
               table)

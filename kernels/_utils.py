@@ -7,8 +7,13 @@ import triton
 
 
 def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU with numpy (TRITON_INTERPRET=1)."""
+    """True when TRITON_INTERPRET asks Triton to run kernels on the CPU with numpy."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# What the @triton.jit decorators of the kernel files saw (each imports this module first): setting the
+# variable later changes nothing, so the backend asks this, not the environment.
+INTERPRETING = interpreting()
 
 
 def num_parallel_programs(device: torch.device) -> int:

@@ -6,7 +6,7 @@ import torch
 import bigmodel
 import bigmodel.backends as backends
 from bigmodel.backends import BACKENDS, BackendUnavailable
-from numerics import randn_input, requires_interpreter
+from numerics import randn_input, requires_interpreter, triton_interpreting
 
 NAMES = ("cuda", "triton", "torch")
 
@@ -216,25 +216,40 @@ def test_explicit_cuda_via_use_backend_and_env_raises(monkeypatch):
         ln()
 
 
-def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
+@pytest.fixture
+def interpreter_off(monkeypatch):
+    """As if triton had been imported without TRITON_INTERPRET (what the kernels' decorators saw)."""
+    import bigmodel.kernels._utils as kutils
+    monkeypatch.setattr(kutils, "INTERPRETING", False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def test_explicit_triton_on_cpu_without_interpreter_raises(interpreter_off):
     with pytest.raises(BackendUnavailable) as info:
         ln(backend="triton")
     msg = str(info.value)
     assert "backend 'triton' cannot run" in msg
-    assert "triton needs CUDA tensors (or TRITON_INTERPRET=1" in msg
+    expected = ("Triton's CPU interpreter is off" if not torch.cuda.is_available()
+                else "triton needs CUDA tensors (or TRITON_INTERPRET=1")
+    assert expected in msg
     for name in NAMES:
         assert f"\n  {name}: " in msg
 
 
 def test_triton_interpret_zero_means_off(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import bigmodel.kernels._utils as kutils
+    for value, on in (("0", False), ("", False), ("1", True)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert kutils.interpreting() is on
+
+
+def test_setting_triton_interpret_late_does_not_fool_the_backend(interpreter_off, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # too late: the kernels were compiled for the GPU
     with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
         ln(backend="triton")
 
 
-def test_auto_on_cpu_without_interpreter_falls_back_to_torch(spy, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_auto_on_cpu_without_interpreter_falls_back_to_torch(spy, interpreter_off):
     x = randn_input(4, 16).requires_grad_(True)
     y = ln(x)
     y.sum().backward()
@@ -247,13 +262,13 @@ def test_float64_under_auto_runs_on_torch(spy, backend):
     assert ran(spy) == ["torch"]
 
 
+@requires_interpreter  # otherwise the machine-level reason (no GPU, no interpreter) is all triton reports
 def test_float64_explicit_triton_raises_naming_dtype():
     with pytest.raises(BackendUnavailable, match=r"input has dtype float64; triton supports"):
         ln(randn_input(4, 16, dtype=torch.float64), backend="triton")
 
 
-def test_explicit_failure_does_not_fall_back(spy, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_explicit_failure_does_not_fall_back(spy, interpreter_off):
     with pytest.raises(BackendUnavailable):
         ln(backend="triton")
     assert spy == []
@@ -266,7 +281,10 @@ def test_available_backends():
     for name, reasons in av.items():
         assert isinstance(reasons, list) and all(isinstance(r, str) and r for r in reasons), (name, reasons)
     assert av["torch"] == []
-    assert av["triton"] == []  # triton is installed in the test environment
+    if torch.cuda.is_available() or triton_interpreting():
+        assert av["triton"] == []  # triton is installed in the test environment
+    else:
+        assert av["triton"], "triton must say why it cannot run without a GPU or the interpreter"
     if not torch.cuda.is_available():
         assert av["cuda"], "cuda must say why it cannot run on a machine without a GPU"
     assert bigmodel.available_backends is backends.available_backends

@@ -3,7 +3,6 @@
 Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was imported.
 """
 import importlib
-import os
 
 import torch
 
@@ -18,12 +17,17 @@ class TritonBackend(Backend):
             importlib.import_module("triton")
         except ImportError as e:
             return [f"triton is not installed ({e})"]
+        if not torch.cuda.is_available() and not self._interpreting():
+            return ["no CUDA GPU is visible and Triton's CPU interpreter is off (set TRITON_INTERPRET=1 "
+                    "before triton is imported to run its kernels on CPU tensors)"]
         return []
 
+    @staticmethod
+    def _interpreting() -> bool:
+        return importlib.import_module("bigmodel.kernels._utils").INTERPRETING
+
     def device_reasons(self, device):
-        if device.type == "cuda":
-            return []
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        if device.type == "cuda" or (device.type == "cpu" and self._interpreting()):
             return []
         return [f"inputs are on {device}; triton needs CUDA tensors (or TRITON_INTERPRET=1, set before "
                 "triton is imported, to run its kernels on the CPU)"]

@@ -1,0 +1,291 @@
+"""Benchmark cases: the one definition of what is timed, shared by the pytest-benchmark suites
+(benchmarks/bench_*.py) and `bigmodel bench`.
+
+A Case names one measurement: op, mode ("fwd", "bwd", "fwd+bwd"), shape, dtype, provider, device.
+Each op registers a builder in OPS that lists its cases for a device and prepares one: fresh random
+inputs (several sets, rotated so that caches do not flatter), a run() closure, the bytes one call must
+move at least and/or the flops it must do. A provider that cannot run here raises Unavailable(reason):
+it is reported as skipped with that reason, never dropped.
+
+Adding an op: write a builder like LayerNormBench (name, providers, cases(), prepare()), in its own module
+if it is long, and add an instance to OPS. Give Prepared `bytes` for a bandwidth-bound op (reported in GB/s
+and % of copy bandwidth) or `flops` for a compute-bound one (reported in TFLOP/s).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import zlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import bigmodel
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Sanity check of every provider against eager torch on the same inputs (tests/ hold the real numerics).
+REL_ERR_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2}
+
+
+class Unavailable(Exception):
+    """This provider cannot run this case on this machine; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    mode: str
+    shape: tuple  # ((name, size), ...) in display order, e.g. (("rows", 16384), ("hidden", 4096))
+    dtype: str  # a key of DTYPES
+    provider: str
+    device: str = "cuda"
+
+    @property
+    def params(self) -> dict:
+        return dict(self.shape)
+
+    @property
+    def shape_str(self) -> str:
+        return "x".join(str(size) for _, size in self.shape)
+
+    @property
+    def id(self) -> str:
+        """Readable pytest id, e.g. 'fwd-bf16-16384x4096-triton'."""
+        return f"{self.mode}-{self.dtype}-{self.shape_str}-{self.provider}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A case ready to time. call(i) runs once on input set i and returns its named outputs."""
+
+    call: Callable[[int], dict]
+    n_sets: int
+    bytes: int | None = None  # fewest bytes one call must move through memory
+    flops: int | None = None
+    reference: Callable[[int], dict] | None = None  # eager torch on the same inputs; None for torch itself
+
+    def __post_init__(self):
+        self._next_set = itertools.cycle(range(self.n_sets))
+
+    def run(self):
+        """One call on the next input set (the timed function)."""
+        return self.call(next(self._next_set))
+
+    def rel_err(self) -> float | None:
+        """Worst ||out - ref|| / ||ref|| over the outputs both produce, on input set 0."""
+        if self.reference is None:
+            return None
+        out, ref = self.call(0), self.reference(0)
+        worst = 0.0
+        for name in out.keys() & ref.keys():
+            a, b = out[name].detach().double(), ref[name].detach().double()
+            err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+            worst = max(worst, err if math.isfinite(err) else math.inf)
+        return worst
+
+
+def quick_from_env() -> bool:
+    """BIGMODEL_BENCH_QUICK=1: fewer sizes and shorter timing (the pytest-benchmark suites read it)."""
+    return os.environ.get("BIGMODEL_BENCH_QUICK", "0") not in ("", "0")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtypes(device: str) -> tuple[str, ...]:
+    # bf16 is what the GPU targets are about; CPU runs are smoke tests, in fp32.
+    return ("bf16",) if device == "cuda" else ("fp32",)
+
+
+def seed_for(case: Case) -> None:
+    """Random but reproducible inputs, different per case."""
+    torch.manual_seed(zlib.crc32(f"{case.op}-{case.id}".encode()))
+
+
+# ------------------------------------------------------------------------------------------ autograd modes
+@dataclasses.dataclass
+class InputSet:
+    """One set of inputs of a single-output op: positional args (those that need gradients have
+    requires_grad set), the names of their gradients in order, and the incoming gradient dy."""
+
+    args: tuple
+    grad_names: tuple
+    dy: torch.Tensor | None = None
+
+    @property
+    def wrt(self) -> tuple:
+        return tuple(a for a in self.args if isinstance(a, torch.Tensor) and a.requires_grad)
+
+
+def mode_call(mode: str, fn: Callable, sets: list[InputSet]) -> Callable[[int], dict]:
+    """call(i) for one mode. autograd.grad rather than .backward(): gradients are returned, not
+    accumulated into .grad, so nothing needs resetting between timed calls."""
+    if mode == "fwd":
+        def call(i):
+            with torch.no_grad():
+                return {"y": fn(*sets[i].args)}
+    elif mode == "bwd":
+        ys = [fn(*s.args) for s in sets]  # forward graphs built once: only the backward is timed
+
+        def call(i):
+            s = sets[i]
+            grads = torch.autograd.grad(ys[i], s.wrt, s.dy, retain_graph=True)
+            return dict(zip(s.grad_names, grads))
+    elif mode == "fwd+bwd":
+        def call(i):
+            s = sets[i]
+            y = fn(*s.args)
+            grads = torch.autograd.grad(y, s.wrt, s.dy)
+            return {"y": y, **dict(zip(s.grad_names, grads))}
+    else:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    return call
+
+
+def n_input_sets(device: str) -> int:
+    # do_bench also flushes L2 between calls; rotating 4 sets keeps repeated calls off warm data anyway.
+    return 4 if device == "cuda" else 2
+
+
+def backend_reasons(backend: str, op: str, **inputs) -> list[str]:
+    return bigmodel.backends.BACKENDS[backend].not_supported_reasons(op, **inputs)
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+# Dynamo keeps compiled graphs on the code object of the compiled function and, past its recompile limit
+# (8), silently runs eager code. Each shape is compiled statically (dynamic=False) and the cache is emptied
+# when the key changes, so every case times compiled code. Cases come ordered shape by shape.
+_compiled: dict = {}
+
+
+def compiled(key, fn: Callable) -> Callable:
+    if key not in _compiled:
+        _compiled.clear()
+        torch.compiler.reset()
+        _compiled[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _compiled[key]
+
+
+def first_call(provider: str, build: Callable[[], Prepared]) -> Prepared:
+    """Build the case and run it once (compilation, autotuning, lazy init stay out of the timings).
+    A torch.compile failure is Unavailable (reported as skipped, with the error); other errors propagate."""
+    try:
+        prepared = build()
+        prepared.call(0)
+    except Unavailable:
+        raise
+    except Exception as e:
+        if provider != "torch.compile":
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        raise Unavailable(f"torch.compile failed: {type(e).__name__}: {first_line}") from e
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------ layer_norm
+class LayerNormBench:
+    name = "layer_norm"
+    providers = ("torch", "torch.compile", "triton", "cuda")
+    eps = 1e-5
+
+    def sizes(self, device: str, quick: bool) -> list[tuple]:
+        if device == "cuda":
+            hidden = (1024, 4096, 16384) if quick else (768, 1024, 2048, 4096, 8192, 12288, 16384)
+            return [(("rows", 16384), ("hidden", h)) for h in hidden]
+        # CPU: smoke-test sizes; the numbers only show the path works.
+        return [(("rows", 256), ("hidden", h)) for h in ((768,) if quick else (768, 1024))]
+
+    def cases(self, device: str, dtypes, modes, quick: bool = False) -> list[Case]:
+        return [Case(self.name, mode, shape, dtype, provider, device)
+                for shape in self.sizes(device, quick) for dtype in dtypes for mode in modes
+                for provider in self.providers]
+
+    def bytes_moved(self, case: Case) -> int:
+        rows, hidden = case.params["rows"], case.params["hidden"]
+        e = case.torch_dtype.itemsize
+        # fwd: read x, write y, read w and b, write mean and rstd (fp32)
+        fwd = 2 * rows * hidden * e + 2 * hidden * e + 2 * rows * 4
+        # bwd: read x and dy, write dx, read w, mean and rstd, write dw and db
+        bwd = 3 * rows * hidden * e + hidden * e + 2 * rows * 4 + 2 * hidden * e
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[case.mode]
+
+    def input_sets(self, case: Case) -> list[InputSet]:
+        rows, hidden = case.params["rows"], case.params["hidden"]
+        kw = dict(device=case.device, dtype=case.torch_dtype)
+        grad = case.mode != "fwd"
+        sets = []
+        for _ in range(n_input_sets(case.device)):
+            x = torch.randn(rows, hidden, **kw)
+            w = (1 + 0.1 * torch.randn(hidden, device=case.device)).to(case.torch_dtype)
+            b = (0.1 * torch.randn(hidden, device=case.device)).to(case.torch_dtype)
+            dy = torch.randn(rows, hidden, **kw) if grad else None
+            args = tuple(t.requires_grad_(grad) for t in (x, w, b))
+            sets.append(InputSet(args, ("dx", "dw", "db"), dy))
+        return sets
+
+    def provider_fn(self, case: Case, sample: InputSet) -> Callable:
+        hidden, eps = case.params["hidden"], self.eps
+
+        def eager(x, w, b):
+            return F.layer_norm(x, (hidden,), w, b, eps)
+
+        if case.provider == "torch":
+            return eager
+        if case.provider == "torch.compile":
+            return compiled((case.op, case.shape, case.dtype, case.device), eager)
+        x, w, b = sample.args
+        reasons = backend_reasons(case.provider, "layer_norm", input=x, weight=w, bias=b)
+        if reasons:
+            raise Unavailable("; ".join(reasons))
+        backend = case.provider
+
+        def fused(x, w, b):
+            return bigmodel.ops.layer_norm(x, (hidden,), w, b, eps, backend=backend)
+
+        return fused
+
+    def prepare(self, case: Case) -> Prepared:
+        seed_for(case)
+
+        def build():
+            sets = self.input_sets(case)
+            fn = self.provider_fn(case, sets[0])
+
+            def reference(i):  # eager torch, built only when the check runs (its graphs cost memory)
+                eager = self.provider_fn(dataclasses.replace(case, provider="torch"), sets[0])
+                return mode_call("fwd" if case.mode == "fwd" else "fwd+bwd", eager, sets)(i)
+
+            return Prepared(mode_call(case.mode, fn, sets), len(sets), bytes=self.bytes_moved(case),
+                            reference=reference if case.provider != "torch" else None)
+
+        return first_call(case.provider, build)
+
+
+OPS = {b.name: b for b in (LayerNormBench(),)}
+
+
+def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:
+    """Every case for these ops / modes / dtypes on `device` (default: the GPU if there is one)."""
+    device = device or default_device()
+    dtypes = tuple(dtypes or default_dtypes(device))
+    unknown = [op for op in (ops or ()) if op not in OPS]
+    if unknown:
+        raise ValueError(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+    bad = [m for m in modes if m not in MODES] + [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"unknown mode/dtype {', '.join(bad)}; modes: {', '.join(MODES)}; dtypes: {', '.join(DTYPES)}")
+    return [c for op in (ops or OPS) for c in OPS[op].cases(device, dtypes, modes, quick)]
+
+
+def prepare(case: Case) -> Prepared:
+    """Inputs and run closure for one case; raises Unavailable when the provider cannot run here."""
+    return OPS[case.op].prepare(case)

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The one script for a lent GPU machine (DESIGN.md, "When a GPU is lent"): build, GPU tests, full benchmarks.
+#
+#   bash benchmarks/gpu_suite.sh          # from the repo root; writes to $OUT (default bench-out/gpu)
+#
+# Steps, in order; each one's exit status is recorded and a failing step does not stop the next:
+#   build         nvidia-smi, then MAX_JOBS=16 BIGMODEL_CUDA_ARCHS=<this GPU> pip install --no-build-isolation
+#                 --no-deps -e .  (if that fails: again without the CUDA extension, so Triton still runs)
+#   tests         python -m pytest -m cuda tests
+#   bench         python -m bigmodel bench --out $OUT        (the full GPU suite: the numbers to commit)
+#   pytest-bench  pytest-benchmark over benchmarks/, quick sizes (PYBENCH_QUICK=0: full sizes)
+# Files in $OUT - the device tool brings back at most 8, so exactly these 8:
+#   build.log (nvidia-smi + versions + pip -v output), tests.log, tests.xml (junit), bench.log,
+#   <date>-<gpu>.json / .md / .png (commit under benchmarks/results/), pytest-benchmark.json
+# The end of stdout is a short summary: the benchmark table, then each step's status.
+#
+# Knobs: STEPS (default "build tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
+# 600 s device call), BUILD_S / TESTS_S / PYBENCH_S (per-step caps; bench gets the time that is left), PYTHON.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+OUT=${OUT:-$PWD/bench-out/gpu}
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-build tests bench pytest-bench}
+SUITE_S=${SUITE_S:-570}
+BUILD_S=${BUILD_S:-240}
+TESTS_S=${TESTS_S:-120}
+PYBENCH_S=${PYBENCH_S:-60}
+PYBENCH_QUICK=${PYBENCH_QUICK:-1}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+declare -A STATUS
+
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
+left() { echo $((SUITE_S - SECONDS)); }  # seconds left of the whole suite's budget
+cap() { local t=$(($1 < $(left) ? $1 : $(left))); echo $((t < 10 ? 10 : t)); }  # step limit: never 0 (= none)
+banner() { echo; echo "=== $1 [$(date +%T), ${SECONDS}s]"; }
+
+# ---------------------------------------------------------------------------------------------- device + build
+banner "device"
+{
+  nvidia-smi || echo "nvidia-smi failed"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, \
+'| CUDA', torch.version.cuda, '| triton', triton.__version__)" || true
+  nvcc --version 2>/dev/null | tail -n 1 || echo "nvcc not found"
+} > "$OUT/build.log" 2>&1
+cat "$OUT/build.log"
+# Compute capability of this GPU, e.g. "90": build only for it (minutes saved).
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .' || true)
+[[ -n "$ARCH" ]] || ARCH=$("$PY" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())" 2>/dev/null || true)
+
+if wants build; then
+  banner "build: pip install -e . (BIGMODEL_CUDA_ARCHS=${ARCH:-setup.py default}, MAX_JOBS=16)"
+  rc=0
+  MAX_JOBS=16 BIGMODEL_CUDA_ARCHS=${ARCH:-80;90} timeout "$(cap "$BUILD_S")" \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . >> "$OUT/build.log" 2>&1 || rc=$?
+  STATUS[build]=$rc
+  if [[ $rc != 0 ]]; then
+    echo "build failed (exit $rc; see build.log): installing without bigmodel._C so the other paths still run"
+    BIGMODEL_SKIP_CUDA_BUILD=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . \
+      >> "$OUT/build.log" 2>&1 || echo "the fallback install failed too"
+  fi
+  grep -E "warning|error|spill" "$OUT/build.log" | grep -v "^ *$" | tail -n 15 || true
+  "$PY" -c "import bigmodel._C as c; print('bigmodel._C:', c.__file__)" 2>&1 | tail -n 1 || true
+fi
+
+# ---------------------------------------------------------------------------------------------- GPU tests
+if wants tests; then
+  banner "tests: pytest -m cuda tests"
+  rc=0
+  timeout "$(cap "$TESTS_S")" "$PY" -m pytest -m cuda tests -q -p no:cacheprovider \
+    --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1 || rc=$?
+  STATUS[tests]=$rc
+  tail -n 12 "$OUT/tests.log"
+fi
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+if wants bench; then
+  # The full suite gets what is left, less the pytest-benchmark step and the summary; it starts no new case
+  # 40 s before its limit, and SIGINT (not SIGTERM) lets it write the cases it finished.
+  reserve=15
+  if wants pytest-bench; then reserve=$((reserve + PYBENCH_S)); fi
+  budget=$(($(left) - reserve))
+  budget=$((budget < 60 ? 60 : budget))
+  banner "bench: bigmodel bench --out \$OUT (${budget}s)"
+  rc=0
+  timeout -s INT -k 20 "$budget" "$PY" -m bigmodel bench --out "$OUT" --max-seconds $((budget - 40)) \
+    > "$OUT/bench.log" 2>&1 || rc=$?
+  STATUS[bench]=$rc
+  grep -E "^\[.*(error|ERROR)|failed|Traceback" "$OUT/bench.log" | tail -n 10 || true
+  tail -n 3 "$OUT/bench.log"
+fi
+
+if wants pytest-bench; then
+  banner "pytest-bench: pytest benchmarks (BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK)"
+  rc=0
+  BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK timeout -s INT -k 20 "$(cap "$PYBENCH_S")" \
+    "$PY" -m pytest benchmarks -q -p no:cacheprovider --benchmark-json="$OUT/pytest-benchmark.json" \
+    --benchmark-columns=median,iqr,rounds >> "$OUT/bench.log" 2>&1 || rc=$?
+  STATUS[pytest-bench]=$rc
+  tail -n 3 "$OUT/bench.log"
+fi
+
+# ---------------------------------------------------------------------------------------------- summary
+banner "summary"
+REPORT=$(ls "$OUT"/*.json 2>/dev/null | grep -v pytest-benchmark | head -n 1 || true)
+if [[ -n "$REPORT" ]]; then
+  "$PY" -m benchmarks.report --summary "$REPORT" || true
+else
+  echo "no benchmark report in $OUT"
+fi
+if [[ -f "$OUT/tests.xml" ]]; then
+  "$PY" - "$OUT/tests.xml" <<'EOF' || true
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+suite = root if root.tag == "testsuite" else root.find("testsuite")
+print(f"cuda tests: {suite.get('tests')} run, {suite.get('failures')} failed, {suite.get('errors')} errors, "
+      f"{suite.get('skipped')} skipped")
+for case in suite.iter("testcase"):
+    if case.find("failure") is not None or case.find("error") is not None:
+        print(f"  FAILED {case.get('classname')}::{case.get('name')}")
+EOF
+fi
+worst=0
+for s in build tests bench pytest-bench; do
+  printf "%-13s %s\n" "$s" "$(wants "$s" && echo "exit ${STATUS[$s]:-not reached}" || echo "not asked")"
+  [[ "${STATUS[$s]:-0}" == 0 ]] || worst=1
+done
+echo "files in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+echo "suite: ${SECONDS}s"
+exit $worst
