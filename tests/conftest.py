@@ -61,3 +61,27 @@ def interpreter():
         pytest.skip(INTERPRETER_SKIP_REASON)
     return True
 
+
+
+@pytest.fixture
+def spy():
+    """Records, in order, which backend's layer_norm_fwd / layer_norm_bwd ran: [(backend, fn), ...]."""
+    from bigmodel.backends import BACKENDS
+
+    calls, patched = [], []
+    for name, impl in BACKENDS.items():
+        for fn in ("layer_norm_fwd", "layer_norm_bwd"):
+            original = getattr(impl, fn)
+
+            def wrapper(*args, _name=name, _fn=fn, _original=original):
+                calls.append((_name, _fn))
+                return _original(*args)
+
+            assert fn not in vars(impl)
+            setattr(impl, fn, wrapper)  # instance attribute shadows the method
+            patched.append((impl, fn))
+    try:
+        yield calls
+    finally:
+        for impl, fn in patched:
+            delattr(impl, fn)

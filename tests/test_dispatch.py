@@ -11,28 +11,9 @@ from numerics import randn_input, requires_interpreter, triton_interpreting
 NAMES = ("cuda", "triton", "torch")
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Records, in order, which backend's layer_norm_fwd / layer_norm_bwd ran."""
-    calls = []
-    patched = []
-    for name, impl in BACKENDS.items():
-        for fn in ("layer_norm_fwd", "layer_norm_bwd"):
-            original = getattr(impl, fn)
-
-            def wrapper(*args, _name=name, _fn=fn, _original=original):
-                calls.append((_name, _fn))
-                return _original(*args)
-
-            assert fn not in vars(impl)
-            setattr(impl, fn, wrapper)  # instance attribute shadows the method
-            patched.append((impl, fn))
+@pytest.fixture(autouse=True)
+def _no_env_backend(monkeypatch):
     monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
-    try:
-        yield calls
-    finally:
-        for impl, fn in patched:
-            delattr(impl, fn)
 
 
 def ran(calls):

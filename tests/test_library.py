@@ -190,27 +190,6 @@ def test_compile_fp16_no_affine(backend):
 
 
 # ------------------------------------------------------------------------------------------ compile + backend choice
-@pytest.fixture
-def spy():
-    calls = []
-    patched = []
-    for name, impl in BACKENDS.items():
-        for fn in ("layer_norm_fwd", "layer_norm_bwd"):
-            original = getattr(impl, fn)
-
-            def wrapper(*args, _name=name, _fn=fn, _original=original):
-                calls.append((_name, _fn))
-                return _original(*args)
-
-            setattr(impl, fn, wrapper)
-            patched.append((impl, fn))
-    try:
-        yield calls
-    finally:
-        for impl, fn in patched:
-            delattr(impl, fn)
-
-
 @requires_interpreter
 def test_compile_inside_use_backend(spy, monkeypatch):
     monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)

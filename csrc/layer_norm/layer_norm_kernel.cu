@@ -167,29 +167,26 @@ bool can_vectorize(const LayerNormParams& p, bool backward) {
   return ok;
 }
 
+using RowKernel = void (*)(LayerNormParams);
+
+// One row kernel, with 16-byte vectors when every pointer allows them.
+template <typename T, typename W>
+void launch_rows(const LayerNormParams& p, bool backward, RowKernel vec_kernel, RowKernel scalar_kernel,
+                 cudaStream_t stream) {
+  const bool vec = can_vectorize<T, W>(p, backward);
+  const RowLaunch l = row_launch(p.rows, p.cols, vec ? kVec16<T> : 1);
+  (vec ? vec_kernel : scalar_kernel)<<<l.grid, l.block, 0, stream>>>(p);
+}
+
 template <typename T, typename W>
 cudaError_t launch_fwd(const LayerNormParams& p, cudaStream_t stream) {
-  constexpr int V = kVec16<T>;
-  if (can_vectorize<T, W>(p, false)) {
-    const RowLaunch l = row_launch(p.rows, p.cols, V);
-    ln_fwd_kernel<T, W, V><<<l.grid, l.block, 0, stream>>>(p);
-  } else {
-    const RowLaunch l = row_launch(p.rows, p.cols, 1);
-    ln_fwd_kernel<T, W, 1><<<l.grid, l.block, 0, stream>>>(p);
-  }
+  launch_rows<T, W>(p, false, ln_fwd_kernel<T, W, kVec16<T>>, ln_fwd_kernel<T, W, 1>, stream);
   return cudaGetLastError();
 }
 
 template <typename T, typename W>
 cudaError_t launch_bwd(const LayerNormParams& p, cudaStream_t stream) {
-  constexpr int V = kVec16<T>;
-  if (can_vectorize<T, W>(p, true)) {
-    const RowLaunch l = row_launch(p.rows, p.cols, V);
-    ln_bwd_dx_kernel<T, W, V><<<l.grid, l.block, 0, stream>>>(p);
-  } else {
-    const RowLaunch l = row_launch(p.rows, p.cols, 1);
-    ln_bwd_dx_kernel<T, W, 1><<<l.grid, l.block, 0, stream>>>(p);
-  }
+  launch_rows<T, W>(p, true, ln_bwd_dx_kernel<T, W, kVec16<T>>, ln_bwd_dx_kernel<T, W, 1>, stream);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || (!p.dweight && !p.dbias)) return err;
   const int64_t rows_per_split = ceil_div(p.rows, p.param_splits);
