@@ -51,6 +51,7 @@ def run(backend, x, normalized_shape, weight, bias, eps=1e-5, dy=None):
     (8, 1000),
     (4, 4096),
     (3, MAX_FUSED_N + 1),    # above the single-block limit: the looped kernels
+    (2, 65536),              # the largest hidden size the issue names, looped
 ], ids=lambda v: str(v))
 def test_layer_norm_sizes(backend, dtype, rows, hidden):
     x = randn_input(rows, hidden, dtype=dtype)
