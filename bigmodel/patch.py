@@ -15,8 +15,16 @@ def _layer_norm(m: torch.nn.LayerNorm, backend):
     return new
 
 
+def _multihead_attention(m: torch.nn.MultiheadAttention, backend):
+    new = bnn.MultiheadAttention(m.embed_dim, m.num_heads, m.dropout, m.in_proj_bias is not None,
+                                 m.bias_k is not None, m.add_zero_attn, m.kdim, m.vdim, m.batch_first,
+                                 device="meta", backend=backend)
+    new.load_state_dict(m.state_dict(keep_vars=True), assign=True)  # the same Parameter objects
+    return new
+
+
 # torch.nn class -> builder of its drop-in. Exact classes only: a subclass may change forward().
-REPLACEMENTS = {torch.nn.LayerNorm: _layer_norm}
+REPLACEMENTS = {torch.nn.LayerNorm: _layer_norm, torch.nn.MultiheadAttention: _multihead_attention}
 
 
 def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:

@@ -19,7 +19,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), TritonBackend
 NAMES = tuple(BACKENDS) + ("auto",)
 # Auto order per op, fastest first; ops not listed use DEFAULT_PRIORITY.
 DEFAULT_PRIORITY = ("cuda", "triton", "torch")
-PRIORITY: dict[str, tuple[str, ...]] = {"layer_norm": ("triton", "cuda", "torch")}
+PRIORITY: dict[str, tuple[str, ...]] = {"layer_norm": ("triton", "cuda", "torch"),
+                                         "attention": ("triton", "cuda", "torch")}
 
 _override: list = [None]  # set_backend / use_backend (a plain list so torch.compile reads it without a break)
 

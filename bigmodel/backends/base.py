@@ -33,6 +33,8 @@ class Backend:
         for device in devices:
             reasons += self.device_reasons(device)
         for k, t in tensors.items():
+            if t.dtype == torch.bool:  # boolean masks: their op's `<op>_reasons` judges them
+                continue
             if t.dtype not in self.dtypes:
                 names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
                 reasons.append(f"{k} has dtype {str(t.dtype).replace('torch.', '')}; {self.name} supports {names}")

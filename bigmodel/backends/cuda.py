@@ -42,3 +42,37 @@ class CudaBackend(Backend):
     def layer_norm_bwd(self, dy, x, weight, bias, mean, rstd):
         dx, dw, db = self._C.layer_norm_bwd(dy, x, weight, bias, mean, rstd)
         return dx, dw, db
+
+    ATTENTION_HEAD_DIMS = (64, 128)
+    ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
+
+    def attention_reasons(self, q, k, v, attn_mask=None, dropout_p=0.0, **_):
+        reasons = []
+        if q.dtype not in self.ATTENTION_DTYPES:
+            reasons.append(f"attention kernels take float16 / bfloat16; q is {str(q.dtype).replace('torch.', '')}")
+        if q.size(-1) not in self.ATTENTION_HEAD_DIMS or v.size(-1) != q.size(-1):
+            reasons.append(f"head dims {self.ATTENTION_HEAD_DIMS} only (q, k, v all the same); got q {q.size(-1)}, "
+                           f"v {v.size(-1)} (the triton backend takes any head dim up to 256)")
+        if dropout_p > 0:
+            reasons.append("no dropout in the CUDA attention kernels (dropout_p > 0: use triton)")
+        if attn_mask is not None and key_padding(attn_mask) is None:
+            reasons.append("attn_mask must be a boolean key-padding mask, i.e. vary only along batch and key "
+                           "(shape (B, 1, 1, Lk)); float masks and per-query masks need triton")
+        return reasons
+
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
+        o, lse = self._C.attention_fwd(q, k, v, key_padding(mask), is_causal, scale)
+        return o, lse
+
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
+        dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
+        return dq, dk, dv
+
+
+def key_padding(mask):
+    """A (B, Hq, Lq, Lk) mask as the (B, Lk) bool key-padding mask it is, or None if it is not one."""
+    if mask is None or mask.dtype != torch.bool:
+        return None
+    if any(mask.size(d) > 1 and mask.stride(d) != 0 for d in (1, 2)):
+        return None
+    return mask[:, 0, 0, :].contiguous()

@@ -39,3 +39,59 @@ class TorchBackend(Backend):
         dw = (dyf * xhat).sum(0).to(weight.dtype) if weight is not None else None
         db = dyf.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db
+
+    # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
+    # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
+        acc = _acc_dtype(q)
+        p, lse = _attention_probs(q, k, mask, is_causal, scale, acc)
+        pd = p * _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else p
+        o = pd @ _repeat_kv(v, q.size(1)).to(acc)
+        return o.to(q.dtype), lse.float()
+
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
+        acc = _acc_dtype(q)
+        p, _ = _attention_probs(q, k, mask, is_causal, scale, acc)
+        keep = _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else None
+        dof, vf = do.to(acc), _repeat_kv(v, q.size(1)).to(acc)
+        dv = (p * keep if keep is not None else p).transpose(-1, -2) @ dof
+        dp = dof @ vf.transpose(-1, -2)
+        if keep is not None:
+            dp = dp * keep
+        ds = p * (dp - (p * dp).sum(-1, keepdim=True))  # rowsum(P * dP) = rowsum(dO * O)
+        dq = scale * ds @ _repeat_kv(k, q.size(1)).to(acc)
+        dk = scale * ds.transpose(-1, -2) @ q.to(acc)
+        return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
+
+
+def _repeat_kv(t, heads):
+    """(B, Hkv, L, D) -> (B, heads, L, D): each kv head serves heads // Hkv query heads (GQA)."""
+    return t if t.size(1) == heads else t.repeat_interleave(heads // t.size(1), dim=1)
+
+
+def _sum_groups(g, like):
+    """(B, Hq, L, D) gradient -> (B, Hkv, L, D): sum over the query heads that share a kv head."""
+    b, hq, n, d = g.shape
+    hkv = like.size(1)
+    return g if hq == hkv else g.view(b, hkv, hq // hkv, n, d).sum(2)
+
+
+def _attention_probs(q, k, mask, is_causal, scale, acc):
+    """P = softmax(scale * q k^T + mask) and its log-sum-exp; rows with no visible key get P = 0, lse = +inf."""
+    s = scale * (q.to(acc) @ _repeat_kv(k, q.size(1)).to(acc).transpose(-1, -2))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(acc)
+    if is_causal:
+        lq, lk = s.shape[-2:]
+        s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    lse = lse.masked_fill(lse == float("-inf"), float("inf"))
+    return torch.exp(s - lse[..., None]), lse
+
+
+def _dropout_keep(p, dropout_p, seed):
+    """keep / (1 - p) for every score, a pure function of `seed` (the backward draws the same mask)."""
+    gen = torch.Generator(device=p.device)
+    gen.manual_seed(int(seed))
+    keep = torch.rand(p.shape, generator=gen, device=p.device) >= dropout_p
+    return keep.to(p.dtype) / (1.0 - dropout_p)

@@ -41,3 +41,20 @@ class TritonBackend(Backend):
 
     def layer_norm_bwd(self, dy, x, weight, bias, mean, rstd):
         return self._kernels("layer_norm").layer_norm_bwd(dy, x, weight, bias, mean, rstd)
+
+    MAX_HEAD_DIM = 256  # head dims are padded to a power of two inside the kernels
+
+    def attention_reasons(self, q, k, v, attn_mask=None, **_):
+        reasons = []
+        if q.size(-1) > self.MAX_HEAD_DIM:
+            reasons.append(f"head dim {q.size(-1)} > {self.MAX_HEAD_DIM}")
+        if v.size(-1) != q.size(-1):
+            reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
+        return reasons
+
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
+        return self._kernels("attention").attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed)
+
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
+        return self._kernels("attention").attention_bwd(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p,
+                                                        seed)

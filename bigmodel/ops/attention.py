@@ -1,0 +1,94 @@
+"""bigmodel.ops.attention: F.scaled_dot_product_attention's semantics on the fused kernels."""
+import math
+import numbers
+
+import torch
+
+from .. import backends
+from . import _checks
+
+OP = "attention"
+
+
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
+              backend=None):
+    """Same as `torch.nn.functional.scaled_dot_product_attention`, fused (FlashAttention-2 style, O(L) memory).
+
+    q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); the leading dims of q, k and v must be equal.
+    attn_mask: boolean (True = attend) or additive float (q's dtype), broadcastable to (..., Hq, Lq, Lk); it gets
+    no gradient. is_causal: query i sees key j iff j <= i (top-left aligned when Lq != Lk, as SDPA); not together
+    with attn_mask. enable_gqa: Hkv may divide Hq (query head h uses kv head h // (Hq // Hkv)), K/V never copied.
+    dropout_p: applied whenever > 0, like the functional SDPA (pass 0.0 in eval); the seed comes from torch's
+    CPU generator, and the backward regenerates the same mask.
+
+    Rows in which every key is masked give output 0 and gradient 0. (PyTorch's SDPA gives NaN there for
+    additive -inf masks and on some backends.) Statistics (max, log-sum-exp) are kept in fp32 for every dtype;
+    fp32 inputs use full-precision (not TF32) dot products. `backend`: "triton", "cuda", "torch" or "auto".
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.check_tensor(OP, name, t)
+        if t.dim() < 2:
+            raise ValueError(f"bigmodel.ops.{OP}: {name} must have at least 2 dims (..., L, E); got shape "
+                             f"{tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"bigmodel.ops.{OP}: q, k and v must share one dtype; got q {q.dtype} and {name} {t.dtype}")
+    _checks.check_same_device(OP, "q", q, k=k, v=v, attn_mask=attn_mask)
+    if q.dim() != k.dim() or k.dim() != v.dim():
+        raise ValueError(f"bigmodel.ops.{OP}: q, k and v must have the same number of dims; got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[:-3] != k.shape[:-3] or k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"bigmodel.ops.{OP}: q, k, v must share their leading (batch) dims and k, v their heads and "
+                         f"length; got shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"bigmodel.ops.{OP}: q and k must have the same head dim (last dim); got q {q.size(-1)} "
+                         f"and k {k.size(-1)}")
+    hq, hkv = (q.size(-3), k.size(-3)) if q.dim() >= 3 else (1, 1)
+    if hq != hkv:
+        if not enable_gqa:
+            raise ValueError(f"bigmodel.ops.{OP}: q has {hq} heads but k and v have {hkv}; pass enable_gqa=True for "
+                             "grouped-query attention, or give them the same number of heads")
+        if hq % hkv:
+            raise ValueError(f"bigmodel.ops.{OP}: enable_gqa needs k/v heads to divide q heads; got q {hq} heads, "
+                             f"k/v {hkv}")
+    if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"bigmodel.ops.{OP}: dropout_p must be a float in [0, 1); got {dropout_p!r}")
+    if scale is not None and (not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
+        raise ValueError(f"bigmodel.ops.{OP}: scale must be a finite float or None; got {scale!r}")
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    name = backends.requested(backend)
+
+    batch, lq, lk = q.shape[:-3], q.size(-2), k.size(-2)
+    q4, k4, v4 = (_as_4d(t) for t in (q, k, v))
+    mask4 = _mask_4d(attn_mask, is_causal, (*batch, hq, lq, lk), q)
+    out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale, name)
+    return out.view(*q.shape[:-1], v.size(-1))
+
+
+def _as_4d(t):
+    """(..., H, L, E) -> (B, H, L, E) with unit last stride (a view when one exists)."""
+    shape = (1, 1, *t.shape) if t.dim() == 2 else (-1, *t.shape[-3:])
+    t4 = t.reshape(shape)
+    return t4 if t4.stride(-1) == 1 or t4.size(-1) == 1 else t4.contiguous()
+
+
+def _mask_4d(mask, is_causal, full_shape, q):
+    """The mask as a (B, Hq, Lq, Lk) view (broadcast dims get stride 0: nothing is copied)."""
+    if mask is None:
+        return None
+    if is_causal:
+        raise ValueError(f"bigmodel.ops.{OP}: pass either attn_mask or is_causal=True, not both (as SDPA)")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"bigmodel.ops.{OP}: attn_mask must be a torch.Tensor or None; got {type(mask).__name__}")
+    if mask.dtype not in (torch.bool, q.dtype):
+        raise TypeError(f"bigmodel.ops.{OP}: attn_mask must be bool (True = attend) or q's dtype {q.dtype} "
+                        f"(additive); got {mask.dtype}")
+    if mask.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"bigmodel.ops.{OP}: attn_mask requires grad, but the fused kernels give the mask no "
+                         "gradient; detach it (or use F.scaled_dot_product_attention for a learned bias)")
+    try:
+        expanded = mask.expand(full_shape)
+    except RuntimeError:
+        raise ValueError(f"bigmodel.ops.{OP}: attn_mask of shape {tuple(mask.shape)} is not broadcastable to "
+                         f"(..., Hq, Lq, Lk) = {tuple(full_shape)}") from None
+    return expanded.reshape(-1, *full_shape[-3:])
