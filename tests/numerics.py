@@ -154,3 +154,44 @@ def check_layer_norm_case(result, *, floor=REF_FLOOR):
         assert ours.dtype == lowp.dtype, f"{key}: dtype {ours.dtype}, plain PyTorch gives {lowp.dtype}"
         kind = "output" if key == "y" else "grad"
         assert_close_by_rule(key, ours, ref64, lowp, kind, floor=floor)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+def attention_case(fn, q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, do=None):
+    """Run `fn(q, k, v, attn_mask, is_causal, scale, enable_gqa)` (the implementation under test), plain PyTorch
+    SDPA in the inputs' own precision, and an fp64 SDPA reference, forward + backward(do).
+
+    Returns {"out"|"dq"|"dk"|"dv": (ours, ref64, torch_lowp)}. q, k, v and do keep their strides for the
+    implementation under test. A float mask is upcast for the fp64 reference.
+    """
+    if do is None:
+        shape = (*q.shape[:-1], v.size(-1))
+        do = torch.randn(shape, dtype=torch.float32, device=q.device).to(q.dtype)
+    runs = {}
+    for which in ("ours", "ref64", "lowp"):
+        cast = (lambda t: t.double()) if which == "ref64" else (lambda t: t)
+        leaves = [cast(t.detach()).contiguous().clone().requires_grad_(True) for t in (q, k, v)]
+        ins = [with_layout(leaf, like) for leaf, like in zip(leaves, (q, k, v))]
+        mask = attn_mask
+        if which == "ref64" and mask is not None and mask.is_floating_point():
+            mask = mask.double()
+        g = with_layout(do.detach().double(), do) if which == "ref64" else do
+        if which == "ours":
+            out = fn(*ins, mask, is_causal, scale, enable_gqa)
+        else:
+            out = F.scaled_dot_product_attention(*ins, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                                 enable_gqa=enable_gqa)
+        out.backward(g)
+        runs[which] = [out.detach()] + [leaf.grad for leaf in leaves]
+    return {key: tuple(runs[w][i] for w in ("ours", "ref64", "lowp"))
+            for i, key in enumerate(("out", "dq", "dk", "dv"))}
+
+
+def check_attention_case(result, rows=None):
+    """Apply the rule to every entry of attention_case's result. `rows`: optional bool (..., Lq) selecting the
+    query rows to compare in out / dq (e.g. those with at least one visible key)."""
+    for key, (ours, ref64, lowp) in result.items():
+        assert ours.dtype == lowp.dtype, f"{key}: dtype {ours.dtype}, plain PyTorch gives {lowp.dtype}"
+        if rows is not None and key in ("out", "dq"):
+            ours, ref64, lowp = (t[rows] for t in (ours, ref64, lowp))
+        assert_close_by_rule(key, ours, ref64, lowp, "output" if key == "out" else "grad")

@@ -1,0 +1,239 @@
+"""bigmodel.ops.attention's contract around the kernels: clear errors for bad input, backend reasons, the custom ops
+(opcheck, torch.compile(fullgraph=True) with no graph break), and bigmodel.nn.MultiheadAttention as a drop-in for
+torch.nn.MultiheadAttention (state_dict, outputs and gradients, every mask kind, batch_first both ways)."""
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+
+import bigmodel
+from bigmodel.backends import BACKENDS, BackendUnavailable
+from numerics import assert_close_by_rule, requires_interpreter
+
+BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
+
+
+def qkv(*shape, dtype=torch.float32, requires_grad=False):
+    return [torch.randn(shape, dtype=dtype, requires_grad=requires_grad) for _ in range(3)]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("make,match", [
+    (lambda q, k, v: (q.long(), k, v, {}), r"q must have dtype .*; got int64"),
+    (lambda q, k, v: (q, k.half(), v, {}), r"q, k and v must share one dtype; got q torch.float32 and k torch.float16"),
+    (lambda q, k, v: (q, k.to("meta"), v, {}), r"k is on meta but q is on cpu"),
+    (lambda q, k, v: (q, k[..., :8], v, {}), r"q and k must have the same head dim .* got q 16 and k 8"),
+    (lambda q, k, v: (q, k[:, :2], v[:, :2], {}), r"q has 4 heads but k and v have 2; pass enable_gqa=True"),
+    (lambda q, k, v: (q, k[:, :3], v[:, :3], dict(enable_gqa=True)), r"k/v heads to divide q heads; got q 4 heads, k/v 3"),
+    (lambda q, k, v: (q, k, v[:, :, :5], {}), r"k, v their heads and length; got shapes"),
+    (lambda q, k, v: (q, k[0], v[0], {}), r"same number of dims"),
+    (lambda q, k, v: (q[0, 0, 0], k, v, {}), r"q must have at least 2 dims"),
+    (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(3, 7, dtype=torch.bool))), r"attn_mask of shape \(3, 7\) is not broadcastable to .*\(2, 4, 6, 7\)"),
+    (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.int32))), r"attn_mask must be bool .* got torch.int32"),
+    (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.float16))), r"attn_mask must be bool .* q's dtype torch.float32"),
+    (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.bool), is_causal=True)), r"either attn_mask or is_causal"),
+    (lambda q, k, v: (q, k, v, dict(attn_mask=torch.zeros(6, 7, requires_grad=True))), r"attn_mask requires grad"),
+    (lambda q, k, v: (q, k, v, dict(dropout_p=1.0)), r"dropout_p must be a float in \[0, 1\); got 1.0"),
+    (lambda q, k, v: (q, k, v, dict(dropout_p=-0.1)), r"dropout_p must be a float in \[0, 1\)"),
+    (lambda q, k, v: (q, k, v, dict(scale=float("nan"))), r"scale must be a finite float"),
+    (lambda q, k, v: (q, k, v, dict(backend="flash")), r"backend: expected one of .*got 'flash'"),
+], ids=["int-dtype", "mixed-dtype", "device", "head-dim", "heads-no-gqa", "gqa-indivisible", "v-length", "rank",
+        "rank<2", "mask-shape", "mask-int", "mask-dtype", "mask+causal", "mask-grad", "dropout-1", "dropout-neg",
+        "scale-nan", "unknown-backend"])
+def test_bad_input_raises_clear_error(make, match):
+    q, k, v = qkv(2, 4, 6, 16)
+    k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 4, 7, 16)
+    q, k, v, kw = make(q, k, v)
+    with pytest.raises((ValueError, TypeError), match=match):
+        bigmodel.ops.attention(q, k, v, **kw)
+
+
+@requires_interpreter
+def test_forced_backend_that_cannot_run_lists_every_reason():
+    q, k, v = qkv(1, 2, 4, 320)  # head dim 320: beyond the kernels
+    with pytest.raises(BackendUnavailable) as err:
+        bigmodel.ops.attention(q, k, v, backend="triton")
+    msg = str(err.value)
+    assert "backend 'triton' cannot run" in msg and "head dim 320 > 256" in msg
+    assert "cuda:" in msg and "torch: can run these inputs" in msg
+    out = bigmodel.ops.attention(q, k, v)  # auto: the reference takes it
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
+def test_cuda_backend_reasons_name_what_it_lacks():
+    """The CUDA kernels' input limits, read straight from the adapter (whatever the machine)."""
+    cuda = BACKENDS["cuda"]
+    q, k, v = qkv(1, 2, 4, 80)
+    reasons = " ".join(cuda.attention_reasons(q=q, k=k, v=v, attn_mask=torch.ones(4, 4), dropout_p=0.1))
+    for expected in ("float16 / bfloat16; q is float32", "head dims (64, 128)", "no dropout", "key-padding"):
+        assert expected in reasons
+    q, k, v = qkv(2, 2, 4, 64, dtype=torch.float16)
+    padding = torch.rand(2, 1, 1, 4).lt(0.5).expand(2, 2, 4, 4)
+    assert cuda.attention_reasons(q=q, k=k, v=v, attn_mask=padding, dropout_p=0.0) == []
+
+
+def test_fp64_goes_to_the_reference_under_auto():
+    q, k, v = qkv(1, 2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(bigmodel.ops.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+# ------------------------------------------------------------------------------------------ custom ops
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+@pytest.mark.parametrize("mask,causal,hkv", [(None, False, 2), (None, True, 1), ("bool", False, 2),
+                                             ("float", False, 2)], ids=["plain", "causal-gqa", "bool", "float"])
+def test_opcheck(backend, mask, causal, hkv):
+    q = torch.randn(2, 2, 5, 16, requires_grad=True)
+    k, v = (torch.randn(2, hkv, 7, 16, requires_grad=True) for _ in range(2))
+    m = {None: None, "bool": torch.rand(2, 1, 1, 7) > 0.3, "float": torch.randn(1, 1, 5, 7)}[mask]
+    if m is not None:
+        m[..., 0] = True if m.dtype == torch.bool else 0.0
+        m = m.expand(2, 2, 5, 7)
+    torch.library.opcheck(torch.ops.bigmodel.attention.default, (q, k, v, m, 0.0, causal, 0.25, backend))
+    out, lse, seed = torch.ops.bigmodel.attention(q.detach(), k.detach(), v.detach(), m, 0.0, causal, 0.25, backend)
+    torch.library.opcheck(torch.ops.bigmodel.attention_backward.default,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, m, 0.0, causal, 0.25,
+                           seed, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+def test_compile_fullgraph_no_graph_break(backend, fresh_dynamo):
+    def f(q, k, v, mask):
+        return bigmodel.ops.attention(q, k, v, mask, backend=backend).sum()
+
+    q, k, v = qkv(2, 2, 8, 16, requires_grad=True)
+    mask = torch.rand(2, 1, 1, 8) > 0.2
+    mask[..., 0] = True
+    explanation = torch._dynamo.explain(f)(q, k, v, mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(q, k, v, mask), (q, k, v))
+    expected = torch.autograd.grad(f(q, k, v, mask), (q, k, v))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
+# ------------------------------------------------------------------------------------------ MultiheadAttention
+def mha_pair(backend, **kw):
+    theirs = torch.nn.MultiheadAttention(32, 4, **kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    ours = bigmodel.nn.MultiheadAttention(32, 4, backend=backend, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def test_mha_is_a_torch_mha_with_the_same_state_dict():
+    ours = bigmodel.nn.MultiheadAttention(32, 4, kdim=12, vdim=20, add_bias_kv=True, batch_first=True)
+    theirs = torch.nn.MultiheadAttention(32, 4, kdim=12, vdim=20, add_bias_kv=True, batch_first=True)
+    assert isinstance(ours, torch.nn.MultiheadAttention)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+MHA_CONFIGS = [dict(), dict(batch_first=True), dict(kdim=12, vdim=20), dict(add_bias_kv=True, add_zero_attn=True),
+               dict(bias=False, batch_first=True)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+@pytest.mark.parametrize("kw", MHA_CONFIGS, ids=lambda kw: ",".join(kw) or "default")
+@pytest.mark.parametrize("masks", ["none", "key_padding", "attn_bool", "attn_float+key_padding", "attn_3d"])
+def test_mha_matches_torch(backend, kw, masks):
+    ours, theirs = mha_pair(backend, **kw)
+    n, lq, lk = 3, 5, 7
+    bf = kw.get("batch_first", False)
+    q = torch.randn((n, lq, 32) if bf else (lq, n, 32))
+    k = torch.randn((n, lk, kw.get("kdim", 32)) if bf else (lk, n, kw.get("kdim", 32)))
+    v = torch.randn((n, lk, kw.get("vdim", 32)) if bf else (lk, n, kw.get("vdim", 32)))
+    kpm = torch.zeros(n, lk, dtype=torch.bool)
+    kpm[0, -3:] = kpm[2, 1] = True
+    args = {"none": {}, "key_padding": dict(key_padding_mask=kpm),
+            "attn_bool": dict(attn_mask=torch.rand(lq, lk) > 0.7),
+            "attn_float+key_padding": dict(attn_mask=torch.randn(lq, lk), key_padding_mask=kpm.float() * -1e9),
+            "attn_3d": dict(attn_mask=torch.randn(n * 4, lq, lk))}[masks]
+    if "attn_mask" in args and args["attn_mask"].dtype == torch.bool:
+        args["attn_mask"][:, 0] = False  # every query keeps one key
+    results = []
+    for m, dtype in ((ours, torch.float32), (copy.deepcopy(theirs).double(), torch.float64)):  # fp64 reference
+        ins = [t.to(dtype).detach().requires_grad_(True) for t in (q, k, v)]
+        out, weights = m(*ins, need_weights=False, **{n: a.to(dtype) if a.is_floating_point() else a
+                                                     for n, a in args.items()})
+        assert weights is None
+        out.backward(torch.ones_like(out))
+        results.append([("out", out)] + [(f"d{n}", t.grad) for n, t in zip("qkv", ins)]
+                       + [(f"d{n}", p.grad) for n, p in m.named_parameters()])
+    for (name, a), (_, b) in zip(*results):
+        assert_close_by_rule(name, a, b, kind="output" if name == "out" else "grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+def test_mha_causal_hint_and_unbatched(backend):
+    ours, theirs = mha_pair(backend)
+    x = torch.randn(6, 2, 32)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
+    for args in (dict(attn_mask=causal, is_causal=True), dict()):
+        torch.testing.assert_close(ours(x, x, x, need_weights=False, **args)[0],
+                                   theirs(x, x, x, need_weights=False, **args)[0], rtol=1e-4, atol=1e-5)
+    u = x[:, 0]
+    torch.testing.assert_close(ours(u, u, u, need_weights=False)[0], theirs(u, u, u, need_weights=False)[0],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="is_causal=True needs attn_mask"):
+        ours(x, x, x, need_weights=False, is_causal=True)
+
+
+def test_mha_need_weights_returns_torchs_weights():
+    ours, theirs = mha_pair("torch")
+    x = torch.randn(5, 2, 32)
+    for avg in (True, False):
+        (o1, w1), (o2, w2) = ours(x, x, x, average_attn_weights=avg), theirs(x, x, x, average_attn_weights=avg)
+        torch.testing.assert_close(o1, o2)
+        torch.testing.assert_close(w1, w2)
+
+
+def test_mha_dropout_only_in_training():
+    ours, _ = mha_pair("torch", dropout=0.5)
+    x = torch.randn(5, 2, 32)
+    ours.eval()
+    assert torch.equal(ours(x, x, x, need_weights=False)[0], ours(x, x, x, need_weights=False)[0])
+    ours.train()
+    torch.manual_seed(0)
+    a = ours(x, x, x, need_weights=False)[0]
+    torch.manual_seed(1)
+    assert not torch.equal(a, ours(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+def test_mha_compile_fullgraph(backend, fresh_dynamo):
+    ours, _ = mha_pair(backend, batch_first=True)
+    x = torch.randn(2, 6, 32)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1, -2:] = True
+
+    def f(x):
+        return ours(x, x, x, key_padding_mask=kpm, need_weights=False)[0]
+
+    explanation = torch._dynamo.explain(f)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+def test_patch_swaps_multihead_attention_and_keeps_parameters():
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    model.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True, add_bias_kv=True)
+    model.eval()
+    params = {n: p for n, p in model.named_parameters()}
+    x = torch.randn(2, 5, 32)
+    expected = model.attn(x, x, x, need_weights=False)[0]
+    bigmodel.patch(model, backend="torch")
+    assert type(model.attn) is bigmodel.nn.MultiheadAttention and not model.attn.training
+    assert model.attn.backend == "torch" and model.bigmodel_patched == {"MultiheadAttention": 1}
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert_close_by_rule("patched mha", model.attn(x, x, x, need_weights=False)[0], expected.double())
