@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = [
     "bigmodel",
     "bigmodel.backends",
+    "bigmodel.library",
     "bigmodel.ops",
     "bigmodel.nn",
     "bigmodel.kernels",

@@ -24,7 +24,13 @@ def _multihead_attention(m: torch.nn.MultiheadAttention, backend):
 
 
 # torch.nn class -> builder of its drop-in. Exact classes only: a subclass may change forward().
-REPLACEMENTS = {torch.nn.LayerNorm: _layer_norm, torch.nn.MultiheadAttention: _multihead_attention}
+REPLACEMENTS = {
+    torch.nn.LayerNorm: _layer_norm,
+    torch.nn.MultiheadAttention: _multihead_attention,
+    torch.nn.GELU: lambda m, backend: bnn.GELU(m.approximate, backend=backend),
+    torch.nn.ReLU: lambda m, backend: bnn.ReLU(m.inplace, backend=backend),
+    torch.nn.Softmax: lambda m, backend: bnn.Softmax(m.dim, backend=backend),
+}
 
 
 def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:

@@ -68,6 +68,27 @@ class CudaBackend(Backend):
         dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
         return dq, dk, dv
 
+    # linear_act: cuBLAS GEMMs around the fused bias + activation kernels of bigmodel._C.
+    def linear_act_fwd(self, x, weight, bias, activation):
+        y, pre = self._C.bias_act_fwd(torch.matmul(x, weight.t()), bias, activation)
+        return y, pre if activation in ("gelu", "gelu_tanh") else None
+
+    def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
+        dz, db = self._C.bias_act_bwd(dy, y if activation == "relu" else saved, activation, has_bias)
+        return torch.matmul(dz, weight), torch.matmul(dz.t(), x), db if has_bias else None
+
+    def activation_fwd(self, x, activation):
+        return self._C.act_fwd(x, activation)
+
+    def activation_bwd(self, dy, x, activation):
+        return self._C.act_bwd(dy, x, activation)
+
+    def softmax_fwd(self, x):
+        return self._C.softmax_fwd(x)
+
+    def softmax_bwd(self, dy, y):
+        return self._C.softmax_bwd(dy, y)
+
 
 def key_padding(mask):
     """A (B, Hq, Lq, Lk) mask as the (B, Lk) bool key-padding mask it is, or None if it is not one."""

@@ -63,6 +63,41 @@ class TorchBackend(Backend):
         dk = scale * ds.transpose(-1, -2) @ q.to(acc)
         return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
 
+    # ---- linear_act (x (M, K), weight (N, K)), gelu / relu, softmax over the last dim of (M, N)
+    def linear_act_fwd(self, x, weight, bias, activation):
+        acc = _acc_dtype(x)
+        z = x.to(acc) @ weight.to(acc).t()
+        if bias is not None:
+            z = z + bias.to(acc)
+        y = _act(z, activation).to(x.dtype)
+        return y, z.to(x.dtype) if activation in ("gelu", "gelu_tanh") else None
+
+    def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
+        acc = _acc_dtype(x)
+        dz = dy.to(acc)
+        if activation in ("gelu", "gelu_tanh"):
+            dz = dz * _act_grad(saved.to(acc), activation)
+        elif activation == "relu":
+            dz = dz * (y > 0)
+        dx = (dz @ weight.to(acc)).to(x.dtype)
+        dw = (dz.t() @ x.to(acc)).to(weight.dtype)
+        return dx, dw, dz.sum(0).to(weight.dtype) if has_bias else None
+
+    def activation_fwd(self, x, activation):
+        return _act(x.to(_acc_dtype(x)), activation).to(x.dtype)
+
+    def activation_bwd(self, dy, x, activation):
+        acc = _acc_dtype(x)
+        return (dy.to(acc) * _act_grad(x.to(acc), activation)).to(x.dtype)
+
+    def softmax_fwd(self, x):
+        return torch.softmax(x.to(_acc_dtype(x)), dim=-1).to(x.dtype)
+
+    def softmax_bwd(self, dy, y):
+        acc = _acc_dtype(y)
+        yf, dyf = y.to(acc), dy.to(acc)
+        return (yf * (dyf - (dyf * yf).sum(-1, keepdim=True))).to(y.dtype)
+
 
 def _repeat_kv(t, heads):
     """(B, Hkv, L, D) -> (B, heads, L, D): each kv head serves heads // Hkv query heads (GQA)."""
@@ -95,3 +130,27 @@ def _dropout_keep(p, dropout_p, seed):
     gen.manual_seed(int(seed))
     keep = torch.rand(p.shape, generator=gen, device=p.device) >= dropout_p
     return keep.to(p.dtype) / (1.0 - dropout_p)
+
+
+# Activation names: "gelu" (erf), "gelu_tanh", "relu", "none".
+def _act(z, activation):
+    if activation == "gelu":
+        return torch.nn.functional.gelu(z)
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(z, approximate="tanh")
+    if activation == "relu":
+        return torch.relu(z)
+    return z
+
+
+def _act_grad(z, activation):
+    """d act / dz, written out (the tests compare it with torch's autograd in fp64)."""
+    if activation == "gelu":  # Phi(z) + z phi(z)
+        return 0.5 * (1 + torch.erf(z * 0.5**0.5)) + z * torch.exp(-0.5 * z * z) * (2 * torch.pi) ** -0.5
+    if activation == "gelu_tanh":  # t = tanh(c (z + a z^3)): 0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 a z^2)
+        c, a = (2 / torch.pi) ** 0.5, 0.044715
+        t = torch.tanh(c * (z + a * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * a * z * z)
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    return torch.ones_like(z)

@@ -58,3 +58,21 @@ class TritonBackend(Backend):
     def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
         return self._kernels("attention").attention_bwd(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p,
                                                         seed)
+
+    def linear_act_fwd(self, x, weight, bias, activation):
+        return self._kernels("linear_act").linear_act_fwd(x, weight, bias, activation)
+
+    def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
+        return self._kernels("linear_act").linear_act_bwd(dy, x, weight, saved, y, activation, has_bias)
+
+    def activation_fwd(self, x, activation):
+        return self._kernels("activation").act_fwd(x, activation)
+
+    def activation_bwd(self, dy, x, activation):
+        return self._kernels("activation").act_bwd(dy, x, activation)
+
+    def softmax_fwd(self, x):
+        return self._kernels("softmax").softmax_fwd(x)
+
+    def softmax_bwd(self, dy, y):
+        return self._kernels("softmax").softmax_bwd(dy, y)

@@ -1,6 +1,7 @@
 """Drop-in modules: subclasses of the torch.nn classes they replace (same constructor, parameters and
 state_dict), plus a `backend=` keyword."""
 from .attention import MultiheadAttention
+from .feed_forward import GELU, FeedForward, Linear, ReLU, Softmax
 from .layer_norm import LayerNorm
 
-__all__ = ["LayerNorm", "MultiheadAttention"]
+__all__ = ["FeedForward", "GELU", "LayerNorm", "Linear", "MultiheadAttention", "ReLU", "Softmax"]

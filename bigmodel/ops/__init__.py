@@ -1,6 +1,8 @@
 """Public functional API, shaped like torch.nn.functional. Every op takes a keyword `backend=`
 ("triton", "cuda", "torch" or "auto"); see bigmodel.backends for how one is chosen."""
+from .activation import gelu, relu, softmax
 from .attention import attention
+from .feed_forward import feed_forward, linear_act
 from .layer_norm import layer_norm
 
-__all__ = ["attention", "layer_norm"]
+__all__ = ["attention", "feed_forward", "gelu", "layer_norm", "linear_act", "relu", "softmax"]

@@ -1,0 +1,138 @@
+"""bigmodel::linear_act, bigmodel::activation, bigmodel::softmax and their `_backward` ops.
+
+linear_act takes x as (M, K) (bigmodel.ops flattens the leading dims) and returns (y, saved): `saved` is what the
+backward needs besides x and W -- the pre-activation z = x W^T + b for GELU, nothing (an empty tensor) for ReLU,
+whose derivative is read off y > 0, and for no activation.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from . import _empty_grad
+
+SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh")
+
+
+# ------------------------------------------------------------------------------------------ linear_act
+@torch.library.custom_op("bigmodel::linear_act", mutates_args=())
+def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
+               backend: str) -> tuple[Tensor, Tensor]:
+    impl = backends.select("linear_act", backend, input=x, weight=weight, bias=bias)
+    y, saved = impl.linear_act_fwd(x, weight, bias, activation)
+    return y, saved if saved is not None else _empty_grad(x)
+
+
+@linear_act.register_fake
+def _(x, weight, bias, activation, backend):
+    y = x.new_empty(x.size(0), weight.size(0))
+    return y, torch.empty_like(y) if activation in SAVES_PRE_ACTIVATION else _empty_grad(x)
+
+
+@torch.library.custom_op("bigmodel::linear_act_backward", mutates_args=())
+def linear_act_backward(grad_y: Tensor, x: Tensor, weight: Tensor, saved: Tensor, y: Optional[Tensor],
+                        activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (dx, dweight, dbias); dbias is an empty tensor without a bias."""
+    impl = backends.select("linear_act", backend, input=x, weight=weight)
+    grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
+    dx, dw, db = impl.linear_act_bwd(grad_y, x, weight, saved, y, activation, has_bias)
+    return dx, dw, db if db is not None else _empty_grad(x)
+
+
+@linear_act_backward.register_fake
+def _(grad_y, x, weight, saved, y, activation, has_bias, backend):
+    db = weight.new_empty(weight.size(0)) if has_bias else _empty_grad(x)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _linear_act_setup(ctx, inputs, output):
+    x, weight, bias, activation, backend = inputs
+    y, saved = output
+    ctx.save_for_backward(x, weight, saved, y if activation == "relu" else None)
+    ctx.activation, ctx.backend, ctx.has_bias = activation, backend, bias is not None
+    ctx.mark_non_differentiable(saved)
+
+
+def _linear_act_grad(ctx, grad_y, _grad_saved):
+    x, weight, saved, y = ctx.saved_tensors
+    dx, dw, db = torch.ops.bigmodel.linear_act_backward(grad_y, x, weight, saved, y, ctx.activation, ctx.has_bias,
+                                                        ctx.backend)
+    return dx, dw, db if ctx.has_bias else None, None, None
+
+
+linear_act.register_autograd(_linear_act_grad, setup_context=_linear_act_setup)
+
+
+# ------------------------------------------------------------------------------------------ activation
+@torch.library.custom_op("bigmodel::activation", mutates_args=())
+def activation(x: Tensor, activation: str, backend: str) -> Tensor:
+    """x contiguous, any shape; activation "gelu", "gelu_tanh" or "relu"."""
+    return backends.select("activation", backend, input=x).activation_fwd(x, activation)
+
+
+@activation.register_fake
+def _(x, activation, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("bigmodel::activation_backward", mutates_args=())
+def activation_backward(grad_y: Tensor, x: Tensor, activation: str, backend: str) -> Tensor:
+    impl = backends.select("activation", backend, input=x)
+    return impl.activation_bwd(grad_y.contiguous(), x, activation)
+
+
+@activation_backward.register_fake
+def _(grad_y, x, activation, backend):
+    return torch.empty_like(x)
+
+
+def _activation_setup(ctx, inputs, output):
+    x, name, backend = inputs
+    ctx.save_for_backward(x)
+    ctx.activation, ctx.backend = name, backend
+
+
+def _activation_grad(ctx, grad_y):
+    (x,) = ctx.saved_tensors
+    return torch.ops.bigmodel.activation_backward(grad_y, x, ctx.activation, ctx.backend), None, None
+
+
+activation.register_autograd(_activation_grad, setup_context=_activation_setup)
+
+
+# ------------------------------------------------------------------------------------------ softmax
+@torch.library.custom_op("bigmodel::softmax", mutates_args=())
+def softmax(x: Tensor, backend: str) -> Tensor:
+    """Softmax over the last dim of x (M, N) with unit last stride; returns (M, N) contiguous."""
+    return backends.select("softmax", backend, input=x).softmax_fwd(x)
+
+
+@softmax.register_fake
+def _(x, backend):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("bigmodel::softmax_backward", mutates_args=())
+def softmax_backward(grad_y: Tensor, y: Tensor, backend: str) -> Tensor:
+    """dx = y * (dy - rowsum(dy * y))."""
+    impl = backends.select("softmax", backend, input=y)
+    return impl.softmax_bwd(grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous(), y)
+
+
+@softmax_backward.register_fake
+def _(grad_y, y, backend):
+    return y.new_empty(y.shape)
+
+
+def _softmax_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.backend = inputs[1]
+
+
+def _softmax_grad(ctx, grad_y):
+    (y,) = ctx.saved_tensors
+    return torch.ops.bigmodel.softmax_backward(grad_y, y, ctx.backend), None
+
+
+softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)

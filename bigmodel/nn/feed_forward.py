@@ -1,0 +1,75 @@
+import torch
+
+from .. import ops
+from ..ops.feed_forward import _activation_name
+
+
+class Linear(torch.nn.Linear):
+    """`torch.nn.Linear` with an optional fused activation: y = act(x W^T + b), act in "gelu", "gelu_tanh", "relu"
+    or None. Same constructor (plus `activation`), parameters and state_dict as torch.nn.Linear."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, activation=None,
+                 backend=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        _activation_name("Linear", activation)  # fail at construction, not at first call
+        self.activation, self.backend = activation, backend
+
+    def forward(self, input):
+        return ops.linear_act(input, self.weight, self.bias, self.activation, backend=self.backend)
+
+    def extra_repr(self):
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("activation", "backend") if getattr(self, k))
+        return super().extra_repr() + extra
+
+
+class FeedForward(torch.nn.Module):
+    """The Transformer MLP: fc2(dropout(act(fc1(x)))), with act fused into fc1's GEMM.
+    fc1: d_model -> d_hidden, fc2: d_hidden -> d_model (both bigmodel.nn.Linear, i.e. torch.nn.Linear state)."""
+
+    def __init__(self, d_model, d_hidden, activation="gelu", bias=True, dropout=0.0, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__()
+        self.fc1 = Linear(d_model, d_hidden, bias, device, dtype, activation=activation, backend=backend)
+        self.fc2 = Linear(d_hidden, d_model, bias, device, dtype, backend=backend)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x):  # (..., d_model)
+        if self.dropout.p == 0 or not self.training:  # the fused two-GEMM op
+            return ops.feed_forward(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                                    self.fc1.activation, backend=self.fc1.backend)
+        return self.fc2(self.dropout(self.fc1(x)))
+
+
+class GELU(torch.nn.GELU):
+    """`torch.nn.GELU(approximate="none"|"tanh")` on the fused kernel."""
+
+    def __init__(self, approximate="none", *, backend=None):
+        super().__init__(approximate)
+        self.backend = backend
+
+    def forward(self, input):
+        return ops.gelu(input, self.approximate, backend=self.backend)
+
+
+class ReLU(torch.nn.ReLU):
+    """`torch.nn.ReLU` on the fused kernel. `inplace=True` is accepted for compatibility but the result is always a
+    new tensor (the input is left unchanged)."""
+
+    def __init__(self, inplace=False, *, backend=None):
+        super().__init__(inplace)
+        self.backend = backend
+
+    def forward(self, input):
+        return ops.relu(input, backend=self.backend)
+
+
+class Softmax(torch.nn.Softmax):
+    """`torch.nn.Softmax(dim)` on the fused kernel (dim=None picks the dim as torch's legacy rule does)."""
+
+    def __init__(self, dim=None, *, backend=None):
+        super().__init__(dim)
+        self.backend = backend
+
+    def forward(self, input):
+        dim = self.dim if self.dim is not None else (0 if input.dim() in (0, 1, 3) else 1)
+        return ops.softmax(input, dim, backend=self.backend)

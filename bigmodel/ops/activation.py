@@ -1,0 +1,37 @@
+"""bigmodel.ops.gelu, relu and softmax: torch's semantics on the fused kernels."""
+import numbers
+
+import torch
+
+from .. import backends
+from ..library import row_view
+from . import _checks
+
+
+def gelu(input, approximate="none", *, backend=None):
+    """Same as `F.gelu(input, approximate)`; approximate "none" (erf) or "tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"bigmodel.ops.gelu: approximate must be 'none' or 'tanh'; got {approximate!r}")
+    return _activation("gelu", input, "gelu" if approximate == "none" else "gelu_tanh", backend)
+
+
+def relu(input, *, backend=None):
+    """Same as `F.relu(input)` (out of place)."""
+    return _activation("relu", input, "relu", backend)
+
+
+def _activation(op, x, name, backend):
+    _checks.check_tensor(op, "input", x)
+    y = torch.ops.bigmodel.activation(x.contiguous(), name, backends.requested(backend))
+    return y
+
+
+def softmax(input, dim=-1, *, backend=None):
+    """Same as `torch.softmax(input, dim)`: fp32 statistics for every dtype; a row of all -inf gives NaN, as torch."""
+    _checks.check_tensor("softmax", "input", input)
+    if not isinstance(dim, numbers.Integral) or not -max(input.dim(), 1) <= dim < max(input.dim(), 1):
+        raise ValueError(f"bigmodel.ops.softmax: dim must be an int in [{-max(input.dim(), 1)}, "
+                         f"{max(input.dim(), 1) - 1}] for an input of shape {tuple(input.shape)}; got {dim!r}")
+    x = input.movedim(dim, -1) if input.dim() else input.reshape(1)  # a view: no copy when dim is already last
+    y = torch.ops.bigmodel.softmax(row_view(x, x.size(-1)), backends.requested(backend)).view(x.shape)
+    return y.movedim(-1, dim) if input.dim() else y.reshape(())

@@ -1,0 +1,68 @@
+"""bigmodel.ops.linear_act and bigmodel.ops.feed_forward: GEMM + bias + activation in one fused op."""
+import torch
+
+from .. import backends
+from ..library import row_view
+from . import _checks
+
+ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "relu": "relu", None: "none"}
+
+
+def _activation_name(op: str, activation) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"bigmodel.ops.{op}: activation must be one of 'gelu', 'gelu_tanh', 'relu' or None; "
+                         f"got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _check_input(op: str, x):
+    _checks.check_tensor(op, "input", x)
+    if x.dim() < 1:
+        raise ValueError(f"bigmodel.ops.{op}: input must have at least 1 dim (..., in_features); got a scalar")
+
+
+def _check_layer(op: str, x, in_features: int, in_what: str, w_name: str, weight, b_name: str, bias):
+    """weight (out, in_features) and bias (out,) or None, in x's dtype and on x's device."""
+    _checks.check_tensor(op, w_name, weight)
+    if weight.dim() != 2 or weight.size(1) != in_features:
+        raise ValueError(f"bigmodel.ops.{op}: {w_name} must have shape (out_features, {in_features}) to match "
+                         f"{in_what}; got {w_name} {tuple(weight.shape)}")
+    _checks.check_tensor(op, b_name, bias, optional=True)
+    _checks.check_shape(op, b_name, bias, (weight.size(0),), f" (= {w_name}'s out_features)")
+    for name, t in ((w_name, weight), (b_name, bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"bigmodel.ops.{op}: {name} must have the input's dtype {x.dtype}; got {t.dtype}")
+    _checks.check_same_device(op, "input", x, **{w_name: weight, b_name: bias})
+
+
+def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
+    """`act(F.linear(input, weight, bias))` in one fused op; activation "gelu" (erf), "gelu_tanh", "relu" or None.
+
+    input (..., in_features), weight (out_features, in_features), bias (out_features,) or None, one dtype.
+    The backward fuses the activation derivative and the bias gradient into the GEMMs that consume grad_output.
+    """
+    act = _activation_name("linear_act", activation)
+    _check_input("linear_act", input)
+    _check_layer("linear_act", input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})",
+                 "weight", weight, "bias", bias)
+    return _linear_act(input, weight, bias, act, backends.requested(backend))
+
+
+def _linear_act(x, weight, bias, act, backend_name):
+    y, _saved = torch.ops.bigmodel.linear_act(row_view(x, x.size(-1)), weight.contiguous(),
+                                              bias.contiguous() if bias is not None else None, act, backend_name)
+    return y.view(*x.shape[:-1], weight.size(0))
+
+
+def feed_forward(input, w1, b1, w2, b2, activation="gelu", *, backend=None):
+    """`F.linear(act(F.linear(input, w1, b1)), w2, b2)`: two fused linear_act ops (the second without activation).
+
+    w1 (d_hidden, d_model), b1 (d_hidden,) or None, w2 (d_model_out, d_hidden), b2 (d_model_out,) or None.
+    """
+    act = _activation_name("feed_forward", activation)
+    _check_input("feed_forward", input)
+    _check_layer("feed_forward", input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})",
+                 "w1", w1, "b1", b1)
+    _check_layer("feed_forward", input, w1.size(0), f"w1's out_features (w1 is {tuple(w1.shape)})", "w2", w2, "b2", b2)
+    name = backends.requested(backend)
+    return _linear_act(_linear_act(input, w1, b1, act, name), w2, b2, "none", name)
