@@ -1,5 +1,6 @@
-"""bigmodel.patch(model): swap torch.nn modules for their bigmodel drop-ins, in place."""
+"""bigmodel.patch(model): swap torch.nn (and Hugging Face activation) modules for their bigmodel drop-ins, in place."""
 import logging
+import sys
 
 import torch
 
@@ -33,6 +34,22 @@ REPLACEMENTS = {
 }
 
 
+# Hugging Face activation classes (transformers.activations) by name -> GELU's `approximate`. Looked up only when
+# transformers is already imported: a model holding these modules has imported it.
+HF_GELUS = {"GELUActivation": "none", "NewGELUActivation": "tanh", "GELUTanh": "tanh", "PytorchGELUTanh": "tanh",
+            "FastGELUActivation": "tanh", "AccurateGELUActivation": "tanh"}
+
+
+def _replacements() -> dict:
+    table = dict(REPLACEMENTS)
+    hf = sys.modules.get("transformers.activations")
+    for name, approximate in HF_GELUS.items():
+        cls = getattr(hf, name, None)
+        if cls is not None:
+            table.setdefault(cls, lambda m, backend, a=approximate: bnn.GELU(a, backend=backend))
+    return table
+
+
 def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
     """Replace every module whose class is in REPLACEMENTS with the bigmodel equivalent, keeping weights,
     device, dtype and train/eval state. Returns the same `model` object (patched in place)."""
@@ -41,9 +58,10 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
     if backend is not None:
         check_name(backend)
     counts = {}
-    targets = [(name, m) for name, m in model.named_modules() if type(m) in REPLACEMENTS]
+    table = _replacements()
+    targets = [(name, m) for name, m in model.named_modules() if type(m) in table]
     for name, m in targets:
-        new = REPLACEMENTS[type(m)](m, backend)
+        new = table[type(m)](m, backend)
         new.train(m.training)
         if not name:  # the model itself is a replaceable module: patch cannot swap the root object
             raise TypeError(f"bigmodel.patch: model is itself a {type(m).__name__}; wrap it in a container or use "

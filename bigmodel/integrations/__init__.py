@@ -1,0 +1,1 @@
+"""Integrations with other libraries; each is imported on demand (bigmodel does not depend on them)."""
