@@ -21,6 +21,8 @@ PACKAGES = [
     "bigmodel.library",
     "bigmodel.ops",
     "bigmodel.nn",
+    "bigmodel.models",
+    "bigmodel.integrations",
     "bigmodel.kernels",
 ]
 PACKAGE_DIR = {"bigmodel": "bigmodel", "bigmodel.kernels": "kernels"}
