@@ -37,6 +37,9 @@ class CompileSpec:
     require_no_spills: bool = True  # no local memory / stack frame (spills) at this config
     expect_wgmma: bool = False  # a matmul-bound kernel: its sm_90 PTX must use wgmma
     tags: tuple = field(default_factory=tuple)
+    # Arguments the runtime specialises as divisible by 16 (pointers: 16-byte aligned; ints: multiples of 16) for
+    # the inputs this spec stands for; a compile that honours it passes them as tt.divisibility attributes.
+    aligned_args: tuple = ()
 
 
 TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -44,3 +47,8 @@ TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+def warps_for(elements: int, per_thread: int) -> int:
+    """Warps (4 to 16) so that each thread holds about `per_thread` elements of a power-of-two tile."""
+    return max(4, min(16, elements // (32 * per_thread)))

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import CompileSpec, TL_DTYPE, next_pow2, num_parallel_programs
+from ._utils import CompileSpec, TL_DTYPE, next_pow2, num_parallel_programs, warps_for
 
 MAX_FUSED_N = 8192  # longest row kept whole in registers
 LOOP_BLOCK_N = 4096  # chunk of a row on the looped path
@@ -191,18 +191,12 @@ def _sum_partials_kernel(P, Out, G, N, BLOCK_G: tl.constexpr, BLOCK_N: tl.conste
 
 
 # --------------------------------------------------------------------------------------------- configs
-def _warps(elements: int, per_thread: int) -> int:
-    """Warps so that each thread holds about `per_thread` elements of a tile (4 to 16 warps).
-    The backward keeps more tiles live, so it asks for fewer elements per thread (no spills on sm_80/90)."""
-    return max(4, min(16, elements // (32 * per_thread)))
-
-
 def fwd_config(n: int) -> dict:
     if n > MAX_FUSED_N:
-        return dict(looped=True, BLOCK_N=LOOP_BLOCK_N, num_warps=_warps(LOOP_BLOCK_N, 8))
+        return dict(looped=True, BLOCK_N=LOOP_BLOCK_N, num_warps=warps_for(LOOP_BLOCK_N, 8))
     block_n = next_pow2(n)
     block_m = max(1, min(64, 2048 // block_n))  # several short rows per program
-    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_warps(block_m * block_n, 16))
+    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps_for(block_m * block_n, 16))
 
 
 def bwd_config(n: int) -> dict:
@@ -210,7 +204,7 @@ def bwd_config(n: int) -> dict:
         return dict(looped=True, BLOCK_M=1, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
     block_n = next_pow2(n)
     block_m = max(1, min(32, 1024 // block_n))
-    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_warps(block_m * block_n, 8))
+    return dict(looped=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps_for(block_m * block_n, 8))
 
 
 SUM_BLOCK_G, SUM_BLOCK_N = 32, 128

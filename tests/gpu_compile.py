@@ -54,7 +54,10 @@ def compile_spec(spec, arch: int) -> dict:
     missing = [n for n in arg_names if n not in spec.signature and n not in spec.constexprs]
     if missing:
         raise ValueError(f"{spec.name}: compile spec gives no type or value for {missing}")
-    src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs))
+    # What Triton infers at run time for 16-byte-aligned pointers / ints divisible by 16 (the launchers' usual case):
+    # without it, matmul tiles load element by element and spill.
+    attrs = {(arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned_args}
+    src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages))
     row = dict(kernel=spec.name, arch=arch, num_warps=spec.num_warps, require_no_spills=spec.require_no_spills,

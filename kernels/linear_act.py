@@ -1,0 +1,273 @@
+"""Linear layer with a fused bias + activation epilogue in Triton: forward and backward.
+
+Shapes: x (M, K), W (N, K), b (N,), y (M, N); act in "gelu", "gelu_tanh", "relu", "none" (math in activation.py).
+Forward, one tiled GEMM with fp32 accumulation; bias and activation applied to the accumulator in registers:
+    z = x W^T + b,   y = act(z)
+Backward, with dz = dy * act'(z):
+    dx = dz W     (reduction over N)        dW = dz^T x   (reduction over M)        db = sum over rows of dz
+dz never goes to memory: each GEMM that consumes dy computes dz tile by tile as it loads dy (prologue fusion),
+and the dW programs also sum their dz tiles over M for db. Only the programs of the first K-block store db,
+so every column of db comes from one program in a fixed order: deterministic, no atomics.
+
+What the backward reads to get act'(z):
+  gelu / gelu_tanh: the pre-activation z, written by the forward (one extra M x N store). Recomputing it instead
+      would cost a second forward GEMM (2 M N K flops) to save M N elements of memory traffic -- at transformer
+      sizes (K in the thousands) the extra write is hundreds of times cheaper.
+  relu: the output y (y > 0 exactly where z > 0), nothing saved.    none: nothing.
+
+Tiling: programs walk the output tiles in grouped order (GROUP row-blocks of one column-block before the next
+column-block), so a group's row panels and the current column panel stay in L2. Any M, N, K: tail rows and
+columns of the operands are read at a valid index (index mod size) so those loads need no mask, and the junk
+they produce is never stored; the reduction tail is masked to zero.
+
+Numerics: products and accumulation in fp32 for every dtype, z, y, dx, dW, db rounded once to the output dtype.
+dz is rounded to the input dtype only as a tl.dot operand (tensor cores for fp16 / bf16), but db sums it in fp32.
+Every tl.dot passes input_precision="ieee": for fp32 inputs that means true fp32 products (no TF32) as the
+project's 1e-5 rule needs -- on CUDA cores, much slower than fp16 / bf16; for fp16 / bf16 it changes nothing.
+
+Launch configs: triton.autotune on a GPU (tables for fp16/bf16 on sm_80 / sm_90 and for fp32, pruned to the
+device's shared memory); under the interpreter (TRITON_INTERPRET=1) one small fixed config.
+"""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import INTERPRETING, TL_DTYPE, CompileSpec
+from .activation import ACT_GELU, ACT_GELU_TANH, ACT_RELU, ACT_NONE, activation_id, activation_grad, apply_activation
+
+SAVES_PRE_ACTIVATION = (ACT_GELU.value, ACT_GELU_TANH.value)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+@triton.jit
+def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
+    """(row-block, column-block) of program `pid` when GROUP row-blocks share each column-block in turn."""
+    per_group = GROUP * num_cols
+    first_row = (pid // per_group) * GROUP
+    rows_in_group = tl.minimum(num_rows - first_row, GROUP)
+    local = pid % per_group
+    return first_row + local % rows_in_group, local // rows_in_group
+
+
+@triton.jit
+def _load_dz(dy_ptrs, s_ptrs, mask, ACTIVATION: tl.constexpr):
+    """dz = dy * act'(s) for one tile, in fp32 (s: the saved pre-activation, or y for relu; unread for none)."""
+    dz = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if ACTIVATION != ACT_NONE:
+        dz = activation_grad(dz, tl.load(s_ptrs, mask=mask, other=0.0).to(tl.float32), ACTIVATION)
+    return dz
+
+
+# --------------------------------------------------------------------------------------------- configs
+# (output rows, output columns, reduction, warps, stages) per tile, for fp16 / bf16 on sm_80 and sm_90: the largest
+# tiles that keep every kernel free of spills on both archs (checked with 16-byte aligned operands). The backward
+# kernels build the dz operand in registers (dy and s loads plus act'), so they take a 32-deep reduction step.
+FWD_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
+DX_TILES = ((128, 128, 32, 8, 3), (64, 128, 32, 4, 3))
+DW_TILES = ((64, 128, 32, 8, 3),)  # 128x64 spilled 16 bytes on sm_80 (bf16 relu)
+FP32_TILES = ((64, 64, 32, 4, 3),)  # fp32 "ieee" dots run on CUDA cores: small tiles
+INTERPRETER_TILES = ((32, 32, 32, 4, 1),)  # the CPU interpreter: few, cheap programs
+GROUP = 8
+INTERPRETER_GROUP = 4  # < the row-blocks of the test shapes, so partial groups get exercised
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(device_index: int) -> int:
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
+def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
+    """triton.autotune over `tiles` (fp16 / bf16) and FP32_TILES, naming the tile sizes of one kernel (rows x cols
+    output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks the table."""
+    key = ["M", "N", "K", "ACTIVATION"]
+
+    def config(tile, group):
+        r, c, k, warps, stages = tile
+        return triton.Config({rows: r, cols: c, red: k, "GROUP": group}, num_warps=warps, num_stages=stages)
+
+    if INTERPRETING:
+        return triton.autotune([config(t, INTERPRETER_GROUP) for t in INTERPRETER_TILES], key=key)
+    lowp = [config(t, GROUP) for t in tiles]
+    fp32 = [config(t, GROUP) for t in FP32_TILES]
+
+    def prune(configs, named_args, **kwargs):
+        x = named_args[operand]
+        table = fp32 if x.dtype == torch.float32 else lowp
+        limit = _max_shared_memory(x.device.index)
+
+        def smem(c):  # pipelined operand tiles
+            return c.num_stages * (c.kwargs[rows] + c.kwargs[cols]) * c.kwargs[red] * x.element_size()
+
+        return [c for c in table if smem(c) <= limit] or [min(table, key=smem)]
+
+    return triton.autotune(lowp + fp32, key=key, prune_configs_by={"early_config_prune": prune})
+
+
+# --------------------------------------------------------------------------------------------- kernels
+@_autotune(FWD_TILES, "BLOCK_M", "BLOCK_N", "BLOCK_K", "X")
+@triton.jit
+def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm,
+                HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_Z: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptrs = X + (rm % M).to(tl.int64)[:, None] * stride_xm + rk[None, :]
+    wt_ptrs = W + (rn % N).to(tl.int64)[None, :] * K + rk[:, None]  # a (BLOCK_K, BLOCK_N) tile of W^T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = rk < K - k0
+        x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+        wt = tl.load(wt_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(x, wt, acc, input_precision="ieee")
+        x_ptrs += BLOCK_K
+        wt_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    out_offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    out_mask = (rm < M)[:, None] & (rn < N)[None, :]
+    if SAVE_Z:
+        tl.store(Z + out_offs, acc.to(Z.dtype.element_ty), mask=out_mask)
+    tl.store(Y + out_offs, apply_activation(acc, ACTIVATION).to(Y.dtype.element_ty), mask=out_mask)
+
+
+@_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DY")
+@triton.jit
+def _bwd_dx_kernel(DY, S, W, DX, M, N, K, stride_dym,
+                   ACTIVATION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+    """dx = dz W, one (BLOCK_M, BLOCK_K) tile per program, dz made from dy and S while loading."""
+    pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N)
+    rows = (rm % M).to(tl.int64)
+    dy_ptrs = DY + rows[:, None] * stride_dym + rn[None, :]
+    s_ptrs = S + rows[:, None] * N + rn[None, :]
+    w_ptrs = W + rn.to(tl.int64)[:, None] * K + (rk % K)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n_ok = rn < N - n0
+        dz = _load_dz(dy_ptrs, s_ptrs, n_ok[None, :], ACTIVATION)
+        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+        acc = tl.dot(dz.to(w.dtype), w, acc, input_precision="ieee")
+        dy_ptrs += BLOCK_N
+        s_ptrs += BLOCK_N
+        w_ptrs += BLOCK_N * K
+    mask = (rm < M)[:, None] & (rk < K)[None, :]
+    tl.store(DX + rm.to(tl.int64)[:, None] * K + rk[None, :], acc.to(DX.dtype.element_ty), mask=mask)
+
+
+@_autotune(DW_TILES, "BLOCK_N", "BLOCK_K", "BLOCK_M", "X")
+@triton.jit
+def _bwd_dw_kernel(DY, S, X, DW, DB, M, N, K, stride_dym, stride_xm,
+                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+    """dW = dz^T x, one (BLOCK_N, BLOCK_K) tile per program; the first K-block's programs also write db."""
+    pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rm = tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = rn % N
+    dy_ptrs = DY + rm[:, None] * stride_dym + cols[None, :]
+    s_ptrs = S + rm[:, None] * N + cols[None, :]
+    x_ptrs = X + rm[:, None] * stride_xm + (rk % K)[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        m_ok = (rm < M - m0)[:, None]
+        dz = _load_dz(dy_ptrs, s_ptrs, m_ok, ACTIVATION)
+        if HAS_BIAS:
+            db += tl.sum(dz, axis=0)
+        x = tl.load(x_ptrs, mask=m_ok, other=0.0)
+        acc = tl.dot(tl.trans(dz.to(x.dtype)), x, acc, input_precision="ieee")
+        dy_ptrs += BLOCK_M * stride_dym
+        s_ptrs += BLOCK_M * N
+        x_ptrs += BLOCK_M * stride_xm
+    mask = (rn < N)[:, None] & (rk < K)[None, :]
+    tl.store(DW + rn.to(tl.int64)[:, None] * K + rk[None, :], acc.to(DW.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        if pid_k == 0:
+            tl.store(DB + rn, db.to(DB.dtype.element_ty), mask=rn < N)
+
+
+# --------------------------------------------------------------------------------------------- launchers
+def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias, activation):
+    """x (M, K) with unit column stride, weight (N, K) contiguous, bias (N,) or None, all one dtype.
+    Returns y = act(x W^T + b), (M, N) contiguous in x.dtype, and `saved` for linear_act_bwd: the pre-activation
+    z (M, N) for gelu / gelu_tanh, None for relu and "none" (None or "none": identity)."""
+    act = activation_id(activation)
+    M, K = x.shape
+    N = weight.shape[0]
+    assert x.stride(1) == 1 or K == 1, "linear_act_fwd expects x with unit column stride"
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    z = torch.empty_like(y) if act in SAVES_PRE_ACTIVATION else None
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    _fwd_kernel[grid](x, weight, y if bias is None else bias, y, y if z is None else z, M, N, K, x.stride(0),
+                      HAS_BIAS=bias is not None, ACTIVATION=act, SAVE_Z=z is not None)
+    return y, z
+
+
+def linear_act_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, saved, y, activation, has_bias: bool):
+    """dy (M, N) with unit column stride; x, weight as given to linear_act_fwd; saved and y: its outputs (y is
+    read for relu only). Returns dx (M, K) in x.dtype, dw (N, K) and db (N,) (None when not has_bias) in
+    weight.dtype."""
+    act = activation_id(activation)
+    M, K = x.shape
+    N = weight.shape[0]
+    assert dy.stride(1) == 1 or N == 1, "linear_act_bwd expects dy with unit column stride"
+    # What act' reads: z for gelu, y for relu (its sign), nothing for none (any valid pointer).
+    s = saved if act in SAVES_PRE_ACTIVATION else (y if act == ACT_RELU.value else dy)
+    dx = torch.empty((M, K), dtype=x.dtype, device=x.device)
+    dw = torch.empty((N, K), dtype=weight.dtype, device=weight.device)
+    db = torch.empty(N, dtype=weight.dtype, device=weight.device) if has_bias else None
+
+    def grid_dx(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
+
+    def grid_dw(meta):
+        return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
+
+    _bwd_dx_kernel[grid_dx](dy, s, weight, dx, M, N, K, dy.stride(0), ACTIVATION=act)
+    _bwd_dw_kernel[grid_dw](dy, s, x, dw, dw if db is None else db, M, N, K, dy.stride(0), x.stride(0),
+                            HAS_BIAS=has_bias, ACTIVATION=act)
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------- static compile
+def compile_specs():
+    """The three kernels at every fp16/bf16 tile config the autotuner may pick (fp16 with gelu, bf16 with relu:
+    both dtypes and both epilogue kinds at each config) and at the fp32 config (gelu). Pointers, N, K and the row
+    strides are declared 16-divisible (`aligned_args`), as the runtime specialises them for aligned tensors:
+    without that the loads are scalar and no GEMM tile of useful size fits in registers."""
+    kernels = (  # kernel, fp16/bf16 tiles, (rows, cols, reduction) names, signature, constexpr flags
+        (_fwd_kernel, FWD_TILES, ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+         lambda p: dict(X=p, W=p, B=p, Y=p, Z=p, M="i32", N="i32", K="i32", stride_xm="i32"),
+         lambda act: dict(HAS_BIAS=True, ACTIVATION=act, SAVE_Z=act in SAVES_PRE_ACTIVATION)),
+        (_bwd_dx_kernel, DX_TILES, ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
+         lambda p: dict(DY=p, S=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dym="i32"),
+         lambda act: dict(ACTIVATION=act)),
+        (_bwd_dw_kernel, DW_TILES, ("BLOCK_N", "BLOCK_K", "BLOCK_M"),
+         lambda p: dict(DY=p, S=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dym="i32", stride_xm="i32"),
+         lambda act: dict(HAS_BIAS=True, ACTIVATION=act)),
+    )
+    specs = []
+    for kernel, tiles, names, signature, flags in kernels:
+        jit_fn = kernel.fn  # the @triton.jit function under the autotuner
+        cases = [(torch.float16, "gelu", t) for t in tiles] + [(torch.bfloat16, "relu", t) for t in tiles]
+        cases += [(torch.float32, "gelu", t) for t in FP32_TILES]
+        for dtype, name, (r, c, k, warps, stages) in cases:
+            t = TL_DTYPE[dtype]
+            sig = signature(f"*{t}")
+            consts = dict(flags(activation_id(name)), GROUP=GROUP, **dict(zip(names, (r, c, k))))
+            aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a != "M")
+            specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{name},{r}x{c}x{k}]", jit_fn, sig, consts, warps,
+                                     stages, expect_wgmma=dtype != torch.float32, tags=("gemm",),
+                                     aligned_args=aligned))
+    return specs
