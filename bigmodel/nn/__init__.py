@@ -3,5 +3,6 @@ state_dict), plus a `backend=` keyword."""
 from .attention import MultiheadAttention
 from .feed_forward import GELU, FeedForward, Linear, ReLU, Softmax
 from .layer_norm import LayerNorm
+from .self_attention import SelfAttention
 
-__all__ = ["FeedForward", "GELU", "LayerNorm", "Linear", "MultiheadAttention", "ReLU", "Softmax"]
+__all__ = ["FeedForward", "GELU", "LayerNorm", "Linear", "MultiheadAttention", "ReLU", "SelfAttention", "Softmax"]

@@ -1,0 +1,9 @@
+"""bigmodel.models: a GPT / BERT-style Transformer built only from bigmodel.nn modules.
+
+    from bigmodel.models import Transformer, TransformerConfig
+    model = Transformer(TransformerConfig.from_preset("tiny"))
+"""
+from .config import PRESETS, TransformerConfig
+from .transformer import Block, KVCache, SinusoidalEmbedding, Transformer
+
+__all__ = ["Block", "KVCache", "PRESETS", "SinusoidalEmbedding", "Transformer", "TransformerConfig"]

@@ -1,0 +1,202 @@
+"""A GPT / BERT-style Transformer built from bigmodel.nn modules, in the spirit of nanoGPT's model.py.
+
+    config = TransformerConfig.from_preset("tiny")
+    model = Transformer(config)
+    logits = model(ids)                                   # (B, L, vocab)
+    out = model.generate(ids, max_new_tokens=32, top_k=50)
+    model.set_backend("triton")                           # every fused op of the model
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from ..nn import FeedForward, LayerNorm, Linear, SelfAttention
+from .config import TransformerConfig
+
+
+class SinusoidalEmbedding(torch.nn.Module):
+    """Fixed position embeddings (Vaswani et al.): sin on even dims, cos on odd, wavelengths 2pi .. 10000 * 2pi.
+    Called like torch.nn.Embedding: positions (...) -> (..., dim)."""
+
+    def __init__(self, max_len, dim):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+        frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        table = torch.zeros(max_len, dim)
+        table[:, 0::2] = torch.sin(position * frequency)
+        table[:, 1::2] = torch.cos(position * frequency)
+        self.register_buffer("table", table, persistent=False)  # not learned: kept out of the state_dict
+
+    def forward(self, positions):
+        return self.table[positions]
+
+
+class KVCache:
+    """One layer's keys and values so far, for decoding: preallocated (B, Hkv, max_len, D) buffers (so every step
+    writes in place instead of re-concatenating) and how many positions are filled."""
+
+    def __init__(self, batch_size, n_kv_heads, max_len, head_dim, device=None, dtype=None):
+        self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def update(self, k, v):
+        """Append k, v (B, Hkv, L, D); return every cached key and value (B, Hkv, length, D) (views)."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KVCache: {end} positions do not fit in a cache of {self.k.size(2)}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def layer_norm(config):
+    return LayerNorm(config.d_model, config.layer_norm_eps, bias=config.bias, backend=config.backend)
+
+
+class Block(torch.nn.Module):
+    """Self-attention then MLP, each with a residual connection; LayerNorm before (pre) or after (post) each."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        c = config
+        self.pre_norm = c.norm == "pre"
+        self.ln_1 = layer_norm(c)
+        self.attn = SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.causal, c.dropout, c.bias, backend=c.backend)
+        self.ln_2 = layer_norm(c)
+        self.mlp = FeedForward(c.d_model, c.d_ff, c.activation, c.bias, c.dropout, backend=c.backend)
+
+    def forward(self, x, attention_mask=None, kv_cache=None):  # x: (B, L, C)
+        if self.pre_norm:  # GPT-2
+            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache)
+            x = x + self.mlp(self.ln_2(x))
+        else:  # post-norm, as BERT
+            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache))
+            x = self.ln_2(x + self.mlp(x))
+        return x
+
+
+class Transformer(torch.nn.Module):
+    """Token + position embeddings, n_layers Blocks, a final LayerNorm (pre-norm) and the LM head."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        c = self.config = config
+        self.tok_emb = torch.nn.Embedding(c.vocab_size, c.d_model)
+        if c.positional == "learned":
+            self.pos_emb = torch.nn.Embedding(c.max_seq_len, c.d_model)
+        else:
+            self.pos_emb = SinusoidalEmbedding(c.max_seq_len, c.d_model)
+        # Vaswani et al. scale token embeddings by sqrt(d_model) next to the fixed unit-amplitude sinusoids, which
+        # would otherwise drown the small (std 0.02) token embeddings; learned positions start as small as tokens.
+        self.emb_scale = math.sqrt(c.d_model) if c.positional == "sinusoidal" else 1.0
+        self.drop = torch.nn.Dropout(c.dropout)
+        # Post-norm blocks end in a LayerNorm, so the stream is normalised once at the start (BERT's embedding
+        # LayerNorm); pre-norm blocks leave it un-normalised, so once at the end (GPT-2's ln_f).
+        self.ln_emb = layer_norm(c) if c.norm == "post" else None
+        self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.ln_f = layer_norm(c) if c.norm == "pre" else None
+        self.lm_head = Linear(c.d_model, c.vocab_size, bias=False, backend=c.backend)
+        if c.tied_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # one (vocab, C) matrix, read both ways
+        self._init_weights()
+
+    def _init_weights(self):
+        """GPT-2: N(0, 0.02) weights, zero biases, and the projections that write into the residual stream scaled
+        by 1/sqrt(2 n_layers), so the stream's variance does not grow with depth (2 writes per block)."""
+        for module in self.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            torch.nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+            torch.nn.init.normal_(block.mlp.fc2.weight, mean=0.0, std=residual_std)
+
+    def forward(self, ids, attention_mask=None, kv_cache=None):
+        """ids (B, L) long -> logits (B, L, vocab).
+
+        attention_mask: (B, L) bool or 0/1 ints, 1 = real token, 0 = padding (no token attends to padding).
+        kv_cache: a list of KVCache, one per block (see new_kv_cache): ids then continue the cached sequence at
+            position kv_cache[0].length, and attention_mask (if any) covers the cached tokens too (B, length + L).
+        """
+        B, L = ids.shape
+        start = kv_cache[0].length if kv_cache is not None else 0
+        if start + L > self.config.max_seq_len:
+            raise ValueError(f"Transformer: {start + L} positions exceed max_seq_len = {self.config.max_seq_len}")
+        positions = torch.arange(start, start + L, device=ids.device)  # (L,)
+        x = self.drop(self.tok_emb(ids) * self.emb_scale + self.pos_emb(positions))  # (B, L, C)
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attention_mask, kv_cache[i] if kv_cache is not None else None)  # (B, L, C)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        return self.lm_head(x)  # (B, L, vocab)
+
+    def new_kv_cache(self, batch_size, max_len=None):
+        """Empty per-block KV caches for up to max_len (default max_seq_len) positions, on the model's device."""
+        c, weight = self.config, self.tok_emb.weight
+        max_len = c.max_seq_len if max_len is None else max_len
+        return [KVCache(batch_size, c.n_kv_heads, max_len, c.head_dim, weight.device, weight.dtype)
+                for _ in self.blocks]
+
+    @torch.no_grad()
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None):
+        """Continue every row of ids (B, L) by max_new_tokens tokens -> (B, L + max_new_tokens).
+
+        The prompt runs once through the model, filling a KV cache, then each new token alone (prefill, then
+        decode). temperature 0 (or top_k=1) is greedy; otherwise sample from softmax(logits / temperature),
+        restricted to the top_k most likely tokens if given. Rows must be unpadded. Dropout is applied if the
+        model is in training mode: call model.eval() first.
+        """
+        c = self.config
+        if not c.causal:
+            raise ValueError("Transformer.generate: needs a causal (decoder) model; this one has causal=False")
+        if temperature < 0:
+            raise ValueError(f"Transformer.generate: temperature must be >= 0; got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"Transformer.generate: top_k must be a positive int or None; got {top_k}")
+        B, L = ids.shape
+        if L + max_new_tokens > c.max_seq_len:
+            raise ValueError(f"Transformer.generate: the prompt ({L} tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"= {L + max_new_tokens} exceeds max_seq_len = {c.max_seq_len}")
+        if max_new_tokens <= 0:
+            return ids
+        cache = self.new_kv_cache(B, L + max_new_tokens)
+        logits = self(ids, kv_cache=cache)[:, -1, :]  # prefill: (B, vocab) for the next position
+        for step in range(max_new_tokens):
+            next_id = _sample(logits, temperature, top_k)  # (B, 1)
+            ids = torch.cat([ids, next_id], dim=1)
+            if step + 1 < max_new_tokens:
+                logits = self(next_id, kv_cache=cache)[:, -1, :]  # decode: one token sees the whole cache
+        return ids
+
+    def set_backend(self, name):
+        """Run every bigmodel module of the model on backend `name` ("triton", "cuda", "torch", "auto" or None)."""
+        if name is not None:
+            backends.check_name(name)
+        self.config.backend = name
+        for module in self.modules():
+            if hasattr(module, "backend"):  # the bigmodel.nn modules
+                module.backend = name
+        return self
+
+    def num_parameters(self) -> int:
+        """Number of parameters (tied embeddings counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def _sample(logits, temperature, top_k):
+    """logits (B, vocab) -> next token ids (B, 1)."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
