@@ -270,7 +270,9 @@ class LayerNormBench:
         return first_call(case.provider, build)
 
 
-OPS = {b.name: b for b in (LayerNormBench(),)}
+from .attention_cases import AttentionBench  # noqa: E402 (it imports the names above)
+
+OPS = {b.name: b for b in (LayerNormBench(), AttentionBench())}
 
 
 def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:

@@ -7,7 +7,7 @@
 #   build         nvidia-smi, then MAX_JOBS=16 BIGMODEL_CUDA_ARCHS=<this GPU> pip install --no-build-isolation
 #                 --no-deps -e .  (if that fails: again without the CUDA extension, so Triton still runs)
 #   tests         python -m pytest -m cuda tests
-#   bench         python -m bigmodel bench --out $OUT        (the full GPU suite: the numbers to commit)
+#   bench         python -m bigmodel bench --out $OUT $BENCH_ARGS   (the GPU suite: the numbers to commit)
 #   pytest-bench  pytest-benchmark over benchmarks/, quick sizes (PYBENCH_QUICK=0: full sizes)
 # Files in $OUT - the device tool brings back at most 8, so exactly these 8:
 #   build.log (nvidia-smi + versions + pip -v output), tests.log, tests.xml (junit), bench.log,
@@ -15,7 +15,17 @@
 # The end of stdout is a short summary: the benchmark table, then each step's status.
 #
 # Knobs: STEPS (default "build tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
-# 600 s device call), BUILD_S / TESTS_S / PYBENCH_S (per-step caps; bench gets the time that is left), PYTHON.
+# 600 s device call), BUILD_S / TESTS_S / PYBENCH_S (per-step caps; bench gets the time that is left), PYTHON,
+# BENCH_ARGS (more `bigmodel bench` options, e.g. "--ops attention --dtype bf16,fp16"), BIGMODEL_BENCH_FULL=1
+# (adds attention's flex provider, ~400 s more).
+#
+# Time (estimates, H100, bf16; not yet measured): bench runs layer_norm (84 cases, ~75 s with its torch.compile
+# builds), then attention, most important cases first (benchmarks/attention_cases.py): tier 0 = triton, cuda, torch,
+# sdpa-flash, sdpa-cudnn x fwd, fwd+bwd x D 64/128 x L 1k..16k x causal or not (200 cases, ~100 s), then bwd and
+# L 512, then sdpa-efficient / sdpa-math / eager (648 attention cases, 516 of them run, ~250 s). After the build and
+# the tests, bench usually has 150-250 s: it stops starting cases at its --max-seconds and reports the rest as
+# "not run". To run every default case: STEPS="build bench" (bench then gets 300 s or more); attention alone:
+# BENCH_ARGS="--ops attention".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -84,9 +94,10 @@ if wants bench; then
   if wants pytest-bench; then reserve=$((reserve + PYBENCH_S)); fi
   budget=$(($(left) - reserve))
   budget=$((budget < 60 ? 60 : budget))
-  banner "bench: bigmodel bench --out \$OUT (${budget}s)"
+  banner "bench: bigmodel bench --out \$OUT ${BENCH_ARGS:-} (${budget}s)"
   rc=0
-  timeout -s INT -k 20 "$budget" "$PY" -m bigmodel bench --out "$OUT" --max-seconds $((budget - 40)) \
+  # shellcheck disable=SC2086  # BENCH_ARGS: several words
+  timeout -s INT -k 20 "$budget" "$PY" -m bigmodel bench --out "$OUT" --max-seconds $((budget - 40)) ${BENCH_ARGS:-} \
     > "$OUT/bench.log" 2>&1 || rc=$?
   STATUS[bench]=$rc
   grep -E "^\[.*(error|ERROR)|failed|Traceback" "$OUT/bench.log" | tail -n 10 || true

@@ -1,7 +1,11 @@
 """Benchmark report: result rows (benchmarks/timing.py) -> <out>/<stem>.json, .md and .png.
 
 Every row carries "timer": "GPU" or "CPU"; CPU timings are labelled as such everywhere (they are smoke tests,
-not performance numbers). Speed-ups are against eager torch measured in the same run.
+not performance numbers). Speed-ups are against eager torch measured in the same run; an op whose builder in
+cases.OPS names `baselines` (attention: the best SDPA backend, SDPA's flash backend) also gets
+`speedup_vs_<name>` against the fastest of those providers. A builder's `plot_x` / `plot_panels` (attention:
+seqlen; headdim and mask) give its plot axis and panels, and the order of its rows in the tables (its cases run
+most important first).
 
     python -m benchmarks.report --summary bench-out/<stem>.json     # compact text table of a saved run
 """
@@ -18,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from . import timing
+from . import cases, timing
 
 REFERENCE = "torch"
+HIGHLIGHT = ("triton", "cuda")  # bigmodel's own providers: thicker lines in the plot
+EXTRA_COLUMNS = {"best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash"}  # speed-up column titles
 CPU_LABEL = "CPU timings — not performance numbers"
 
 
@@ -82,13 +88,55 @@ def group_key(row: dict) -> tuple:
     return row["op"], row["mode"], row["dtype"], row["shape_str"]
 
 
+def builder_attr(op: str, name: str, default=None):
+    """An optional attribute of the op's builder in cases.OPS (baselines, plot_x, plot_panels, providers)."""
+    return getattr(cases.OPS.get(op), name, default)
+
+
+def baselines(op: str) -> dict:
+    """{"torch": ("torch",), plus the op's own: name -> providers whose fastest is that baseline}."""
+    return {REFERENCE: (REFERENCE,), **builder_attr(op, "baselines", {})}
+
+
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """speedup_vs_torch = eager torch's median / this provider's median (>1: faster than torch)."""
-    ref = {group_key(r): r["median_ms"] for r in rows if r["provider"] == REFERENCE and r["status"] == "ok"}
+    """speedup_vs_<baseline> = the baseline's median / this provider's median, same shape (>1: faster).
+    Every op has speedup_vs_torch (eager torch); attention also speedup_vs_best_sdpa and speedup_vs_sdpa_flash."""
+    fastest = defaultdict(dict)  # group -> baseline -> fastest median
     for r in rows:
-        base = ref.get(group_key(r))
-        r["speedup_vs_torch"] = base / r["median_ms"] if base and r["status"] == "ok" else None
+        for name, providers in baselines(r["op"]).items():
+            if r["provider"] in providers and r["status"] == "ok":
+                best = fastest[group_key(r)].get(name)
+                fastest[group_key(r)][name] = r["median_ms"] if best is None else min(best, r["median_ms"])
+    for r in rows:
+        for name in baselines(r["op"]):
+            base = fastest[group_key(r)].get(name)
+            r[f"speedup_vs_{name}"] = base / r["median_ms"] if base and r["status"] == "ok" else None
     return rows
+
+
+def reading_order(rows: list[dict]) -> list[dict]:
+    """Rows as run, except those of an op with a plot axis (attention, whose cases run most important first):
+    by mode and dtype, panel (each as first run), x, then the builder's provider order."""
+    first = {}
+    for i, r in enumerate(rows):
+        for k in (r["op"], (r["op"], r["mode"], r["dtype"]), (r["op"], panel(r))):
+            first.setdefault(k, i)
+
+    def key(i):
+        r = rows[i]
+        x = builder_attr(r["op"], "plot_x")
+        if x is None:
+            return first[r["op"]], i
+        providers = list(builder_attr(r["op"], "providers", ()))
+        at = providers.index(r["provider"]) if r["provider"] in providers else len(providers)
+        return first[r["op"]], first[r["op"], r["mode"], r["dtype"]], first[r["op"], panel(r)], r["shape"][x], at
+
+    return [rows[i] for i in sorted(range(len(rows)), key=key)]
+
+
+def panel(row: dict) -> tuple:
+    """The values of the op's plot_panels parameters for this row, e.g. (("headdim", 64), ("mask", "causal"))."""
+    return tuple((p, row["shape"][p]) for p in builder_attr(row["op"], "plot_panels", ()))
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -120,18 +168,24 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         f"{env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, driver {env['driver']}, python {env['python']}",
         f"- timer: {env['timer']} — {env['method']}",
         f"- copy bandwidth: {_fmt(copy_bw, '.0f', ' GB/s')} (device-to-device copy, bytes read + written)",
-        "- vs torch: eager torch's median / this provider's median, same run (>1 is faster)", "",
+        "- vs torch: eager torch's median / this provider's median, same run (>1 is faster)",
     ]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        lines += [f"- {EXTRA_COLUMNS.get(name, name)} ({op}): the fastest median of {', '.join(providers)} / this "
+                  "provider's median, same shape and run"
+                  for name, providers in builder_attr(op, "baselines", {}).items()]
+    lines.append("")
     unit = "CPU ms" if cpu else "GPU ms"
     groups = defaultdict(list)
-    for r in rows:
+    for r in reading_order(rows):
         groups[(r["op"], r["mode"], r["dtype"])].append(r)
     for (op, mode, dtype), group in groups.items():
         shape_names = " x ".join(group[0]["shape"])
+        others = [name for name in baselines(op) if name != REFERENCE]  # attention: best_sdpa, sdpa_flash
         lines += [f"## {op} — {mode} — {dtype}", "",
                   f"| {shape_names} | provider | median {unit} | p20–p80 {unit} | rate | % copy BW | vs torch "
-                  "| extra MiB | rel err |",
-                  "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+                  + "".join(f"| {EXTRA_COLUMNS.get(name, name)} " for name in others) + "| extra MiB | rel err |",
+                  "|---|---|--:|--:|--:|--:|--:|" + "--:|" * len(others) + "--:|--:|"]
         skipped = {}
         for r in group:
             if r["status"] != "ok":
@@ -140,8 +194,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
             lines.append(
                 f"| {r['shape_str']} | {r['provider']} | {r['median_ms']:.4f} | {r['p20_ms']:.4f}–{r['p80_ms']:.4f} "
                 f"| {rate(r)} | {_fmt(r.get('pct_copy_bw'), '.0f', '%')} "
-                f"| {_fmt(r.get('speedup_vs_torch'), '.2f', 'x')} | {_fmt(r.get('peak_mem_mb'), '.1f')} "
-                f"| {_fmt(r.get('rel_err'), '.1e')} |")
+                + "".join(f"| {_fmt(r.get(f'speedup_vs_{name}'), '.2f', 'x')} " for name in (REFERENCE, *others))
+                + f"| {_fmt(r.get('peak_mem_mb'), '.1f')} | {_fmt(r.get('rel_err'), '.1e')} |")
         lines.append("")
         for (provider, status, reason), shapes in skipped.items():
             lines.append(f"- **{provider} {status}** ({', '.join(shapes)}): {reason}")
@@ -151,7 +205,9 @@ def to_markdown(rows: list[dict], env: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ plot
 def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
-    """One row of panels per op, one panel per mode: rate vs shape, a line per provider (and dtype)."""
+    """One row of panels per op (per value of its plot_panels, e.g. attention's head dim and mask), one column per
+    mode: rate against shape (or the op's plot_x, e.g. sequence length); TFLOP/s when the op counts flops, else
+    GB/s with the copy bandwidth. A line per provider (and dtype), in the same colour in every panel; one legend."""
     try:
         import matplotlib
 
@@ -159,46 +215,55 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    ok = [r for r in rows if r["status"] == "ok"]
-    ops = list(dict.fromkeys(r["op"] for r in rows))
+    rows = reading_order(rows)
+    panels = list(dict.fromkeys((r["op"], panel(r)) for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
-    if not ops:
+    if not panels:
         return None
-    fig, axes = plt.subplots(len(ops), len(modes), figsize=(5.2 * len(modes), 4.2 * len(ops)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), len(modes), figsize=(5.2 * len(modes), 3.8 * len(panels) + 1.2),
+                             squeeze=False)
     # One colour per provider and one line style per dtype, the same in every panel.
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     colors = plt.get_cmap("tab10").colors
     copy_bw = env.get("copy_bandwidth_gbps")
-    for i, op in enumerate(ops):
+    legend = {}
+    for i, (op, where) in enumerate(panels):
+        x = builder_attr(op, "plot_x")
+        here = [r for r in rows if r["op"] == op and panel(r) == where]
+        points = [r["shape"][x] if x else r["shape_str"] for r in here]
+        xs = sorted(set(points)) if x else list(dict.fromkeys(points))
         for j, mode in enumerate(modes):
             ax = axes[i][j]
-            mine = [r for r in ok if r["op"] == op and r["mode"] == mode]
-            shapes = list(dict.fromkeys(r["shape_str"] for r in rows if r["op"] == op))
-            flops = any(r.get("tflops") is not None for r in mine)
+            mine = [(p, r) for p, r in zip(points, here) if r["mode"] == mode and r["status"] == "ok"]
+            flops = any(r.get("tflops") is not None for _, r in mine)
             lines = defaultdict(dict)
-            for r in mine:
-                lines[r["provider"], r["dtype"]][r["shape_str"]] = r["tflops"] if flops else r["gbps"]
-            for (provider, dtype), points in sorted(lines.items(), key=lambda kv: providers.index(kv[0][0])):
+            for p, r in mine:
+                lines[r["provider"], r["dtype"]][p] = r["tflops"] if flops else r["gbps"]
+            for (provider, dtype), values in sorted(lines.items(), key=lambda kv: providers.index(kv[0][0])):
                 # NaN where a provider was skipped or failed: a gap in its line, not a bridge
-                ax.plot(range(len(shapes)), [points.get(shape, float("nan")) for shape in shapes], marker="o",
-                        color=colors[providers.index(provider) % len(colors)],
-                        linestyle=("-", "--", ":")[dtypes.index(dtype) % 3],
-                        label=f"{provider} {dtype}" if len(dtypes) > 1 else provider)
+                label = f"{provider} {dtype}" if len(dtypes) > 1 else provider
+                legend[label], = ax.plot(range(len(xs)), [values.get(p, float("nan")) for p in xs], marker="o",
+                                         color=colors[providers.index(provider) % len(colors)],
+                                         linestyle=("-", "--", ":")[dtypes.index(dtype) % 3],
+                                         linewidth=2.4 if provider in HIGHLIGHT else 1.3)
             if copy_bw and not flops:
-                ax.axhline(copy_bw, color="gray", linestyle="--", linewidth=1, label="copy bandwidth")
-            ax.set_xticks(range(len(shapes)), shapes, rotation=30, ha="right", fontsize=8)
+                legend["copy bandwidth"] = ax.axhline(copy_bw, color="gray", linestyle="--", linewidth=1)
+            ax.set_xticks(range(len(xs)), [str(p) for p in xs], rotation=30, ha="right", fontsize=8)
+            ax.set_xlabel(x or " x ".join(here[0]["shape"]), fontsize=8)
             ax.set_ylim(bottom=0)
             ax.set_ylabel(("TFLOP/s" if flops else "GB/s") + f" ({env['timer']} timing)")
-            ax.set_title(f"{op} {mode}", fontsize=10)
+            ax.set_title(", ".join([f"{op} {mode}"] + [f"{k} {v}" for k, v in where]), fontsize=10)
             ax.grid(alpha=0.3)
-            if lines:
-                ax.legend(fontsize=7)
     suptitle = f"bigmodel — {env['device_name']} — {env['timer']} timings, {env['date'][:10]}"
     if env["timer"] == "CPU":
         suptitle += f"\n{CPU_LABEL}"
     fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
+    ncol = min(len(legend), 6) or 1
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=9)
+    height = fig.get_figheight()  # inches kept for the legend (below) and the title (above)
+    bottom, top = (0.3 * -(-len(legend) // ncol) + 0.2) / height, (0.25 * (suptitle.count("\n") + 1) + 0.1) / height
+    fig.tight_layout(rect=(0, bottom, 1, 1 - top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -219,23 +284,37 @@ def write(rows: list[dict], env: dict, out_dir, stem: str | None = None) -> list
 
 # ------------------------------------------------------------------------------------------ text summary
 def summary(rows: list[dict], env: dict) -> str:
-    """Compact text: one line per op/mode/dtype/shape, each provider's time and rate side by side."""
+    """Compact text: one line per op/mode/dtype/shape, each provider's time and rate side by side. An op with
+    more baselines (attention) shows the fastest of its first (best_sdpa), then each other provider that ran with
+    its speed-ups over them: the lines stay short (every SDPA backend's numbers are in the markdown)."""
     out = [f"{env['device_name']} — {env['timer']} timings"
            + (f" ({CPU_LABEL})" if env["timer"] == "CPU" else "")
            + f"; copy bandwidth {_fmt(env.get('copy_bandwidth_gbps'), '.0f', ' GB/s')}"]
-    groups = defaultdict(list)
-    for r in add_speedups(rows):
+
+    def cell(r, speedups):
+        pct = f" {r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else ""
+        vs = "".join(f" {r[f'speedup_vs_{n}']:.2f}x" for n in speedups if r.get(f"speedup_vs_{n}") is not None)
+        return f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}"
+
+    groups, explained = defaultdict(list), set()
+    for r in reading_order(add_speedups(rows)):
         groups[group_key(r)].append(r)
+    width = max([11] + [len(r["shape_str"]) for r in rows])
     for (op, mode, dtype, shape), group in groups.items():
-        cells = []
-        for r in group:
-            if r["status"] != "ok":
-                cells.append(f"{r['provider']} {r['status']}")
-                continue
-            pct = f" {r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else ""
-            vs = f" {r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") is not None else ""
-            cells.append(f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}")
-        out.append(f"{op} {mode:7} {dtype} {shape:>11} | " + " | ".join(cells))
+        others = {n: providers for n, providers in baselines(op).items() if n != REFERENCE}
+        cells, shown, speedups = [], group, [REFERENCE]
+        if others:  # attention
+            (name, sdpa), speedups = next(iter(others.items())), list(others)
+            best = min((r for r in group if r["provider"] in sdpa and r["status"] == "ok"),
+                       key=lambda r: r["median_ms"], default=None)
+            cells.append(f"{name}: {cell(best, ()) if best else 'none ran'}")
+            shown = [r for r in group if r["provider"] not in sdpa and r["status"] != "skipped"]
+            if op not in explained:
+                explained.add(op)
+                out.append(f"{op}: {name} = the fastest of {', '.join(sdpa)}; the other providers that ran, with "
+                           f"their speed-ups {', '.join(EXTRA_COLUMNS.get(n, n) for n in others)}")
+        cells += [cell(r, speedups) if r["status"] == "ok" else f"{r['provider']} {r['status']}" for r in shown]
+        out.append(f"{op} {mode:7} {dtype} {shape:>{width}} | " + " | ".join(cells))
     reasons = {(r["provider"], r["status"], r["reason"][:200]) for r in rows if r["status"] != "ok"}
     out += [f"  {provider} {status}: {reason}" for provider, status, reason in sorted(reasons)]
     return "\n".join(out)
