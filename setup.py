@@ -91,4 +91,5 @@ def _cuda_extensions():
 
 
 ext_modules, cmdclass = _cuda_extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"bigmodel": ["data/*.txt", "data/README.md"]},
+      ext_modules=ext_modules, cmdclass=cmdclass)

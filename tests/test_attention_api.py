@@ -237,3 +237,16 @@ def test_patch_swaps_multihead_attention_and_keeps_parameters():
     assert model.attn.backend == "torch" and model.bigmodel_patched == {"MultiheadAttention": 1}
     assert all(p is params[n] for n, p in model.named_parameters())
     assert_close_by_rule("patched mha", model.attn(x, x, x, need_weights=False)[0], expected.double())
+
+
+def test_autocast_runs_attention_in_the_autocast_dtype():
+    """As for SDPA: under torch.autocast the inputs are cast, and fp32 leaves get fp32 gradients."""
+    q, k, v = qkv(1, 2, 6, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bigmodel.ops.attention(q, k, v, is_causal=True, backend="torch")
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+    assert all(g.dtype == torch.float32 for g in grads)
+    ref = F.scaled_dot_product_attention(*(t.double() for t in (q, k, v)), is_causal=True)
+    assert_close_by_rule("autocast out", out, ref, expected)

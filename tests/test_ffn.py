@@ -234,3 +234,16 @@ def test_patch_swaps_activations():
     assert model[1].approximate == "tanh" and model[3].dim == -1
     assert model.bigmodel_patched == {"GELU": 1, "ReLU": 1, "Softmax": 1}
     torch.testing.assert_close(model(x), expected)
+
+
+def test_autocast_runs_linear_act_in_the_autocast_dtype():
+    lin = bigmodel.nn.Linear(16, 32, activation="gelu", backend="torch")
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+        expected = F.gelu(F.linear(x, lin.weight, lin.bias))
+    assert y.dtype == expected.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert lin.weight.grad.dtype == torch.float32
+    ref = F.gelu(F.linear(x.double(), lin.weight.double(), lin.bias.double()))
+    assert_close_by_rule("autocast linear_act", y, ref, expected)

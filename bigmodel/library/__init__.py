@@ -4,6 +4,7 @@ Each op takes the requested backend name as a string argument and picks the conc
 runs (backends.select), so tracing never looks inside a kernel. Autograd is registered on the forward op
 and calls the `<op>_backward` custom op, which uses the same backend choice.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -19,6 +20,17 @@ def row_view(t: Tensor, n: int) -> Tensor:
 def _flat_param(p: Optional[Tensor], n: int) -> Optional[Tensor]:
     """A weight / bias of any normalized_shape as a contiguous (n,) vector."""
     return p.reshape(n).contiguous() if p is not None else None
+
+
+def autocast_off(fn):
+    """Run a custom op's body with autocast off: bigmodel.ops already cast the inputs for autocast, and the
+    kernels and the reference pick their own (fp32-accumulating) precision inside."""
+    @functools.wraps(fn)
+    def body(*args):
+        device = next(a.device.type for a in args if isinstance(a, Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args)
+    return body
 
 
 def _empty_grad(like: Tensor) -> Tensor:

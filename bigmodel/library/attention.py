@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from . import autocast_off
 
 
 def _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal):
@@ -18,6 +19,7 @@ def _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal):
 
 
 @torch.library.custom_op("bigmodel::attention", mutates_args=())
+@autocast_off
 def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool,
               scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (out (B, Hq, Lq, Dv), lse (B, Hq, Lq) fp32, seed (1,) int64 CPU; 0 without dropout)."""
@@ -34,6 +36,7 @@ def _(q, k, v, attn_mask, dropout_p, is_causal, scale, backend):
 
 
 @torch.library.custom_op("bigmodel::attention_backward", mutates_args=())
+@autocast_off
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool, scale: float, seed: Tensor,
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -10,13 +10,14 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from . import _empty_grad
+from . import _empty_grad, autocast_off
 
 SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh")
 
 
 # ------------------------------------------------------------------------------------------ linear_act
 @torch.library.custom_op("bigmodel::linear_act", mutates_args=())
+@autocast_off
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
                backend: str) -> tuple[Tensor, Tensor]:
     impl = backends.select("linear_act", backend, input=x, weight=weight, bias=bias)
@@ -31,6 +32,7 @@ def _(x, weight, bias, activation, backend):
 
 
 @torch.library.custom_op("bigmodel::linear_act_backward", mutates_args=())
+@autocast_off
 def linear_act_backward(grad_y: Tensor, x: Tensor, weight: Tensor, saved: Tensor, y: Optional[Tensor],
                         activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dx, dweight, dbias); dbias is an empty tensor without a bias."""
@@ -66,6 +68,7 @@ linear_act.register_autograd(_linear_act_grad, setup_context=_linear_act_setup)
 
 # ------------------------------------------------------------------------------------------ activation
 @torch.library.custom_op("bigmodel::activation", mutates_args=())
+@autocast_off
 def activation(x: Tensor, activation: str, backend: str) -> Tensor:
     """x contiguous, any shape; activation "gelu", "gelu_tanh" or "relu"."""
     return backends.select("activation", backend, input=x).activation_fwd(x, activation)
@@ -77,6 +80,7 @@ def _(x, activation, backend):
 
 
 @torch.library.custom_op("bigmodel::activation_backward", mutates_args=())
+@autocast_off
 def activation_backward(grad_y: Tensor, x: Tensor, activation: str, backend: str) -> Tensor:
     impl = backends.select("activation", backend, input=x)
     return impl.activation_bwd(grad_y.contiguous(), x, activation)
@@ -103,6 +107,7 @@ activation.register_autograd(_activation_grad, setup_context=_activation_setup)
 
 # ------------------------------------------------------------------------------------------ softmax
 @torch.library.custom_op("bigmodel::softmax", mutates_args=())
+@autocast_off
 def softmax(x: Tensor, backend: str) -> Tensor:
     """Softmax over the last dim of x (M, N) with unit last stride; returns (M, N) contiguous."""
     return backends.select("softmax", backend, input=x).softmax_fwd(x)
@@ -114,6 +119,7 @@ def _(x, backend):
 
 
 @torch.library.custom_op("bigmodel::softmax_backward", mutates_args=())
+@autocast_off
 def softmax_backward(grad_y: Tensor, y: Tensor, backend: str) -> Tensor:
     """dx = y * (dy - rowsum(dy * y))."""
     impl = backends.select("softmax", backend, input=y)

@@ -6,10 +6,11 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from . import _empty_grad, _flat_param, row_view
+from . import _empty_grad, _flat_param, autocast_off, row_view
 
 
 @torch.library.custom_op("bigmodel::layer_norm", mutates_args=())
+@autocast_off
 def layer_norm(x: Tensor, normalized_shape: list[int], weight: Optional[Tensor], bias: Optional[Tensor],
                eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, mean, rstd); mean and rstd are fp32 of shape (rows,), saved for the backward."""
@@ -28,6 +29,7 @@ def _(x, normalized_shape, weight, bias, eps, backend):
 
 
 @torch.library.custom_op("bigmodel::layer_norm_backward", mutates_args=())
+@autocast_off
 def layer_norm_backward(grad_out: Tensor, x: Tensor, normalized_shape: list[int], weight: Optional[Tensor],
                         bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
                         backend: str) -> tuple[Tensor, Tensor, Tensor]:

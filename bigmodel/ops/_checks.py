@@ -35,3 +35,13 @@ def check_dtype_in(op: str, name: str, t, allowed: tuple, why: str):
 def check_shape(op: str, name: str, t, expected: tuple, what: str = ""):
     if t is not None and tuple(t.shape) != tuple(expected):
         raise ValueError(f"bigmodel.ops.{op}: {name} must have shape {tuple(expected)}{what}; got {tuple(t.shape)}")
+
+
+def autocast_inputs(*tensors):
+    """Under torch.autocast, the floating tensors in the autocast dtype, as autocast does for F.linear and SDPA
+    (custom ops are not on autocast's lists, so the ops cast their own inputs); otherwise unchanged."""
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)

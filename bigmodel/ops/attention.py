@@ -23,8 +23,10 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
 
     Rows in which every key is masked give output 0 and gradient 0. (PyTorch's SDPA gives NaN there for
     additive -inf masks and on some backends.) Statistics (max, log-sum-exp) are kept in fp32 for every dtype;
-    fp32 inputs use full-precision (not TF32) dot products. `backend`: "triton", "cuda", "torch" or "auto".
+    fp32 inputs use full-precision (not TF32) dot products. Under torch.autocast the inputs are cast to the autocast
+    dtype, as for SDPA. `backend`: "triton", "cuda", "torch" or "auto".
     """
+    q, k, v, attn_mask = _checks.autocast_inputs(q, k, v, attn_mask)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.check_tensor(OP, name, t)
         if t.dim() < 2:

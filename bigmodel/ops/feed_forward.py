@@ -42,6 +42,7 @@ def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
     The backward fuses the activation derivative and the bias gradient into the GEMMs that consume grad_output.
     """
     act = _activation_name("linear_act", activation)
+    input, weight, bias = _checks.autocast_inputs(input, weight, bias)  # as autocast does for F.linear
     _check_input("linear_act", input)
     _check_layer("linear_act", input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})",
                  "weight", weight, "bias", bias)
@@ -60,6 +61,7 @@ def feed_forward(input, w1, b1, w2, b2, activation="gelu", *, backend=None):
     w1 (d_hidden, d_model), b1 (d_hidden,) or None, w2 (d_model_out, d_hidden), b2 (d_model_out,) or None.
     """
     act = _activation_name("feed_forward", activation)
+    input, w1, b1, w2, b2 = _checks.autocast_inputs(input, w1, b1, w2, b2)
     _check_input("feed_forward", input)
     _check_layer("feed_forward", input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})",
                  "w1", w1, "b1", b1)
