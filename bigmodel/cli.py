@@ -3,6 +3,8 @@
     bigmodel info                      versions, device, and which backends can run here (and why not)
     bigmodel bench [--ops layer_norm] [--modes fwd,bwd,fwd+bwd] [--dtype bf16] [--out bench-out] [--quick]
                                        time every provider side by side; writes <out>/<stem>.json, .md, .png
+    bigmodel train [--preset tiny] [--data FILE] [--steps N] [--out DIR [--resume]] [--parallel ddp|fsdp]
+                                       train on bytes (see bigmodel/train.py); under torchrun: data-parallel
 
 `bench` reuses the case definitions of benchmarks/cases.py (a source checkout, e.g. `pip install -e .`).
 Without a GPU it runs small CPU cases, labelled "CPU timings - not performance numbers".
@@ -214,6 +216,13 @@ def print_results(out: Output, rows: list[dict], timer: str):
         out.print(f"skipped {provider} ({len(where)} cases): {reason}")
 
 
+# ------------------------------------------------------------------------------------------ train
+def cmd_train(args, out: Output) -> int:
+    from bigmodel import train
+
+    return train.run(args)
+
+
 # ------------------------------------------------------------------------------------------ main
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigmodel", description="Fused Transformer kernels: info and benchmarks.")
@@ -230,6 +239,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--stem", help="file name stem (default: <date>-<gpu> or <date>-cpu)")
     b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timing")
     b.add_argument("--max-seconds", type=float, help="start no new case after this long (the rest: skipped)")
+    from bigmodel import train
+
+    t = sub.add_parser("train", help="train a model on bytes (one process, or DDP / FSDP under torchrun)",
+                       description="Train a bigmodel Transformer on a byte-level corpus; under `torchrun "
+                                   "--nproc_per_node N -m bigmodel train` the global batch is split across ranks.")
+    train.add_arguments(t)
     return p
 
 
@@ -240,6 +255,8 @@ def main(argv=None) -> int:
         return cmd_info(args, out)
     if args.command == "bench":
         return cmd_bench(args, out)
+    if args.command == "train":
+        return cmd_train(args, out)
     parser().print_help()
     return 0
 
