@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 namespace bigmodel {
@@ -14,5 +15,39 @@ std::vector<c10::optional<at::Tensor>> layer_norm_bwd(const at::Tensor& dy, cons
                                                       const c10::optional<at::Tensor>& weight,
                                                       const c10::optional<at::Tensor>& bias,
                                                       const at::Tensor& mean, const at::Tensor& rstd);
+
+// ---- feed-forward / activation / softmax (csrc/bias_act, csrc/activation, csrc/softmax) ----
+// activation: "gelu" (erf), "gelu_tanh", "relu" or "none" (bias_act_*); act_* take the first three.
+// z: (M, N) with unit column stride; bias: (N,) contiguous, z's dtype. Returns {y = act(z + bias) (M, N),
+// pre = z + bias (M, N) for gelu / gelu_tanh, an empty tensor for relu / none}.
+std::vector<at::Tensor> bias_act_fwd(const at::Tensor& z, const c10::optional<at::Tensor>& bias,
+                                     const std::string& activation);
+// dy: (M, N), unit column stride; pre: the forward's pre (gelu*), its y (relu), unused (none). Returns
+// {dz = act'(pre) * dy (M, N), dbias = column sums of dz (N,) (deterministic) or an empty tensor}.
+std::vector<at::Tensor> bias_act_bwd(const at::Tensor& dy, const at::Tensor& pre, const std::string& activation,
+                                     bool want_dbias);
+// Any-shape contiguous x (and dy). y = act(x); dx = act'(x) * dy.
+at::Tensor act_fwd(const at::Tensor& x, const std::string& activation);
+at::Tensor act_bwd(const at::Tensor& dy, const at::Tensor& x, const std::string& activation);
+// x, y, dy: (M, N) with unit column stride; softmax over the last dim. dx = y * (dy - rowsum(dy * y)).
+at::Tensor softmax_fwd(const at::Tensor& x);
+at::Tensor softmax_bwd(const at::Tensor& dy, const at::Tensor& y);
+// ---- end feed-forward / activation / softmax ----
+
+// ---- attention (csrc/attention) ----
+// FlashAttention-2 style, fp16 / bf16, head_dim 64 or 128.
+// q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D), Hq % Hkv == 0, unit last stride; key_padding_mask: bool (B, Lk),
+// True = attend; is_causal: query i sees key j iff j <= i. Returns {o (B, Hq, Lq, D) contiguous, lse (B, Hq, Lq)
+// fp32 natural log}; a row with no visible key gets o = 0 and lse = +inf.
+std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                                      double scale);
+// Returns {dq, dk, dv}, contiguous, in the inputs' dtype; dk / dv summed over each kv head's query heads
+// deterministically. `dout` is the gradient of o (Python keyword: do).
+std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse,
+                                      const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                                      double scale);
+// ---- end attention ----
 
 }  // namespace bigmodel

@@ -9,4 +9,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
   m.def("layer_norm_bwd", &bigmodel::layer_norm_bwd, "LayerNorm backward: (dx, dweight, dbias)", py::arg("dy"),
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"));
+  // ---- feed-forward / activation / softmax ----
+  m.def("bias_act_fwd", &bigmodel::bias_act_fwd, "y = act(z + bias): (y, pre)", py::arg("z"), py::arg("bias"),
+        py::arg("activation"));
+  m.def("bias_act_bwd", &bigmodel::bias_act_bwd, "dz = act'(pre) * dy, dbias = column sums of dz: (dz, dbias)",
+        py::arg("dy"), py::arg("pre"), py::arg("activation"), py::arg("want_dbias"));
+  m.def("act_fwd", &bigmodel::act_fwd, "y = act(x), elementwise", py::arg("x"), py::arg("activation"));
+  m.def("act_bwd", &bigmodel::act_bwd, "dx = act'(x) * dy, elementwise", py::arg("dy"), py::arg("x"),
+        py::arg("activation"));
+  m.def("softmax_fwd", &bigmodel::softmax_fwd, "softmax over the last dim of (M, N)", py::arg("x"));
+  m.def("softmax_bwd", &bigmodel::softmax_bwd, "dx = y * (dy - rowsum(dy * y))", py::arg("dy"), py::arg("y"));
+  // ---- end feed-forward / activation / softmax ----
+  // ---- attention (csrc/attention) ----
+  m.def("attention_fwd", &bigmodel::attention_fwd, "Attention forward: [o, lse]", py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("key_padding_mask"), py::arg("is_causal"), py::arg("scale"));
+  m.def("attention_bwd", &bigmodel::attention_bwd, "Attention backward: [dq, dk, dv]", py::arg("do"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("key_padding_mask"), py::arg("is_causal"),
+        py::arg("scale"));
+  // ---- end attention ----
 }

@@ -1,0 +1,10 @@
+// Attention backward instances for head dim 128: {fp16, bf16} x {causal, not} (preprocess, dK/dV and dQ kernels).
+#include "attention/attention_bwd_kernel.cuh"
+
+namespace bigmodel {
+
+cudaError_t attention_bwd_hdim128(const AttentionParams& p, cudaStream_t stream) {
+  return attn::attention_bwd_dispatch<128>(p, stream);
+}
+
+}  // namespace bigmodel
