@@ -190,8 +190,12 @@ def attention_case(fn, q, k, v, attn_mask=None, is_causal=False, scale=None, ena
 def check_attention_case(result, rows=None):
     """Apply the rule to every entry of attention_case's result. `rows`: optional bool (..., Lq) selecting the
     query rows to compare in out / dq (e.g. those with at least one visible key)."""
+    dv_scale = _max_abs(result["dv"][1])
     for key, (ours, ref64, lowp) in result.items():
         assert ours.dtype == lowp.dtype, f"{key}: dtype {ours.dtype}, plain PyTorch gives {lowp.dtype}"
         if rows is not None and key in ("out", "dq"):
             ours, ref64, lowp = (t[rows] for t in (ours, ref64, lowp))
-        assert_close_by_rule(key, ours, ref64, lowp, "output" if key == "out" else "grad")
+        # dq and dk vanish exactly when a row sees one key (dS = P (dP - rowsum(P dP)) = 0): an fp64 "reference" of
+        # 1e-16 noise. Only then, measure their error on the scale of dv, the same products without the cancellation.
+        floor = dv_scale if key in ("dq", "dk") and _max_abs(ref64) < 1e-10 * dv_scale else REF_FLOOR
+        assert_close_by_rule(key, ours, ref64, lowp, "output" if key == "out" else "grad", floor=floor)
