@@ -37,6 +37,7 @@ class CompileSpec:
     require_no_spills: bool = True  # no local memory / stack frame (spills) at this config
     expect_wgmma: bool = False  # a matmul-bound kernel: its sm_90 PTX must use wgmma
     tags: tuple = field(default_factory=tuple)
+    archs: tuple = (80, 90)  # the compute capabilities whose launcher can pick this config
     # Arguments the runtime specialises as divisible by 16 (pointers: 16-byte aligned; ints: multiples of 16) for
     # the inputs this spec stands for; a compile that honours it passes them as tt.divisibility attributes.
     aligned_args: tuple = ()

@@ -77,7 +77,7 @@ def main(argv=None):
         if args.only and module_name != args.only:
             continue
         for spec in module.compile_specs():
-            for arch in args.arch:
+            for arch in (a for a in args.arch if a in spec.archs):
                 row = dict(module=module_name, **compile_spec(spec, arch))
                 rows.append(row)
                 print(f"sm_{arch} {row['kernel']:<60} warps={row['num_warps']:<2} regs={row['registers']:<3} "

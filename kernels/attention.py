@@ -1,0 +1,687 @@
+"""Scaled dot-product attention in Triton, FlashAttention-2 style: O(L) memory, the L x L scores never leave
+the chip.
+
+Per (batch b, query head h), with the key/value head hk = h // (Hq // Hkv) (GQA/MQA: K and V are read in place):
+    S = scale * Q K^T + M        M: the additive float mask, or -inf where a bool mask is False / causality hides j > i
+    P = softmax(S) (per row),  lse_i = log sum_j exp(S_ij)
+    Pd = P * keep / (1 - p)        keep ~ Bernoulli(1 - p): dropout on the normalised probabilities, as in SDPA
+    O = Pd V
+
+Forward: one program per (query block, head, batch) walks the key blocks with an online softmax in fp32. Scores stay
+unscaled (s = q.k, masks applied there: -inf, or bias / scale) and every exponential is one exp2 with log2(e)
+folded into the scale, c = scale * log2(e); m and l are kept in base 2:
+    m' = max(m, c * rowmax(s_blk)),  alpha = 2^(m - m'),  l' = alpha * l + rowsum(2^(c * s_blk - m')),
+    acc' = alpha * acc + (2^(c * s_blk - m') * keep) V_blk;   at the end O = acc / l / (1 - p), lse = (m + log2 l) ln 2.
+l sums the un-dropped probabilities, so lse is that of the plain softmax. A row with no visible key keeps m = -inf
+and l = 0: inside the exponentials its max is replaced by 0 (2^(-inf - 0) = 0, never -inf + inf = NaN), and the
+epilogue writes O = 0, lse = +inf. The kernels need scale > 0; the launchers fold any other scale into q exactly.
+
+Backward (FlashAttention-2), P recomputed from the saved lse as 2^(c * s - lse * log2(e)) -- exactly 0 on fully
+masked rows (lse = +inf), so all their gradients are 0:
+    delta_i = rowsum(dO_i * O_i)    (= rowsum(P_i * dP_i), dropout included)
+    dV = Pd^T dO,   dP = (dO V^T) * keep / (1 - p),   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
+Three kernels: delta; dK/dV with one program per (key block, kv head, batch) that loops over the query heads of its
+GQA group and their query blocks (the group sum stays in registers: deterministic, no atomics); dQ with one program
+per (query block, head, batch) over the key blocks. Causal programs stop their loops at the diagonal and mask only
+the tiles that straddle it (and the sequence tails).
+
+Dropout: keep[b, h, i, j] = rand(key = seed + (b * Hq + h) * 2^32, counter = i * 2^32 + j) >= p with Triton's
+Philox (tl.rand): a pure function of (seed, b, h, i, j), so the backward regenerates the forward's mask tile by
+tile, nothing is stored, and no index arithmetic overflows at any length.
+
+Numerics: inputs fp16 / bf16 / fp32; scores, softmax statistics and every accumulator are fp32. P and dS are rounded
+to the input dtype only as tl.dot operands (tensor cores for fp16 / bf16). fp32 inputs use input_precision="ieee"
+(true fp32 products, no TF32), to meet the project's 1e-5 relative-error rule: that path runs on CUDA cores, several
+times slower than fp16 / bf16. A float-mask value below -3.4e38 * scale overflows to -inf (masked), so a row hidden
+only by such finite values (e.g. torch.finfo(torch.float32).min) gives O = 0 where SDPA averages V uniformly.
+
+Shapes: any Lq, Lk >= 1 (tails masked), head dim D in 16..256, padded in registers to BLOCK_D = next power of two
+(loads / stores masked on d < D). Grids are (blocks, heads, batch): heads and batch each up to 65535.
+Launch configs: triton.autotune on a GPU over per-kernel tables (CONFIGS), pruned by head dim, variant (causal,
+mask / dropout, unaligned rows, fp32), compute capability and the device's shared memory; the lengths enter the
+autotune key as power-of-two buckets. Under the interpreter (TRITON_INTERPRET=1): one small config per kernel.
+"""
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
+_RUNTIME_INTS = ["seed", "lq_bucket", "lk_bucket"]  # vary freely: never specialised (no recompiles)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+@triton.jit
+def _row_pointers(base, offsets, ALIGNED: tl.constexpr):
+    """base + offsets for a (rows, BLOCK_D) tile. With ALIGNED (the launcher checked every data pointer and batch /
+    head / row stride) each row starts on a 16-byte boundary, which lets loads vectorise and pipeline (cp.async /
+    TMA). The hint must sit on an op created here: Triton drops it on a function argument."""
+    ptrs = base + offsets
+    if ALIGNED:
+        ptrs = tl.multiple_of(ptrs, [16, 16])
+    return ptrs
+
+
+@triton.jit
+def _load_rows(base, offsets, rows_ok, d_ok, ALIGNED: tl.constexpr):
+    """A (rows, BLOCK_D) tile, zero outside the sequence and beyond the head dim."""
+    return tl.load(_row_pointers(base, offsets, ALIGNED), mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, offsets, value, rows_ok, d_ok, ALIGNED: tl.constexpr):
+    tl.store(_row_pointers(base, offsets, ALIGNED), value, mask=rows_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _mask_scores(s, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale,
+                 MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, ON_BOUNDARY: tl.constexpr):
+    """Apply the user mask and, on tiles that straddle the causal diagonal or the key tail, hide j > i and
+    j >= Lk. s: unscaled scores q.k (scale > 0, so the caller's later scaling keeps -inf and the float bias is
+    added as bias / scale); rows / cols: query / key indices broadcastable to s (either orientation).
+    The mask tile is mask_lines (pointers along the program's fixed axis) + mask_offsets (along the loop axis),
+    formed here in each iteration: a loop-invariant 2-D pointer tile would pin two registers per element."""
+    if MASK_KIND != 0:
+        in_bounds = (rows < Lq) & (cols < Lk)
+        if MASK_KIND == 1:
+            s = tl.where(tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0) != 0, s, float("-inf"))
+        else:
+            s += tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0.0).to(tl.float32) * (1.0 / scale)
+    if ON_BOUNDARY:
+        if IS_CAUSAL:  # j <= min(i, Lk - 1): the diagonal and the key tail in one comparison per score
+            s = tl.where(cols <= tl.minimum(rows, Lk - 1), s, float("-inf"))
+        else:
+            s = tl.where(cols < Lk, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _dropout_keep(seed, b, h, Hq, rows, cols, dropout_p):
+    """Keep-mask of P[b, h, rows, cols]: Philox with key (seed, b * Hq + h) and counter words (j, i)."""
+    key = seed + (b * Hq + h).to(tl.int64) * 4294967296
+    counter = rows.to(tl.int64) * 4294967296 + cols
+    return tl.rand(key, counter) >= dropout_p
+
+
+# --------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
+               b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, lo, hi,
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+               ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of one query block over the key blocks [lo, hi). *_ptrs address key block 0."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_ok = cols < Lk
+        start = tl.cast(start_n, tl.int64)
+        k = _load_rows(k_ptrs, start * stride_kn, cols_ok, d_ok, ALIGNED)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = _mask_scores(s, rows[:, None], cols[None, :], mask_rows[:, None], (cols.to(tl.int64) * stride_mn)[None, :],
+                         Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s * qk_scale - m_safe[:, None])  # one FMA per score
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            p = tl.where(_dropout_keep(seed, b, h, Hq, rows[:, None], cols[None, :], dropout_p), p, 0.0)
+        v = _load_rows(v_ptrs, start * stride_vn, cols_ok, d_ok, ALIGNED)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _key_ranges(start_m, Lk, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks of a query block: [0, interior) need no score masking, [interior, hi) hold the key tail and,
+    when causal, the diagonal. Causal rows never see keys past the block's last row: hi stops there."""
+    full_blocks_end = (Lk // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(Lk, start_m + BLOCK_M)
+        interior = tl.minimum(((start_m + 1) // BLOCK_N) * BLOCK_N, full_blocks_end)
+    else:
+        hi = Lk
+        interior = full_blocks_end
+    return interior, hi
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_mb, stride_mh, stride_mm, stride_mn,
+                     Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+                     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if IS_CAUSAL:  # the longest rows (most key blocks) start first: better tail balance
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    hkv = h // kv_group
+    start_m = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+    rows_ok = rows < Lq
+
+    # 64-bit tile bases, 32-bit offsets inside a tile.
+    q_tile = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qm
+    q = _load_rows(q_tile, offs_m[:, None] * stride_qm + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+    k_ptrs = K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    mask_rows = Mask + b * stride_mb + h * stride_mh + rows.to(tl.int64) * stride_mm
+
+    interior, hi = _key_ranges(start_m, Lk, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, 0, interior,
+                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED, BLOCK_N)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, interior, hi,
+                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED, BLOCK_N)
+
+    empty = l_i == 0.0  # no visible key: O = 0, lse = +inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    inv_l = tl.where(empty, 0.0, 1.0 / l_safe)
+    if HAS_DROPOUT:
+        inv_l = inv_l * dropout_scale
+    lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * LN2)
+    row_base = (b * Hq + h) * Lq + start_m
+    tl.store(LSE + row_base + offs_m, lse, mask=rows_ok)
+    _store_rows(O + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                (acc * inv_l[:, None]).to(O.dtype.element_ty), rows_ok, d_ok, ALIGNED)
+
+
+# --------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _attn_bwd_delta_kernel(O, DO, Delta, stride_dob, stride_doh, stride_dom, Hq, Lq,
+                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr,
+                           BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32; O is contiguous, dO any strides."""
+    start_m = tl.program_id(0) * BLOCK_M
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows_ok = start_m + offs_m < Lq
+    d_ok = offs_d < HEAD_DIM
+    row_base = (b * Hq + h) * Lq + start_m
+    o = _load_rows(O + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+    do_tile = DO + b * stride_dob + h * stride_doh + start_m.to(tl.int64) * stride_dom
+    do = _load_rows(do_tile, offs_m[:, None] * stride_dom + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + row_base + offs_m, delta, mask=rows_ok)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
+                stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed,
+                lo, hi,
+                MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Accumulate dK, dV of one key block over the query blocks [lo, hi) of one query head (*_ptrs address
+    query block 0). Tiles are kept transposed (keys x queries) so that both updates are plain dots.
+    Query rows past Lq load q = dO = 0 and lse = +inf and add exactly 0; key rows past Lk are never stored."""
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        rows_ok = rows < Lq
+        start = tl.cast(start_m, tl.int64)
+        q = _load_rows(q_ptrs, start * stride_qm, rows_ok, d_ok, ALIGNED)
+        do = _load_rows(do_ptrs, start * stride_dom, rows_ok, d_ok, ALIGNED)
+        lse = tl.load(lse_ptr + rows, mask=rows_ok, other=float("inf")) * LOG2E
+        delta = tl.load(delta_ptr + rows, mask=rows_ok, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision="ieee")
+        s_t = _mask_scores(s_t, rows[None, :], cols[:, None], mask_cols[:, None],
+                           (rows.to(tl.int64) * stride_mm)[None, :], Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        p_t = tl.exp2(s_t * qk_scale - lse[None, :])
+        dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, b, h, Hq, rows[None, :], cols[:, None], dropout_p)
+            pd_t = tl.where(keep, p_t * dropout_scale, 0.0)
+            dp_t = tl.where(keep, dp_t * dropout_scale, 0.0)
+        else:
+            pd_t = p_t
+        dv = tl.dot(pd_t.to(do.dtype), do, dv, input_precision="ieee")
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Mask,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                          stride_mb, stride_mh, stride_mm, stride_mn,
+                          Hq, Hkv, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed,
+                          lq_bucket, lk_bucket,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+                          IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    hkv = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    cols = start_n + offs_n
+    cols_ok = cols < Lk
+    start_n64 = start_n.to(tl.int64)
+
+    k_tile = K + b * stride_kb + hkv * stride_kh + start_n64 * stride_kn
+    v_tile = V + b * stride_vb + hkv * stride_vh + start_n64 * stride_vn
+    k = _load_rows(k_tile, offs_n[:, None] * stride_kn + offs_d[None, :], cols_ok, d_ok, ALIGNED)
+    v = _load_rows(v_tile, offs_n[:, None] * stride_vn + offs_d[None, :], cols_ok, d_ok, ALIGNED)
+
+    # Causal: query blocks that end before this key block see none of it (skipped); blocks from `interior`
+    # on see all of it (no score masking); the ones in between straddle the diagonal.
+    if IS_CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        interior = tl.minimum(tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M, Lq)
+    else:
+        lo = 0
+        interior = 0
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(kv_group):  # the query heads sharing this kv head, summed in a fixed order
+        h = hkv * kv_group + g
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+        do_ptrs = DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :]
+        lse_ptr = LSE + (b * Hq + h) * Lq
+        delta_ptr = Delta + (b * Hq + h) * Lq
+        mask_cols = Mask + b * stride_mb + h * stride_mh + cols.to(tl.int64) * stride_mn
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
+                             stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p,
+                             dropout_scale, seed, lo, interior, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED,
+                             BLOCK_M)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
+                             stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p,
+                             dropout_scale, seed, interior, Lq, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED,
+                             BLOCK_M)
+
+    out_offsets = ((b * Hkv + hkv) * Lk + start_n64) * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    _store_rows(DK, out_offsets, (dk * scale).to(DK.dtype.element_ty), cols_ok, d_ok, ALIGNED)
+    _store_rows(DV, out_offsets, dv.to(DV.dtype.element_ty), cols_ok, d_ok, ALIGNED)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
+              b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, lo, hi,
+              MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+              ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dQ of one query block over the key blocks [lo, hi) (*_ptrs address key block 0)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_ok = cols < Lk
+        start = tl.cast(start_n, tl.int64)
+        k = _load_rows(k_ptrs, start * stride_kn, cols_ok, d_ok, ALIGNED)
+        v = _load_rows(v_ptrs, start * stride_vn, cols_ok, d_ok, ALIGNED)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = _mask_scores(s, rows[:, None], cols[None, :], mask_rows[:, None], (cols.to(tl.int64) * stride_mn)[None, :],
+                         Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        p = tl.exp2(s * qk_scale - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, b, h, Hq, rows[:, None], cols[None, :], dropout_p)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
+    return dq
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                        stride_mb, stride_mh, stride_mm, stride_mn,
+                        Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+                        IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if IS_CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    hkv = h // kv_group
+    start_m = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+    rows_ok = rows < Lq
+    start_m64 = start_m.to(tl.int64)
+
+    q_tile = Q + b * stride_qb + h * stride_qh + start_m64 * stride_qm
+    do_tile = DO + b * stride_dob + h * stride_doh + start_m64 * stride_dom
+    q = _load_rows(q_tile, offs_m[:, None] * stride_qm + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+    do = _load_rows(do_tile, offs_m[:, None] * stride_dom + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+    row_base = (b * Hq + h) * Lq + start_m64
+    lse = tl.load(LSE + row_base + offs_m, mask=rows_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + row_base + offs_m, mask=rows_ok, other=0.0)
+    k_ptrs = K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    mask_rows = Mask + b * stride_mb + h * stride_mh + rows.to(tl.int64) * stride_mm
+
+    # The forward's key ranges. Keys past Lk must be masked here too: a padded key's score 0 could overflow
+    # exp(s - lse) when lse is very negative, and inf * 0 would poison dQ.
+    interior, hi = _key_ranges(start_m, Lk, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+                   stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, 0, interior,
+                   MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED, BLOCK_N)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+                   stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, interior, hi,
+                   MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED, BLOCK_N)
+    _store_rows(DQ + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                (dq * scale).to(DQ.dtype.element_ty), rows_ok, d_ok, ALIGNED)
+
+
+# --------------------------------------------------------------------------------------------- configs
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, variant and head-dim class (BLOCK_D <= 64, 128, 256).
+# BLOCK_M is the query tile and BLOCK_N the key tile in every kernel: the forward and dQ hold a query tile and
+# stream key tiles, dK/dV holds a key tile (two fp32 accumulators) and streams query tiles. Every entry was
+# checked with tests/gpu_compile.py: no spills on sm_80 and sm_90 (SM90_EXTRA entries: on sm_90, where used).
+# The variants differ in live registers per score: the causal diagonal predicate, mask loads and Philox state
+# ("heavy"), scalar addresses of unaligned rows, fp32 operands of CUDA-core dots.
+CONFIGS = {
+    "plain": {  # fp16 / bf16, aligned rows, no mask, no dropout, not causal: the tensor-core fast path
+        "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3)], 128: [(128, 64, 8, 3), (64, 64, 8, 3)],
+                256: [(64, 64, 8, 2), (64, 32, 8, 2)]},
+        "dq": {64: [(128, 64, 8, 3), (128, 32, 4, 3)], 128: [(128, 32, 8, 3), (64, 64, 8, 3)], 256: [(64, 32, 8, 2)]},
+        "dkdv": {64: [(32, 128, 8, 3), (64, 64, 8, 2)], 128: [(32, 64, 8, 3)], 256: [(32, 32, 8, 2)]},
+    },
+    "causal": {  # the same, causal
+        "fwd": {64: [(128, 64, 8, 3), (64, 64, 8, 3)], 128: [(128, 32, 8, 3), (64, 64, 8, 3)], 256: [(64, 32, 8, 2)]},
+        "dq": {64: [(128, 64, 8, 3)], 128: [(128, 32, 8, 3)], 256: [(64, 32, 8, 2)]},
+        "dkdv": {64: [(32, 128, 8, 3)], 128: [(16, 64, 8, 3)], 256: [(16, 32, 8, 2)]},
+    },
+    "heavy": {  # a mask and / or dropout (causal or not)
+        "fwd": {64: [(64, 64, 8, 3), (128, 32, 8, 3)], 128: [(64, 32, 8, 3), (128, 32, 8, 3)], 256: [(32, 64, 8, 2)]},
+        "dq": {64: [(64, 32, 8, 3)], 128: [(64, 32, 8, 3)], 256: [(32, 32, 8, 2)]},
+        "dkdv": {64: [(16, 128, 8, 3)], 128: [(16, 64, 8, 3), (32, 32, 8, 3)], 256: [(16, 32, 8, 2)]},
+    },
+    "unaligned": {  # fp16 / bf16 rows not on 16-byte boundaries: scalar loads, no cp.async pipeline
+        "fwd": {64: [(32, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
+        "dq": {64: [(16, 32, 4, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
+        "dkdv": {64: [(16, 32, 4, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
+    },
+    "fp32": {  # "ieee" dots on CUDA cores, any variant
+        "fwd": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
+        "dq": {64: [(16, 32, 4, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
+        "dkdv": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
+    },
+}
+SM90_EXTRA = {  # larger tiles that only sm_90's wgmma path (operands in shared memory) keeps spill-free
+    "plain": {"fwd": {128: [(128, 128, 8, 3)]}, "dq": {128: [(128, 64, 8, 3)]},
+              "dkdv": {64: [(64, 128, 8, 2)], 128: [(32, 128, 8, 2)]}},
+    "causal": {"fwd": {128: [(128, 64, 8, 3)]}},
+}
+# Under the interpreter: one small config per kernel; BLOCK_M != BLOCK_N so the diagonal logic is exercised.
+INTERPRETER_CONFIGS = {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
+                       "dq": dict(BLOCK_M=32, BLOCK_N=16)}
+SMEM_BYTES = {80: 166912, 90: 232448}  # opt-in shared memory per block (A100, H100)
+
+
+def _dim_class(block_d: int) -> int:
+    return 64 if block_d <= 64 else block_d
+
+
+def config_variant(dtype: torch.dtype, is_causal: bool, has_mask: bool, has_dropout: bool, aligned: bool) -> str:
+    """Which CONFIGS table a call draws from."""
+    if dtype == torch.float32:
+        return "fp32"
+    if not aligned:
+        return "unaligned"
+    if has_mask or has_dropout:
+        return "heavy"
+    return "causal" if is_causal else "plain"
+
+
+def shared_memory_estimate(kind: str, cfg, block_d: int, elt_size: int, variant: str) -> int:
+    """Shared memory of a config, an upper bound of what Triton 3.x allocates (fitted on sm_80 / sm_90 builds):
+    the pipelined streamed tiles (K and V, or Q and dO), the resident operands wgmma reads from shared memory,
+    with a mask / dropout a score-tile layout-conversion scratch, and 1 KB for barriers."""
+    block_m, block_n, _, stages = cfg
+    if kind == "fwd":
+        tiles = 2 * stages * block_n * block_d + block_m * block_d
+    elif kind == "dq":
+        tiles = 2 * stages * block_n * block_d + 2 * block_m * block_d
+    else:
+        tiles = 2 * stages * block_m * block_d + 2 * block_n * block_d + 4 * stages * block_m
+    return elt_size * tiles + (4 * block_m * block_n if variant == "heavy" else 0) + 1024
+
+
+def candidate_configs(kind: str, block_d: int, variant: str, dtype: torch.dtype, arch: int, smem_limit: int):
+    """The configs the autotuner may pick for this kernel on a device of compute capability `arch` (80, 90, ...)
+    with `smem_limit` bytes of shared memory per block."""
+    dim = _dim_class(block_d)
+    configs = CONFIGS[variant][kind][dim]
+    if arch >= 90:
+        configs = configs + SM90_EXTRA.get(variant, {}).get(kind, {}).get(dim, [])
+    elt = torch.empty((), dtype=dtype).element_size()
+    fitting = [c for c in configs if shared_memory_estimate(kind, c, block_d, elt, variant) <= smem_limit]
+    return fitting or [min(configs, key=lambda c: shared_memory_estimate(kind, c, block_d, elt, variant))]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_arch_and_smem(index: int):
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor, triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
+def _autotuned(kernel, kind: str):
+    """kernel under triton.autotune over every table entry, pruned per call to candidate_configs(...)."""
+    entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values()) for cfgs in table.get(kind, {}).values()
+               for c in cfgs}
+    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in sorted(entries)]
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        q = args["Q"]
+        variant = config_variant(q.dtype, args["IS_CAUSAL"], args["MASK_KIND"] != MASK_NONE, args["HAS_DROPOUT"],
+                                 args["ALIGNED"])
+        allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype,
+                                        *_device_arch_and_smem(q.device.index)))
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
+
+    # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
+    key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED"]
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+_FWD_TUNED = _autotuned(_attn_fwd_kernel, "fwd")
+_DKDV_TUNED = _autotuned(_attn_bwd_dkdv_kernel, "dkdv")
+_DQ_TUNED = _autotuned(_attn_bwd_dq_kernel, "dq")
+
+
+def delta_config(block_d: int) -> dict:
+    """Rows per program of the delta kernel: two fp32 tiles of at most 4096 elements (no spills at D = 256)."""
+    return dict(BLOCK_M=min(64, 4096 // block_d), num_warps=4)
+
+
+def _launch(kernel, tuned, kind: str, grid, args, consts):
+    """On a GPU the autotuned kernel; under the interpreter the plain one at its single small config."""
+    if INTERPRETING:
+        cfg = INTERPRETER_CONFIGS[kind]
+        kernel[grid(cfg)](*args, **consts, **cfg)
+    else:
+        tuned[grid](*args, **consts)
+
+
+# --------------------------------------------------------------------------------------------- launchers
+def _mask_args(mask, q):
+    """(pointer, its four strides, MASK_KIND); q stands in for the pointer when there is no mask (never read)."""
+    if mask is None:
+        return q, (0, 0, 0, 0), MASK_NONE
+    return mask, tuple(mask.stride()), MASK_BOOL if mask.dtype == torch.bool else MASK_FLOAT
+
+
+def rows_aligned(*tensors) -> bool:
+    """Every (b, h, i) row of every tensor starts on a 16-byte boundary (the kernels' ALIGNED promise)."""
+    return all(t.data_ptr() % 16 == 0
+               and all(stride * t.element_size() % 16 == 0 for stride, size in zip(t.stride()[:3], t.shape) if size > 1)
+               for t in tensors)
+
+
+def _positive_scale(q, scale: float):
+    """The kernels need scale > 0 (they mask unscaled scores, then scale). Any other scale is folded into q,
+    exactly: -q for scale < 0, a zero q for scale = 0 (uniform softmax). Returns (q, scale, dq factor)."""
+    if scale > 0:
+        return q, scale, 1.0
+    if scale < 0:
+        return -q, -scale, -1.0
+    return torch.zeros_like(q), 1.0, 0.0
+
+
+def _consts(q, mask_kind, is_causal, dropout_p, aligned):
+    return dict(HEAD_DIM=q.shape[3], BLOCK_D=next_pow2(max(q.shape[3], 16)), MASK_KIND=mask_kind,
+                IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0, ALIGNED=aligned)
+
+
+def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float, seed: int):
+    """softmax(scale * q k^T + mask) v with dropout on the probabilities.
+    q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D) with Hq % Hkv == 0, unit last stride; mask None or (B, Hq, Lq, Lk), any
+    strides (expanded views welcome): bool (True = attend) or float in q's dtype (added to the scaled scores);
+    is_causal: query i sees keys j <= i; dropout_p in [0, 1) with seed in [0, 2**31) (the backward needs the same).
+    Returns o (B, Hq, Lq, D) contiguous in q.dtype and lse (B, Hq, Lq) fp32, natural log of the un-dropped softmax
+    denominator; rows with no visible key give o = 0, lse = +inf."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    o = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    q, scale, _ = _positive_scale(q, scale)
+    mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
+    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o))
+    args = (q, k, v, o, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
+            Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
+            next_pow2(Lq), next_pow2(Lk))
+    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), Hq, B), args, consts)
+    return o, lse
+
+
+def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, dropout_p: float, seed: int):
+    """Gradients of attention_fwd for the same (mask, is_causal, scale, dropout_p, seed); do may have any strides
+    (unit last stride). Returns dq like q, dk / dv like k / v (summed over each kv head's query heads),
+    contiguous, in the input dtype."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
+    dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
+    if dq.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
+    q, scale, dq_factor = _positive_scale(q, scale)
+    mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
+    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, do, o, dq, dk, dv))
+    delta = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    dcfg = delta_config(consts["BLOCK_D"])
+    _attn_bwd_delta_kernel[(triton.cdiv(Lq, dcfg["BLOCK_M"]), Hq, B)](
+        o, do, delta, *do.stride()[:3], Hq, Lq, HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"],
+        **dcfg)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *mask_strides)
+    scalars = (scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
+               next_pow2(Lq), next_pow2(Lk))
+    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), Hkv, B),
+            (q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
+    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), Hq, B),
+            (q, k, v, do, lse, delta, dq, mask_ptr, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
+    if dq_factor != 1.0:
+        dq.mul_(dq_factor)
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------- static compile
+_KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
+_POINTERS = {"fwd": ("Q", "K", "V", "O"), "dkdv": ("Q", "K", "V", "DO", "DK", "DV"), "dq": ("Q", "K", "V", "DO", "DQ")}
+
+
+def _signature(kind: str, dtype: torch.dtype, mask_kind: int) -> dict:
+    fn = _KERNELS[kind]
+    t = TL_DTYPE[dtype]
+    sig = {name: f"*{t}" for name in _POINTERS[kind]}
+    sig.update(LSE="*fp32", Mask="*i1" if mask_kind == MASK_BOOL else f"*{t}")
+    if kind != "fwd":
+        sig["Delta"] = "*fp32"
+    for name in fn.arg_names:
+        if name.startswith("stride_") or name in ("Hq", "Hkv", "Lq", "Lk", "kv_group", *_RUNTIME_INTS):
+            sig[name] = "i32"
+        elif name in ("qk_scale", "scale", "dropout_p", "dropout_scale"):
+            sig[name] = "fp32"
+    return sig
+
+
+def compile_specs():
+    """Each kernel at the configs the autotuner may pick, in the variants that change its register use.
+    D = 64 and 128: every plain, causal and heavy candidate (fp16; heavy ones with a float mask + dropout, the most
+    live registers), SM90_EXTRA, and at the first candidate bf16, causal + dropout, unaligned rows; at D = 64 also a
+    bool mask, unaligned rows with a float mask + dropout, and fp32 (float mask, causal, dropout). D = 80: the
+    first plain, causal and heavy candidates; D = 256: the first plain and heavy ones. The delta kernel.
+    Forward fp16 / bf16 specs with BLOCK_M >= 64 must use wgmma on sm_90. SM90_EXTRA specs are built for sm_90 only
+    (the only arch whose autotuner may pick them)."""
+    specs = {}
+
+    def add(kind, head_dim, dtype, cfg, mask_kind=MASK_NONE, causal=False, dropout=False, aligned=True,
+            sm90_only=False):
+        block_m, block_n, warps, stages = cfg
+        consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), MASK_KIND=mask_kind, IS_CAUSAL=causal,
+                      HAS_DROPOUT=dropout, ALIGNED=aligned, BLOCK_M=block_m, BLOCK_N=block_n)
+        sig = _signature(kind, dtype, mask_kind)
+        fn = _KERNELS[kind]
+        key = (fn.__name__, tuple(sig.values()), tuple(sorted(consts.items())), warps, stages)
+        tag = ",".join([TL_DTYPE[dtype], f"D={head_dim}", f"{block_m}x{block_n}", f"w{warps}", f"s{stages}"]
+                       + ["causal"] * causal + [("", "bool-mask", "float-mask")[mask_kind]] * (mask_kind != MASK_NONE)
+                       + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["sm90-only"] * sm90_only)
+        specs.setdefault(key, CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages,
+                                          expect_wgmma=kind == "fwd" and dtype != torch.float32 and block_m >= 64,
+                                          archs=(90,) if sm90_only else (80, 90)))
+
+    fp16 = torch.float16
+    for head_dim in (64, 128, 80, 256):
+        dim = _dim_class(next_pow2(head_dim))
+        every = head_dim in (64, 128)
+        for kind in ("fwd", "dq", "dkdv"):
+            plain, causal, heavy, unaligned = (CONFIGS[v][kind][dim] for v in ("plain", "causal", "heavy", "unaligned"))
+            for cfg in plain if every else plain[:1]:
+                add(kind, head_dim, fp16, cfg)
+            for cfg in causal if every else causal[:1] if head_dim == 80 else []:
+                add(kind, head_dim, fp16, cfg, causal=True)
+            for cfg in heavy if every else heavy[:1]:
+                add(kind, head_dim, fp16, cfg, MASK_FLOAT, dropout=True)
+            if not every:
+                continue
+            for variant, is_causal in (("plain", False), ("causal", True)):
+                for cfg in SM90_EXTRA[variant].get(kind, {}).get(dim, []):
+                    add(kind, head_dim, fp16, cfg, causal=is_causal, sm90_only=True)
+            add(kind, head_dim, torch.bfloat16, plain[0])
+            add(kind, head_dim, fp16, heavy[0], causal=True, dropout=True)
+            add(kind, head_dim, fp16, unaligned[0], aligned=False)
+            if head_dim == 64:
+                add(kind, head_dim, fp16, heavy[0], MASK_BOOL)
+                add(kind, head_dim, fp16, unaligned[0], MASK_FLOAT, dropout=True, aligned=False)
+                add(kind, head_dim, torch.float32, CONFIGS["fp32"][kind][dim][0], MASK_FLOAT, causal=True,
+                    dropout=True)
+    for head_dim, dtype in ((64, fp16), (128, fp16), (80, torch.float32)):
+        t, block_d = TL_DTYPE[dtype], next_pow2(head_dim)
+        dcfg = delta_config(block_d)
+        sig = dict(O=f"*{t}", DO=f"*{t}", Delta="*fp32", stride_dob="i32", stride_doh="i32", stride_dom="i32",
+                   Hq="i32", Lq="i32")
+        consts = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, ALIGNED=True, BLOCK_M=dcfg["BLOCK_M"])
+        specs[("delta", t, head_dim)] = CompileSpec(f"_attn_bwd_delta_kernel[{t},D={head_dim}]",
+                                                    _attn_bwd_delta_kernel, sig, consts, dcfg["num_warps"])
+    return list(specs.values())
