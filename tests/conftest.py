@@ -85,3 +85,37 @@ def spy():
     finally:
         for impl, fn in patched:
             delattr(impl, fn)
+
+
+def extension_or_skip(*names):
+    """bigmodel._C with these entry points. Skips when it is not built, except where it must have been (CI with nvcc
+    and a CUDA build of torch, or BIGMODEL_REQUIRE_CUDA_EXT=1): there a missing build fails."""
+    import shutil
+
+    try:
+        import bigmodel._C as ext
+    except ImportError as e:
+        nvcc = os.path.exists(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")) or \
+            shutil.which("nvcc") is not None
+        if (os.environ.get("CI") and nvcc and torch.version.cuda is not None) or \
+                os.environ.get("BIGMODEL_REQUIRE_CUDA_EXT", "0") == "1":
+            pytest.fail(f"bigmodel._C was supposed to be built but did not import: {e}")
+        pytest.skip(f"bigmodel._C is not built here: {e}")
+    missing = [n for n in names if not hasattr(ext, n)]
+    assert not missing, f"bigmodel._C has no {missing} (stale build?)"
+    return ext
+
+
+@pytest.fixture(params=["triton", "cuda"])
+def gpu_backend(request):
+    """Each kernel backend in turn, for cuda-marked tests; "cuda" must exist where BIGMODEL_REQUIRE_CUDA_EXT=1."""
+    from bigmodel.backends import BACKENDS
+
+    name = request.param
+    reasons = BACKENDS[name].machine_reasons()
+    if reasons:
+        msg = f"backend {name!r} unavailable: {'; '.join(reasons)}"
+        if name == "cuda" and os.environ.get("BIGMODEL_REQUIRE_CUDA_EXT", "0") == "1":
+            pytest.fail(msg + " (BIGMODEL_REQUIRE_CUDA_EXT=1: the extension was supposed to be built)")
+        pytest.skip(msg)
+    return name

@@ -42,6 +42,18 @@ INTERPRETER_SKIP_REASON = ("needs the Triton CPU interpreter (TRITON_INTERPRET=1
 requires_interpreter = pytest.mark.skipif(not triton_interpreting(), reason=INTERPRETER_SKIP_REASON)
 
 
+# The CPU backends of every op test: the reference, and Triton under the interpreter (fp32 / fp16; bf16 tl.dot does
+# not work in the interpreter, so bf16 runs on the reference here and on both kernel backends in the GPU tests).
+BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
+BACKEND_DTYPES = [
+    pytest.param("torch", torch.float32, id="torch-fp32"),
+    pytest.param("torch", torch.float16, id="torch-fp16"),
+    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
+    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
+    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
+]
+
+
 def _max_abs(t: torch.Tensor) -> float:
     return t.detach().double().abs().max().item() if t.numel() else 0.0
 

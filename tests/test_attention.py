@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import assert_close_by_rule, attention_case, check_attention_case, requires_interpreter
+from numerics import BACKEND_DTYPES, BACKENDS_CPU, assert_close_by_rule, attention_case, check_attention_case, requires_interpreter
 
-BACKEND_DTYPES = [
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float16, id="torch-fp16"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
-]
-BACKENDS = ["torch", pytest.param("triton", marks=requires_interpreter)]
 
 
 def op(backend, dropout_p=0.0):
@@ -54,7 +46,7 @@ def test_input_ranks(backend, dtype, b_shape):
     assert res["out"][0].shape == (*b_shape, 2, 9, 16)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_2d_input(backend):
     q, k, v = (torch.randn(n, 16) for n in (7, 11, 11))
     run(backend, q, k, v)
@@ -143,7 +135,7 @@ def test_non_contiguous_inputs_and_grad(backend, dtype):
     run(backend, q, k, v, do=do, is_causal=True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_expanded_mask_is_not_copied_to_full_size(backend):
     """A (B, 1, 1, Lk) mask reaches the kernels as a stride-0 view of (B, H, Lq, Lk)."""
     seen = {}
@@ -217,7 +209,7 @@ def test_dropout_rate_scaling_and_backward_consistency(backend, dtype):
             assert_close_by_rule(name, ours, r, low, kind="output" if name == "out" else "grad")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_dropout_follows_torch_manual_seed(backend):
     q, k, v = qkv((1,), 2, 2, 16, 16, 16, torch.float32)
     torch.manual_seed(7)

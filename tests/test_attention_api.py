@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 import bigmodel
 from bigmodel.backends import BACKENDS, BackendUnavailable
-from numerics import assert_close_by_rule, requires_interpreter
+from numerics import BACKENDS_CPU, assert_close_by_rule, requires_interpreter
 
-BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
 
 
 def qkv(*shape, dtype=torch.float32, requires_grad=False):

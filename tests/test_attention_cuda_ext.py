@@ -16,34 +16,18 @@ contract in notes/attention_contract.md).
 Skips when bigmodel._C is not built; under CI with nvcc (or BIGMODEL_REQUIRE_CUDA_EXT=1) that is a failure.
 """
 import math
-import os
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import extension_or_skip
 from numerics import assert_close_by_rule
-
-
-def _nvcc_present() -> bool:
-    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    return os.path.exists(os.path.join(home, "bin", "nvcc")) or shutil.which("nvcc") is not None
 
 
 @pytest.fixture(scope="module")
 def ext():
-    try:
-        import bigmodel._C as ext
-    except ImportError as e:
-        must = (os.environ.get("CI") and _nvcc_present() and torch.version.cuda is not None) or \
-            os.environ.get("BIGMODEL_REQUIRE_CUDA_EXT", "0") == "1"
-        if must:
-            pytest.fail(f"bigmodel._C was supposed to be built but did not import: {e}")
-        pytest.skip(f"bigmodel._C is not built here: {e}")
-    for name in ("attention_fwd", "attention_bwd"):
-        assert hasattr(ext, name), f"bigmodel._C has no {name} (stale build?)"
-    return ext
+    return extension_or_skip("attention_fwd", "attention_bwd")
 
 
 FWD = r"bigmodel\._C\.attention_fwd: "

@@ -4,7 +4,6 @@ low-precision error), L up to 16k, causal, GQA, key padding, bitwise determinism
 
 The "cuda" backend skips (with the reason) only where it cannot take the input (head dims other than 64/128, float
 masks, dropout) or when bigmodel._C cannot be loaded; BIGMODEL_REQUIRE_CUDA_EXT=1 turns the latter into a failure."""
-import os
 
 import pytest
 import torch
@@ -18,16 +17,9 @@ pytestmark = pytest.mark.cuda
 DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 
 
-@pytest.fixture(params=["triton", "cuda"])
-def backend(request):
-    name = request.param
-    reasons = BACKENDS[name].machine_reasons()
-    if reasons:
-        msg = f"backend {name!r} unavailable: {'; '.join(reasons)}"
-        if name == "cuda" and os.environ.get("BIGMODEL_REQUIRE_CUDA_EXT", "0") == "1":
-            pytest.fail(msg + " (BIGMODEL_REQUIRE_CUDA_EXT=1: the extension was supposed to be built)")
-        pytest.skip(msg)
-    return name
+@pytest.fixture
+def backend(gpu_backend):
+    return gpu_backend
 
 
 @pytest.fixture(autouse=True)

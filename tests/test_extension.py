@@ -8,29 +8,12 @@ import subprocess
 import pytest
 import torch
 
-
-def _nvcc_present() -> bool:
-    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    return os.path.exists(os.path.join(home, "bin", "nvcc")) or shutil.which("nvcc") is not None
-
-
-def _extension():
-    try:
-        import bigmodel._C as ext
-        return ext, None
-    except ImportError as e:
-        return None, e
+from conftest import extension_or_skip
 
 
 @pytest.fixture(scope="module")
 def ext():
-    ext, err = _extension()
-    must_exist = os.environ.get("CI") and _nvcc_present() and torch.version.cuda is not None
-    if ext is None:
-        if must_exist:
-            pytest.fail(f"CI with nvcc and a CUDA torch, but bigmodel._C did not import: {err}")
-        pytest.skip(f"bigmodel._C is not built here: {err}")
-    return ext
+    return extension_or_skip("layer_norm_fwd", "layer_norm_bwd")
 
 
 def _cuobjdump():

@@ -10,16 +10,8 @@ import torch._dynamo
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import assert_close_by_rule, requires_interpreter
+from numerics import BACKEND_DTYPES, BACKENDS_CPU, assert_close_by_rule
 
-BACKEND_DTYPES = [
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float16, id="torch-fp16"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
-]
-BACKENDS = ["torch", pytest.param("triton", marks=requires_interpreter)]
 TORCH_ACT = {"gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "relu": F.relu,
              None: lambda z: z}
 
@@ -141,7 +133,7 @@ def test_bad_input(call, match):
 
 
 # ------------------------------------------------------------------------------------------ custom ops
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 @pytest.mark.parametrize("activation", ["gelu", "relu", "none"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_opcheck_linear_act(backend, activation, bias):
@@ -154,7 +146,7 @@ def test_opcheck_linear_act(backend, activation, bias):
                           (torch.randn_like(y), x.detach(), w.detach(), saved, y, activation, bias, backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_opcheck_activation_and_softmax(backend):
     x = torch.randn(6, 20, requires_grad=True)
     for name in ("gelu", "gelu_tanh", "relu"):
@@ -166,7 +158,7 @@ def test_opcheck_activation_and_softmax(backend):
                           (torch.randn(6, 20), torch.softmax(x.detach(), -1), backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_compile_fullgraph_no_graph_break(backend):
     torch._dynamo.reset()
     ffn = bigmodel.nn.FeedForward(16, 32, backend=backend)
@@ -184,7 +176,7 @@ def test_compile_fullgraph_no_graph_break(backend):
 
 
 # ------------------------------------------------------------------------------------------ modules
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_module_loads_torch_state_dict(backend, bias):
     theirs = torch.nn.Linear(24, 40, bias=bias)
@@ -198,7 +190,7 @@ def test_linear_module_loads_torch_state_dict(backend, bias):
     assert_close_by_rule("Linear+gelu", act(x), F.gelu(copy.deepcopy(theirs).double()(x.double())))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_feed_forward_module(backend):
     ffn = bigmodel.nn.FeedForward(16, 64, activation="gelu_tanh", backend=backend)
     assert set(ffn.state_dict()) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
@@ -212,7 +204,7 @@ def test_feed_forward_module(backend):
     assert torch.equal(drop.eval()(x), drop(x))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_activation_modules_match_torch(backend):
     x = torch.randn(4, 6, 5) * 2
     pairs = [(bigmodel.nn.GELU(backend=backend), torch.nn.GELU()),

@@ -7,19 +7,8 @@ import torch.nn.functional as F
 
 import bigmodel
 from bigmodel.kernels.layer_norm import MAX_FUSED_N
-from numerics import (assert_close_by_rule, check_layer_norm_case, layer_norm_case, randn_input,
-                      requires_interpreter)
-
-TRITON = pytest.param("triton", marks=requires_interpreter)
-# (backend, dtype): bf16 only on the reference (the interpreter's bf16 support is not trusted; GPU tests cover it).
-BACKEND_DTYPES = [
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float16, id="torch-fp16"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
-]
-BACKENDS = ["torch", TRITON]
+from numerics import (BACKEND_DTYPES, BACKENDS_CPU, assert_close_by_rule, check_layer_norm_case, layer_norm_case,
+                      randn_input, requires_interpreter)
 
 
 def op(backend):
@@ -157,7 +146,7 @@ def test_layer_norm_bias_no_weight(backend, dtype):
     assert set(res) == {"y", "dx", "dbias"}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 @pytest.mark.parametrize("hidden", [1000, MAX_FUSED_N + 1])
 def test_layer_norm_mixed_precision_fp32_params(backend, hidden):
     """fp16 activations with fp32 weight/bias: y and dx are fp16, dweight/dbias fp32 (and held to the fp32 rule)."""
@@ -168,7 +157,7 @@ def test_layer_norm_mixed_precision_fp32_params(backend, hidden):
     assert res["dweight"][0].dtype == torch.float32 and res["dbias"][0].dtype == torch.float32
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
 def test_layer_norm_constant_rows(backend):
     """A constant row has variance 0: y = bias, rstd = 1/sqrt(eps), never NaN (as PyTorch)."""
     x = torch.full((4, 40), 2.5)

@@ -5,13 +5,11 @@ no affine. Every test here is `cuda`-marked and skips without a GPU.
 The "cuda" backend skips (with the import error as the reason) only when bigmodel._C cannot be loaded.
 Set BIGMODEL_REQUIRE_CUDA_EXT=1 (e.g. in the GPU CI script, where the extension was built) to turn that
 skip into a failure, so a broken build can never pass as "skipped"."""
-import os
 
 import pytest
 import torch
 
 import bigmodel
-from bigmodel.backends import BACKENDS
 from numerics import check_layer_norm_case, layer_norm_case, randn_input
 
 pytestmark = pytest.mark.cuda
@@ -21,16 +19,9 @@ DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id
 SIZES = [(16384, 768), (16384, 1024), (8192, 4096), (4096, 8192), (4096, 12288), (4096, 16384), (512, 65536)]
 
 
-@pytest.fixture(params=["triton", "cuda"])
-def backend(request):
-    name = request.param
-    reasons = BACKENDS[name].machine_reasons()
-    if reasons:
-        msg = f"backend {name!r} unavailable: {'; '.join(reasons)}"
-        if name == "cuda" and os.environ.get("BIGMODEL_REQUIRE_CUDA_EXT", "0") == "1":
-            pytest.fail(msg + " (BIGMODEL_REQUIRE_CUDA_EXT=1: the extension was supposed to be built)")
-        pytest.skip(msg)
-    return name
+@pytest.fixture
+def backend(gpu_backend):
+    return gpu_backend
 
 
 def op(backend):

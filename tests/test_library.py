@@ -5,10 +5,8 @@ import torch
 import torch._dynamo
 
 import bigmodel
-from bigmodel.backends import BACKENDS
-from numerics import assert_close_by_rule, randn_input, requires_interpreter
+from numerics import BACKENDS_CPU, assert_close_by_rule, randn_input, requires_interpreter
 
-BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
 AFFINE = [pytest.param((True, True), id="w+b"), pytest.param((True, False), id="w"),
           pytest.param((False, True), id="b"), pytest.param((False, False), id="none")]
 

@@ -12,7 +12,6 @@ import bigmodel
 from bigmodel.models import KVCache, SinusoidalEmbedding, Transformer, TransformerConfig
 from numerics import assert_close_by_rule, requires_interpreter
 
-BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import bigmodel
-from numerics import assert_close_by_rule, randn_input, requires_interpreter
+from numerics import BACKENDS_CPU, assert_close_by_rule, randn_input, requires_interpreter
 
-BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
 
 
 def _randomize(m: torch.nn.Module):
