@@ -23,13 +23,14 @@ error of plain PyTorch in that dtype, the yardstick of DESIGN.md's numerics rule
 the speed-up over the best SDPA backend (torch and every sdpa-*) and over sdpa-flash (DESIGN.md's targets).
 
 Order (the GPU suite must fit one 600 s device call together with the build and the tests; `bigmodel bench` stops
-starting cases at --max-seconds): cases run most important first, and the report sorts them back by shape.
-  tier 0  torch, sdpa-flash, sdpa-cudnn, triton, cuda; fwd and fwd+bwd; L >= 1k   (DESIGN.md's targets)
-  tier 1  the same providers: bwd, and L 512
+starting cases at --max-seconds): cases run most important first, by tier across all ops (cases.all_cases), and the
+report sorts them back by shape.
+  tier 0  torch, sdpa-flash, sdpa-cudnn, triton, cuda; fwd and fwd+bwd; L 1k, 4k, 16k   (DESIGN.md's targets)
+  tier 1  the same providers: bwd, and L 512, 2k, 8k
   tier 2  sdpa-efficient, sdpa-math, eager
   tier 3  flex (compiles)
 Each tier runs for the first dtype asked for, then the next. GPU, bf16: 648 cases; estimated for an H100 (not
-measured yet, ~0.5 s a case): tier 0 = 200 cases, ~100 s; all of it ~250 s (516 cases run: flex and sdpa-math /
+measured yet, ~0.5 s a case): tier 0 = 120 cases, ~60 s; all of it ~250 s (516 cases run: flex and sdpa-math /
 eager beyond the limit are instant skips); BIGMODEL_BENCH_FULL=1 adds flex (72 cases, 24 compiles), ~400 s more.
 """
 from __future__ import annotations
@@ -45,14 +46,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import bigmodel
 
-from .cases import (Case, InputSet, Prepared, Unavailable, backend_reasons, compiled, first_call, mode_call,
-                    n_input_sets, seed_for)
+from .cases import Case, InputSet, OpBench, Prepared, Unavailable, compiled, n_input_sets, require_backend
 
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
 CORE = ("torch", "sdpa-flash", "sdpa-cudnn", "triton", "cuda")  # what DESIGN.md's targets compare
 MATERIALISE_LIMIT_GIB = 4  # sdpa-math / eager: largest L x L score matrix (B * H * L^2 fp32) they are given
 TOKENS, MODEL_DIM = 16384, 2048  # GPU sizes: B * L and H * D
+HEADLINE_LENGTHS = (1024, 4096, 16384)  # tier 0 (and --quick)
 
 
 def full_from_env() -> bool:
@@ -82,10 +83,11 @@ def sdpa_reasons(provider: str):
                               f"{' '.join(why.split())[:400]}") from e
 
 
-class AttentionBench:
+class AttentionBench(OpBench):
     name = "attention"
     providers = ("torch", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "eager", "flex", "triton",
                  "cuda")
+    compiling = ("flex",)  # compiled: its compile failures are reported as skipped, as torch.compile's are
     # report.py: speed-up columns against the fastest of these providers, and the plot's layout
     baselines = {"best_sdpa": ("torch", *SDPA_BACKENDS), "sdpa_flash": ("sdpa-flash",)}
     plot_x = "seqlen"
@@ -93,7 +95,7 @@ class AttentionBench:
 
     def sizes(self, device: str, quick: bool) -> list[tuple]:
         if device == "cuda":
-            lengths = (1024, 4096, 16384) if quick else (512, 1024, 2048, 4096, 8192, 16384)
+            lengths = HEADLINE_LENGTHS if quick else (512, 1024, 2048, 4096, 8192, 16384)
             dims = [(TOKENS // n, MODEL_DIM // d, n, d, mask) for d in (64, 128) for mask in ("none", "causal")
                     for n in lengths]
         else:  # smoke sizes: the interpreter runs one Triton program instance at a time
@@ -103,19 +105,13 @@ class AttentionBench:
 
     def tier(self, case: Case) -> int:
         if case.provider in CORE:
-            return 0 if case.mode != "bwd" and case.params["seqlen"] >= 1024 else 1
+            return 0 if case.mode != "bwd" and case.params["seqlen"] in HEADLINE_LENGTHS else 1
         return 3 if case.provider == "flex" else 2
 
-    def cases(self, device: str, dtypes, modes, quick: bool = False) -> list[Case]:
-        every = [Case(self.name, mode, shape, dtype, provider, device)
-                 for shape in self.sizes(device, quick) for dtype in dtypes for mode in modes
-                 for provider in self.providers]
-        return sorted(every, key=lambda c: (self.tier(c), dtypes.index(c.dtype)))  # stable: shape by shape
-
-    def flops(self, case: Case) -> int:
+    def work(self, case: Case) -> dict:
         p = case.params
         fwd = 4 * p["batch"] * p["heads"] * p["seqlen"] ** 2 * p["headdim"] // (2 if p["mask"] == "causal" else 1)
-        return {"fwd": fwd, "bwd": 5 * fwd // 2, "fwd+bwd": 7 * fwd // 2}[case.mode]
+        return {"flops": {"fwd": fwd, "bwd": 5 * fwd // 2, "fwd+bwd": 7 * fwd // 2}[case.mode]}
 
     def input_sets(self, case: Case) -> list[InputSet]:
         p = case.params
@@ -163,12 +159,8 @@ class AttentionBench:
         if provider == "flex":
             return self.flex_fn(case)
         q, k, v = sample.args
-        reasons = backend_reasons(provider, "attention", q=q, k=k, v=v, attn_mask=None, dropout_p=0.0,
-                                  is_causal=causal, enable_gqa=False)
-        if not hasattr(bigmodel.ops, "attention"):
-            reasons.append("bigmodel.ops.attention does not exist in this checkout yet")
-        if reasons:
-            raise Unavailable("; ".join(reasons))
+        require_backend(provider, "attention", q=q, k=k, v=v, attn_mask=None, dropout_p=0.0, is_causal=causal,
+                        enable_gqa=False)
 
         def fused(q, k, v):
             return bigmodel.ops.attention(q, k, v, is_causal=causal, backend=provider)
@@ -195,22 +187,14 @@ class AttentionBench:
 
         return flex_fn
 
-    def prepare(self, case: Case) -> Prepared:
-        seed_for(case)
+    def reference_fn(self, case: Case, sample: InputSet):
         causal = case.params["mask"] == "causal"
 
-        def build():
-            sets = self.input_sets(case)
-            fn = self.provider_fn(case, sets[0])
+        def upcast(q, k, v):  # torch's SDPA in fp32 (gradients come back in the input dtype)
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
 
-            def upcast(q, k, v):  # the reference: torch's SDPA in fp32 (gradients come back in the input dtype)
-                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+        return upcast
 
-            def reference(i):
-                return mode_call("fwd" if case.mode == "fwd" else "fwd+bwd", upcast, sets)(i)
-
-            return Prepared(mode_call(case.mode, fn, sets), len(sets), flops=self.flops(case), reference=reference)
-
+    def prepare(self, case: Case) -> Prepared:
         with sdpa_reasons(case.provider):
-            # flex is compiled: its compile failures are reported as skipped, as torch.compile's are
-            return first_call("torch.compile" if case.provider == "flex" else case.provider, build)
+            return super().prepare(case)

@@ -7,9 +7,11 @@ inputs (several sets, rotated so that caches do not flatter), a run() closure, t
 move at least and/or the flops it must do. A provider that cannot run here raises Unavailable(reason):
 it is reported as skipped with that reason, never dropped.
 
-Adding an op: write a builder like LayerNormBench (name, providers, cases(), prepare()), in its own module
-if it is long, and add an instance to OPS. Give Prepared `bytes` for a bandwidth-bound op (reported in GB/s
-and % of copy bandwidth) or `flops` for a compute-bound one (reported in TFLOP/s).
+Adding an op: subclass OpBench like LayerNormBench (name, providers, sizes(), input_sets(), provider_fn(),
+work(), and tier() so that its headline cases run early), in its own module if it is long (attention_cases.py,
+ffn_cases.py, model_cases.py), and add an instance to OPS. work() gives `bytes` for a bandwidth-bound op
+(reported in GB/s and % of copy bandwidth) or `flops` for a compute-bound one (TFLOP/s); a builder with its own
+prepare() (model_cases.py: a training step) may give Prepared `tokens` (reported in tokens/s).
 """
 from __future__ import annotations
 
@@ -71,6 +73,10 @@ class Prepared:
     bytes: int | None = None  # fewest bytes one call must move through memory
     flops: int | None = None
     reference: Callable[[int], dict] | None = None  # eager torch on the same inputs; None for torch itself
+    check: Callable[[int], dict] | None = None  # what is compared with reference, if not call (a training step)
+    tokens: int | None = None  # tokens one call processes (a training step): the row gets tokens_per_s
+    rep_ms: float | None = None  # GPU timing budget when do_bench's default (100 ms) would time too few calls
+    extra: dict = dataclasses.field(default_factory=dict)  # more fields for the result row (e.g. a "note")
 
     def __post_init__(self):
         self._next_set = itertools.cycle(range(self.n_sets))
@@ -83,7 +89,7 @@ class Prepared:
         """Worst ||out - ref|| / ||ref|| over the outputs both produce, on input set 0."""
         if self.reference is None:
             return None
-        out, ref = self.call(0), self.reference(0)
+        out, ref = (self.check or self.call)(0), self.reference(0)
         worst = 0.0
         for name in out.keys() & ref.keys():
             a, b = out[name].detach().double(), ref[name].detach().double()
@@ -191,8 +197,88 @@ def first_call(provider: str, build: Callable[[], Prepared]) -> Prepared:
     return prepared
 
 
+# ------------------------------------------------------------------------------------------ builders
+def require_backend(backend: str, op: str, **inputs) -> None:
+    """Unavailable (with the backend's own reasons) unless bigmodel's `backend` can run `op` on these inputs."""
+    reasons = backend_reasons(backend, op, **inputs)
+    if reasons:
+        raise Unavailable("; ".join(reasons))
+
+
+def require_memory(case: Case, nbytes: int, fraction: float = 0.8) -> None:
+    """Unavailable when a GPU case needs more than `fraction` of the free device memory (estimated by the builder)."""
+    if case.device != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info()
+    if nbytes > fraction * free:
+        raise Unavailable(f"needs ~{nbytes / 2**30:.1f} GiB; {free / 2**30:.1f} GiB free on this GPU")
+
+
+class OpBench:
+    """What a builder in OPS does, for an op whose providers are functions of one input set (InputSet.args).
+
+    A subclass gives: name, providers, sizes(device, quick) -> shapes, input_sets(case), provider_fn(case, sample)
+    (raises Unavailable when the provider cannot run the case) and work(case) -> {"bytes": n} or {"flops": n}.
+    It may give tier(case) (0 = most important: `bigmodel bench` and the GPU suite run cases by tier, across ops,
+    so a run cut short has the important numbers of every op), has_mode(shape, mode) (some shapes only in some
+    modes) and reference_fn(case, sample) (what the result is checked against, on the same inputs, forward and
+    gradients; default: the "torch" provider; None: no check).
+    """
+
+    name = "?"
+    providers: tuple = ()
+    compiling: tuple = ("torch.compile",)  # providers whose first-call failures are reported as skipped
+
+    def sizes(self, device: str, quick: bool) -> list[tuple]:
+        raise NotImplementedError
+
+    def tier(self, case: Case) -> int:
+        return 0
+
+    def has_mode(self, shape: tuple, mode: str) -> bool:
+        return True
+
+    def cases(self, device: str, dtypes, modes, quick: bool = False) -> list[Case]:
+        every = [Case(self.name, mode, shape, dtype, provider, device)
+                 for shape in self.sizes(device, quick) for dtype in dtypes for mode in modes
+                 if self.has_mode(shape, mode) for provider in self.providers]
+        return sorted(every, key=lambda c: (self.tier(c), dtypes.index(c.dtype)))  # stable: shape by shape
+
+    def torch_fn(self, case: Case, eager: Callable, key=()) -> Callable | None:
+        """The eager function for provider "torch", compiled for "torch.compile", else None."""
+        if case.provider == "torch":
+            return eager
+        if case.provider == "torch.compile":
+            return compiled((case.op, case.shape, case.dtype, case.device, *key), eager)
+        return None
+
+    def extra(self, case: Case) -> dict:
+        """More fields for the case's result row (e.g. a "note" the report shows under the table)."""
+        return {}
+
+    def reference_fn(self, case: Case, sample: InputSet) -> Callable | None:
+        if case.provider == "torch":
+            return None
+        return self.provider_fn(dataclasses.replace(case, provider="torch"), sample)
+
+    def prepare(self, case: Case) -> Prepared:
+        seed_for(case)
+
+        def build():
+            sets = self.input_sets(case)
+            fn, ref = self.provider_fn(case, sets[0]), self.reference_fn(case, sets[0])
+
+            def reference(i):  # fwd+bwd graphs are built per call: nothing is held until the check runs
+                return mode_call("fwd" if case.mode == "fwd" else "fwd+bwd", ref, sets)(i)
+
+            return Prepared(mode_call(case.mode, fn, sets), len(sets), reference=reference if ref else None,
+                            extra=self.extra(case), **self.work(case))
+
+        return first_call("torch.compile" if case.provider in self.compiling else case.provider, build)
+
+
 # ------------------------------------------------------------------------------------------ layer_norm
-class LayerNormBench:
+class LayerNormBench(OpBench):
     name = "layer_norm"
     providers = ("torch", "torch.compile", "triton", "cuda")
     eps = 1e-5
@@ -204,19 +290,20 @@ class LayerNormBench:
         # CPU: smoke-test sizes; the numbers only show the path works.
         return [(("rows", 256), ("hidden", h)) for h in ((768,) if quick else (768, 1024))]
 
-    def cases(self, device: str, dtypes, modes, quick: bool = False) -> list[Case]:
-        return [Case(self.name, mode, shape, dtype, provider, device)
-                for shape in self.sizes(device, quick) for dtype in dtypes for mode in modes
-                for provider in self.providers]
+    def tier(self, case: Case) -> int:
+        # DESIGN.md's targets are fwd and bwd against torch; fwd+bwd next; torch.compile (compiles) last
+        if case.provider == "torch.compile":
+            return 2
+        return 0 if case.mode != "fwd+bwd" else 1
 
-    def bytes_moved(self, case: Case) -> int:
+    def work(self, case: Case) -> dict:
         rows, hidden = case.params["rows"], case.params["hidden"]
         e = case.torch_dtype.itemsize
         # fwd: read x, write y, read w and b, write mean and rstd (fp32)
         fwd = 2 * rows * hidden * e + 2 * hidden * e + 2 * rows * 4
         # bwd: read x and dy, write dx, read w, mean and rstd, write dw and db
         bwd = 3 * rows * hidden * e + hidden * e + 2 * rows * 4 + 2 * hidden * e
-        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[case.mode]
+        return {"bytes": {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[case.mode]}
 
     def input_sets(self, case: Case) -> list[InputSet]:
         rows, hidden = case.params["rows"], case.params["hidden"]
@@ -233,50 +320,35 @@ class LayerNormBench:
         return sets
 
     def provider_fn(self, case: Case, sample: InputSet) -> Callable:
-        hidden, eps = case.params["hidden"], self.eps
+        hidden, eps, backend = case.params["hidden"], self.eps, case.provider
 
         def eager(x, w, b):
             return F.layer_norm(x, (hidden,), w, b, eps)
 
-        if case.provider == "torch":
-            return eager
-        if case.provider == "torch.compile":
-            return compiled((case.op, case.shape, case.dtype, case.device), eager)
-        x, w, b = sample.args
-        reasons = backend_reasons(case.provider, "layer_norm", input=x, weight=w, bias=b)
-        if reasons:
-            raise Unavailable("; ".join(reasons))
-        backend = case.provider
-
         def fused(x, w, b):
             return bigmodel.ops.layer_norm(x, (hidden,), w, b, eps, backend=backend)
 
-        return fused
-
-    def prepare(self, case: Case) -> Prepared:
-        seed_for(case)
-
-        def build():
-            sets = self.input_sets(case)
-            fn = self.provider_fn(case, sets[0])
-
-            def reference(i):  # eager torch, built only when the check runs (its graphs cost memory)
-                eager = self.provider_fn(dataclasses.replace(case, provider="torch"), sets[0])
-                return mode_call("fwd" if case.mode == "fwd" else "fwd+bwd", eager, sets)(i)
-
-            return Prepared(mode_call(case.mode, fn, sets), len(sets), bytes=self.bytes_moved(case),
-                            reference=reference if case.provider != "torch" else None)
-
-        return first_call(case.provider, build)
+        fn = self.torch_fn(case, eager)
+        if fn is None:
+            x, w, b = sample.args
+            require_backend(backend, "layer_norm", input=x, weight=w, bias=b)
+        return fn or fused
 
 
-from .attention_cases import AttentionBench  # noqa: E402 (it imports the names above)
+from .attention_cases import AttentionBench  # noqa: E402 (these modules import the names above)
+from .ffn_cases import FeedForwardBench, LinearActBench, PointwiseBench  # noqa: E402
+from .model_cases import TrainStepBench  # noqa: E402
 
-OPS = {b.name: b for b in (LayerNormBench(), AttentionBench())}
+# The order of OPS is the run order within a tier (see all_cases) and the order of the report.
+OPS = {b.name: b for b in (TrainStepBench(), LinearActBench(), FeedForwardBench(), LayerNormBench(),
+                           PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench())}
 
 
 def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:
-    """Every case for these ops / modes / dtypes on `device` (default: the GPU if there is one)."""
+    """Every case for these ops / modes / dtypes on `device` (default: the GPU if there is one), most important
+    first: by tier (each builder's tier(case); 0 = DESIGN.md's headline comparisons), then dtype, then op (OPS
+    order), each op's cases in its own order (shape by shape). A run cut short (--max-seconds, the GPU suite's one
+    device call) thus has tier 0 of every op; the report sorts rows back by op and shape."""
     device = device or default_device()
     dtypes = tuple(dtypes or default_dtypes(device))
     unknown = [op for op in (ops or ()) if op not in OPS]
@@ -285,7 +357,8 @@ def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> l
     bad = [m for m in modes if m not in MODES] + [d for d in dtypes if d not in DTYPES]
     if bad:
         raise ValueError(f"unknown mode/dtype {', '.join(bad)}; modes: {', '.join(MODES)}; dtypes: {', '.join(DTYPES)}")
-    return [c for op in (ops or OPS) for c in OPS[op].cases(device, dtypes, modes, quick)]
+    every = [c for op in OPS if not ops or op in ops for c in OPS[op].cases(device, dtypes, modes, quick)]
+    return sorted(every, key=lambda c: (OPS[c.op].tier(c), dtypes.index(c.dtype)))
 
 
 def prepare(case: Case) -> Prepared:

@@ -7,8 +7,8 @@
 pyproject.toml collects only tests/test_*.py; the pytest_collect_file hook below collects bench_*.py whenever
 this folder is on the command line (no -o python_files=... needed). Each test records in benchmark.extra_info
 the timing that counts: "timing" ("GPU": CUDA-event median from benchmarks/timing.py; "CPU": not performance
-numbers), timer_median_ms, gbps / tflops, pct_copy_bw, device_name. pytest-benchmark's own statistics time
-the same call with a host clock and a device sync, so they include launch overhead.
+numbers), timer_median_ms, gbps / tflops / tokens_per_s, pct_copy_bw, device_name. pytest-benchmark's own statistics
+time the same call with a host clock and a device sync, so they include launch overhead.
 A provider that cannot run here is skipped with its reason; one that runs but gives a wrong result fails.
 """
 import fnmatch
@@ -21,7 +21,8 @@ QUICK = cases.quick_from_env()
 # result-row key -> extra_info key ("timer_*": the timer that counts, see "timing")
 EXTRA_INFO = {"median_ms": "timer_median_ms", "p20_ms": "timer_p20_ms", "p80_ms": "timer_p80_ms", "gbps": "gbps",
               "tflops": "tflops", "pct_copy_bw": "pct_copy_bw", "peak_mem_mb": "peak_mem_mb", "rel_err": "rel_err",
-              "bytes": "bytes", "flops": "flops", "n_input_sets": "n_input_sets"}
+              "bytes": "bytes", "flops": "flops", "n_input_sets": "n_input_sets", "tokens_per_s": "tokens_per_s",
+              "note": "note"}
 
 
 def pytest_collect_file(file_path, parent):

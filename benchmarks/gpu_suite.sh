@@ -8,7 +8,9 @@
 #                 --no-deps -e .  (if that fails: again without the CUDA extension, so Triton still runs)
 #   tests         python -m pytest -m cuda tests
 #   bench         python -m bigmodel bench --out $OUT $BENCH_ARGS   (the GPU suite: the numbers to commit)
-#   pytest-bench  pytest-benchmark over benchmarks/, quick sizes (PYBENCH_QUICK=0: full sizes)
+#   pytest-bench  pytest-benchmark over benchmarks/, quick sizes, the cases matching PYBENCH_K (default
+#                 "fwd+bwd and triton": one path per bench_*.py file, ~25 cases; it shows the suites run on a GPU,
+#                 the numbers to commit come from bench)
 # Files in $OUT - the device tool brings back at most 8, so exactly these 8:
 #   build.log (nvidia-smi + versions + pip -v output), tests.log, tests.xml (junit), bench.log,
 #   <date>-<gpu>.json / .md / .png (commit under benchmarks/results/), pytest-benchmark.json
@@ -16,16 +18,25 @@
 #
 # Knobs: STEPS (default "build tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
 # 600 s device call), BUILD_S / TESTS_S / PYBENCH_S (per-step caps; bench gets the time that is left), PYTHON,
-# BENCH_ARGS (more `bigmodel bench` options, e.g. "--ops attention --dtype bf16,fp16"), BIGMODEL_BENCH_FULL=1
-# (adds attention's flex provider, ~400 s more).
+# BENCH_ARGS (more `bigmodel bench` options, e.g. "--ops train_step,linear_act" or "--dtype bf16,fp16"),
+# PYBENCH_K (pytest -k for pytest-bench; "" = every case), BIGMODEL_BENCH_FULL=1 (adds attention's flex provider).
 #
-# Time (estimates, H100, bf16; not yet measured): bench runs layer_norm (84 cases, ~75 s with its torch.compile
-# builds), then attention, most important cases first (benchmarks/attention_cases.py): tier 0 = triton, cuda, torch,
-# sdpa-flash, sdpa-cudnn x fwd, fwd+bwd x D 64/128 x L 1k..16k x causal or not (200 cases, ~100 s), then bwd and
-# L 512, then sdpa-efficient / sdpa-math / eager (648 attention cases, 516 of them run, ~250 s). After the build and
-# the tests, bench usually has 150-250 s: it stops starting cases at its --max-seconds and reports the rest as
-# "not run". To run every default case: STEPS="build bench" (bench then gets 300 s or more); attention alone:
-# BENCH_ARGS="--ops attention".
+# What bench runs first: cases go by tier across all ops (benchmarks/cases.py all_cases; each op's tiers are in its
+# builder), so a run cut short at --max-seconds still has the headline number of every op; the report sorts rows
+# back by op and shape, and lists the cases not reached as "not run". Estimates for an H100, bf16 (not measured
+# yet; ~0.3-0.5 s a case, ~1 s for GEMMs):
+#   tier 0 (~110 s, 206 cases)  DESIGN.md's headline comparisons, in this order: train_step torch + bigmodel
+#          (GPT-2 small, 8 x 1024 tokens, tokens/s), linear_act fwd+bwd torch / cublas / triton / cuda at 3 sizes,
+#          layer_norm fwd, bwd and softmax fwd, bwd (torch, triton, cuda), attention fwd, fwd+bwd at L 1k/4k/16k
+#          (torch, sdpa-flash, sdpa-cudnn, triton, cuda)
+#   tier 1 (~300 s, 400 cases)  train_step torch.compile (compiles GPT-2's training graph, ~1 min),
+#          bigmodel-triton / -cuda; the other modes and sizes of the core providers of every op (feed_forward,
+#          gelu, relu, the fwd-only 8192x8192x32768 GEMM), addmm_activation; attention bwd and L 512/2k/8k
+#   tier 2 (~300 s, 281 cases)  torch.compile of the ops (a compile per shape and grad mode); attention's
+#          sdpa-efficient, sdpa-math, eager
+#   tier 3  flex (BIGMODEL_BENCH_FULL=1 only)
+# After the build and the tests, bench usually has 150-250 s: tier 0, then the start of tier 1. For more: STEPS="build
+# bench" (bench then gets ~300 s or more), or a second call with BENCH_ARGS="--ops ..." for the ops still missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,6 +48,7 @@ BUILD_S=${BUILD_S:-240}
 TESTS_S=${TESTS_S:-120}
 PYBENCH_S=${PYBENCH_S:-60}
 PYBENCH_QUICK=${PYBENCH_QUICK:-1}
+PYBENCH_K=${PYBENCH_K-fwd+bwd and triton}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 declare -A STATUS
@@ -105,11 +117,12 @@ if wants bench; then
 fi
 
 if wants pytest-bench; then
-  banner "pytest-bench: pytest benchmarks (BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK)"
+  banner "pytest-bench: pytest benchmarks -k '$PYBENCH_K' (BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK)"
   rc=0
   BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK timeout -s INT -k 20 "$(cap "$PYBENCH_S")" \
-    "$PY" -m pytest benchmarks -q -p no:cacheprovider --benchmark-json="$OUT/pytest-benchmark.json" \
-    --benchmark-columns=median,iqr,rounds >> "$OUT/bench.log" 2>&1 || rc=$?
+    "$PY" -m pytest benchmarks -q -p no:cacheprovider ${PYBENCH_K:+-k "$PYBENCH_K"} \
+    --benchmark-json="$OUT/pytest-benchmark.json" --benchmark-columns=median,iqr,rounds >> "$OUT/bench.log" 2>&1 \
+    || rc=$?
   STATUS[pytest-bench]=$rc
   tail -n 3 "$OUT/bench.log"
 fi

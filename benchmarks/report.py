@@ -1,17 +1,21 @@
 """Benchmark report: result rows (benchmarks/timing.py) -> <out>/<stem>.json, .md and .png.
 
 Every row carries "timer": "GPU" or "CPU"; CPU timings are labelled as such everywhere (they are smoke tests,
-not performance numbers). Speed-ups are against eager torch measured in the same run; an op whose builder in
-cases.OPS names `baselines` (attention: the best SDPA backend, SDPA's flash backend) also gets
-`speedup_vs_<name>` against the fastest of those providers. A builder's `plot_x` / `plot_panels` (attention:
-seqlen; headdim and mask) give its plot axis and panels, and the order of its rows in the tables (its cases run
-most important first).
+not performance numbers). Rates (METRICS): tokens/s for a training step, TFLOP/s for GEMMs and attention, GB/s
+and % of copy bandwidth for memory-bound ops. Speed-ups are against eager torch measured in the same run; an op
+whose builder in cases.OPS names `baselines` (attention: the best SDPA backend, SDPA's flash backend; linear_act
+and feed_forward: cuBLAS without epilogue; train_step: torch.compile) also gets `speedup_vs_<name>` against the
+fastest of those providers. A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its
+plot axis and panels; other ops plot rate against shape (a bar per provider for an op of one shape). Cases run
+most important first, by tier across ops; the tables and plots read op by op (cases.OPS order), shape by shape.
+Rows with a "note" (e.g. a baseline computing a slightly different function) get it under their table.
 
     python -m benchmarks.report --summary bench-out/<stem>.json     # compact text table of a saved run
 """
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import platform
 import re
@@ -25,8 +29,15 @@ import torch
 from . import cases, timing
 
 REFERENCE = "torch"
-HIGHLIGHT = ("triton", "cuda")  # bigmodel's own providers: thicker lines in the plot
-EXTRA_COLUMNS = {"best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash"}  # speed-up column titles
+HIGHLIGHT = ("triton", "cuda", "bigmodel", "bigmodel-triton", "bigmodel-cuda")  # bigmodel's own: thicker lines
+# Plot colours (indices into tab10) that stay the same in every run; bigmodel-<backend> takes its backend's colour.
+# Other providers take the remaining colours in order.
+FIXED_COLORS = {"torch": 0, "torch.compile": 1, "cuda": 2, "triton": 3, "bigmodel": 4,
+                "bigmodel-cuda": 2, "bigmodel-triton": 3}
+EXTRA_COLUMNS = {"best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash",  # speed-up column titles
+                 "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS"}
+# What a row's rate is, first present wins: a training step's tokens/s, a GEMM's TFLOP/s, a memory-bound op's GB/s.
+METRICS = (("tokens_per_s", "tokens/s"), ("tflops", "TFLOP/s"), ("gbps", "GB/s"))
 CPU_LABEL = "CPU timings — not performance numbers"
 
 
@@ -115,21 +126,24 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 
 def reading_order(rows: list[dict]) -> list[dict]:
-    """Rows as run, except those of an op with a plot axis (attention, whose cases run most important first):
-    by mode and dtype, panel (each as first run), x, then the builder's provider order."""
+    """Rows by op (cases.OPS order), mode (fwd, bwd, fwd+bwd), dtype and panel (each in the order first run), x
+    (the op's plot_x, else the shape in the order first run), then the builder's provider order: cases run most
+    important first (by tier, across ops); the tables and plots read op by op, shape by shape."""
     first = {}
     for i, r in enumerate(rows):
-        for k in (r["op"], (r["op"], r["mode"], r["dtype"]), (r["op"], panel(r))):
+        for k in (r["op"], r["dtype"], (r["op"], panel(r)), (r["op"], r["shape_str"])):
             first.setdefault(k, i)
+    ops = list(cases.OPS)
 
     def key(i):
         r = rows[i]
         x = builder_attr(r["op"], "plot_x")
-        if x is None:
-            return first[r["op"]], i
         providers = list(builder_attr(r["op"], "providers", ()))
         at = providers.index(r["provider"]) if r["provider"] in providers else len(providers)
-        return first[r["op"]], first[r["op"], r["mode"], r["dtype"]], first[r["op"], panel(r)], r["shape"][x], at
+        where = r["shape"][x] if x else first[r["op"], r["shape_str"]]
+        op = ops.index(r["op"]) if r["op"] in ops else len(ops) + first[r["op"]]
+        mode = cases.MODES.index(r["mode"]) if r["mode"] in cases.MODES else len(cases.MODES)
+        return op, mode, first[r["dtype"]], first[r["op"], panel(r)], where, at
 
     return [rows[i] for i in sorted(range(len(rows)), key=key)]
 
@@ -143,11 +157,18 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
+def metric(row: dict) -> tuple[float | None, str | None]:
+    """(value, unit) of the row's rate: tokens/s, TFLOP/s or GB/s (see METRICS); (None, None) if it has none."""
+    return next(((row[key], unit) for key, unit in METRICS if row.get(key) is not None), (None, None))
+
+
 def rate(row: dict) -> str:
-    """'2890 GB/s' or '512.3 TFLOP/s' (more digits for the small numbers of CPU smoke runs)."""
-    value, unit = (row.get("tflops"), "TFLOP/s") if row.get("tflops") is not None else (row.get("gbps"), "GB/s")
+    """'2890 GB/s', '512.3 TFLOP/s' or '412.5k tokens/s' (more digits for the small numbers of CPU smoke runs)."""
+    value, unit = metric(row)
     if value is None:
         return "—"
+    if unit == "tokens/s" and value >= 1e4:
+        return f"{value / 1e3:.1f}k {unit}"
     return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
@@ -169,6 +190,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         f"- timer: {env['timer']} — {env['method']}",
         f"- copy bandwidth: {_fmt(copy_bw, '.0f', ' GB/s')} (device-to-device copy, bytes read + written)",
         "- vs torch: eager torch's median / this provider's median, same run (>1 is faster)",
+        "- rate: tokens/s for a training step, TFLOP/s for GEMMs and attention, GB/s (bytes read + written at "
+        "least) for memory-bound ops",
     ]
     for op in dict.fromkeys(r["op"] for r in rows):
         lines += [f"- {EXTRA_COLUMNS.get(name, name)} ({op}): the fastest median of {', '.join(providers)} / this "
@@ -199,6 +222,11 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         lines.append("")
         for (provider, status, reason), shapes in skipped.items():
             lines.append(f"- **{provider} {status}** ({', '.join(shapes)}): {reason}")
+        notes = {}
+        for r in group:
+            if r["status"] == "ok" and r.get("note"):
+                notes.setdefault((r["provider"], r["note"]), []).append(r["shape_str"])
+        lines += [f"- note, {provider} ({', '.join(shapes)}): {note}" for (provider, note), shapes in notes.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -206,8 +234,9 @@ def to_markdown(rows: list[dict], env: dict) -> str:
 # ------------------------------------------------------------------------------------------ plot
 def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
     """One row of panels per op (per value of its plot_panels, e.g. attention's head dim and mask), one column per
-    mode: rate against shape (or the op's plot_x, e.g. sequence length); TFLOP/s when the op counts flops, else
-    GB/s with the copy bandwidth. A line per provider (and dtype), in the same colour in every panel; one legend."""
+    mode: rate against shape (or the op's plot_x, e.g. sequence length): tokens/s, TFLOP/s, or GB/s with the copy
+    bandwidth (see METRICS). A line per provider (and dtype), in the same colour in every panel, or a bar per
+    provider for an op of one shape (train_step); one legend."""
     try:
         import matplotlib
 
@@ -217,7 +246,7 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
         return None
     rows = reading_order(rows)
     panels = list(dict.fromkeys((r["op"], panel(r)) for r in rows))
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    modes = [m for m in cases.MODES if any(r["mode"] == m for r in rows)]
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), len(modes), figsize=(5.2 * len(modes), 3.8 * len(panels) + 1.2),
@@ -225,7 +254,9 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
     # One colour per provider and one line style per dtype, the same in every panel.
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    colors = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors  # 18: every provider of every op
+    free = itertools.cycle([c for i, c in enumerate(palette) if i not in FIXED_COLORS.values()])
+    colors = {p: palette[FIXED_COLORS[p]] if p in FIXED_COLORS else next(free) for p in providers}
     copy_bw = env.get("copy_bandwidth_gbps")
     legend = {}
     for i, (op, where) in enumerate(panels):
@@ -235,24 +266,35 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
         xs = sorted(set(points)) if x else list(dict.fromkeys(points))
         for j, mode in enumerate(modes):
             ax = axes[i][j]
+            if not any(r["mode"] == mode for r in here):  # an op without this mode (train_step: fwd+bwd only)
+                ax.axis("off")
+                continue
             mine = [(p, r) for p, r in zip(points, here) if r["mode"] == mode and r["status"] == "ok"]
-            flops = any(r.get("tflops") is not None for _, r in mine)
+            unit = next((metric(r)[1] for _, r in mine), None)
             lines = defaultdict(dict)
             for p, r in mine:
-                lines[r["provider"], r["dtype"]][p] = r["tflops"] if flops else r["gbps"]
-            for (provider, dtype), values in sorted(lines.items(), key=lambda kv: providers.index(kv[0][0])):
-                # NaN where a provider was skipped or failed: a gap in its line, not a bridge
+                lines[r["provider"], r["dtype"]][p] = metric(r)[0]
+            series = sorted(lines.items(), key=lambda kv: (providers.index(kv[0][0]), dtypes.index(kv[0][1])))
+            for k, ((provider, dtype), values) in enumerate(series):
                 label = f"{provider} {dtype}" if len(dtypes) > 1 else provider
+                style = dict(color=colors[provider])
+                if len(xs) == 1:  # one shape (train_step): a bar per provider
+                    legend[label] = ax.bar(k, values[xs[0]], **style, hatch=("", "//", "..")[dtypes.index(dtype) % 3])
+                    continue
+                # NaN where a provider was skipped or failed: a gap in its line, not a bridge
                 legend[label], = ax.plot(range(len(xs)), [values.get(p, float("nan")) for p in xs], marker="o",
-                                         color=colors[providers.index(provider) % len(colors)],
                                          linestyle=("-", "--", ":")[dtypes.index(dtype) % 3],
-                                         linewidth=2.4 if provider in HIGHLIGHT else 1.3)
-            if copy_bw and not flops:
+                                         linewidth=2.4 if provider in HIGHLIGHT else 1.3, **style)
+            if copy_bw and unit == "GB/s":
                 legend["copy bandwidth"] = ax.axhline(copy_bw, color="gray", linestyle="--", linewidth=1)
-            ax.set_xticks(range(len(xs)), [str(p) for p in xs], rotation=30, ha="right", fontsize=8)
-            ax.set_xlabel(x or " x ".join(here[0]["shape"]), fontsize=8)
+            if len(xs) == 1:
+                ax.set_xticks(range(len(series)), [p for (p, _), _ in series], rotation=30, ha="right", fontsize=8)
+                ax.set_xlabel(f"{' x '.join(here[0]['shape'])} = {xs[0]}", fontsize=8)
+            else:
+                ax.set_xticks(range(len(xs)), [str(p) for p in xs], rotation=30, ha="right", fontsize=8)
+                ax.set_xlabel(x or " x ".join(here[0]["shape"]), fontsize=8)
             ax.set_ylim(bottom=0)
-            ax.set_ylabel(("TFLOP/s" if flops else "GB/s") + f" ({env['timer']} timing)")
+            ax.set_ylabel(f"{unit or 'rate'} ({env['timer']} timing)")
             ax.set_title(", ".join([f"{op} {mode}"] + [f"{k} {v}" for k, v in where]), fontsize=10)
             ax.grid(alpha=0.3)
     suptitle = f"bigmodel — {env['device_name']} — {env['timer']} timings, {env['date'][:10]}"
@@ -270,11 +312,12 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
 
 
 def write(rows: list[dict], env: dict, out_dir, stem: str | None = None) -> list[Path]:
-    """Write <out>/<stem>.json, .md and .png; returns the paths written."""
+    """Write <out>/<stem>.json, .md and .png; returns the paths written. `rows` gets its speed-ups and is put in
+    reading order in place (the console table printed after this follows it, not the run order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = stem or default_stem(env)
-    add_speedups(rows)
+    rows[:] = reading_order(add_speedups(rows))
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(to_json(rows, env))
     paths[1].write_text(to_markdown(rows, env))
@@ -285,8 +328,9 @@ def write(rows: list[dict], env: dict, out_dir, stem: str | None = None) -> list
 # ------------------------------------------------------------------------------------------ text summary
 def summary(rows: list[dict], env: dict) -> str:
     """Compact text: one line per op/mode/dtype/shape, each provider's time and rate side by side. An op with
-    more baselines (attention) shows the fastest of its first (best_sdpa), then each other provider that ran with
-    its speed-ups over them: the lines stay short (every SDPA backend's numbers are in the markdown)."""
+    more baselines (attention, train_step) shows the fastest of its first (best_sdpa, torch_compile), then each
+    other provider that ran with its speed-ups over them: the lines stay short (every SDPA backend's numbers are in
+    the markdown)."""
     out = [f"{env['device_name']} — {env['timer']} timings"
            + (f" ({CPU_LABEL})" if env["timer"] == "CPU" else "")
            + f"; copy bandwidth {_fmt(env.get('copy_bandwidth_gbps'), '.0f', ' GB/s')}"]
@@ -303,8 +347,9 @@ def summary(rows: list[dict], env: dict) -> str:
     for (op, mode, dtype, shape), group in groups.items():
         others = {n: providers for n, providers in baselines(op).items() if n != REFERENCE}
         cells, shown, speedups = [], group, [REFERENCE]
-        if others:  # attention
-            (name, sdpa), speedups = next(iter(others.items())), list(others)
+        if others:  # attention, train_step
+            (name, sdpa) = next(iter(others.items()))
+            speedups = [n for n in baselines(op) if n != REFERENCE or REFERENCE not in sdpa]
             best = min((r for r in group if r["provider"] in sdpa and r["status"] == "ok"),
                        key=lambda r: r["median_ms"], default=None)
             cells.append(f"{name}: {cell(best, ()) if best else 'none ran'}")
@@ -312,7 +357,7 @@ def summary(rows: list[dict], env: dict) -> str:
             if op not in explained:
                 explained.add(op)
                 out.append(f"{op}: {name} = the fastest of {', '.join(sdpa)}; the other providers that ran, with "
-                           f"their speed-ups {', '.join(EXTRA_COLUMNS.get(n, n) for n in others)}")
+                           f"their speed-ups {', '.join(EXTRA_COLUMNS.get(n, 'vs ' + n) for n in speedups)}")
         cells += [cell(r, speedups) if r["status"] == "ok" else f"{r['provider']} {r['status']}" for r in shown]
         out.append(f"{op} {mode:7} {dtype} {shape:>{width}} | " + " | ".join(cells))
     reasons = {(r["provider"], r["status"], r["reason"][:200]) for r in rows if r["status"] != "ok"}

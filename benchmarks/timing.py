@@ -35,10 +35,12 @@ def synced(fn, device: str):
     return call
 
 
-def time_gpu(fn, quick: bool = False) -> dict:
+def time_gpu(fn, quick: bool = False, rep_ms: float | None = None) -> dict:
     import triton.testing
 
     warmup, rep = (10, 30) if quick else (25, 100)  # milliseconds, as do_bench takes them
+    if rep_ms:  # slow calls (a training step): time enough of them for a median
+        warmup, rep = rep_ms / 4, rep_ms
     median, p20, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES))
     return dict(median_ms=median, p20_ms=p20, p80_ms=p80)
 
@@ -54,12 +56,12 @@ def time_cpu(fn, quick: bool = False) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9  # within the data
     return dict(median_ms=statistics.median(times), p20_ms=q[1], p80_ms=q[7])
 
 
-def time_fn(fn, device: str, quick: bool = False) -> dict:
-    return time_gpu(fn, quick) if device == "cuda" else time_cpu(fn, quick)
+def time_fn(fn, device: str, quick: bool = False, rep_ms: float | None = None) -> dict:
+    return time_gpu(fn, quick, rep_ms) if device == "cuda" else time_cpu(fn, quick)
 
 
 def peak_memory_mb(fn, device: str) -> float | None:
@@ -118,16 +120,18 @@ def measure(case, prepared, quick: bool = False) -> dict:
     """Check the result against eager torch, then time the case. A wrong result gives an "error" row."""
     row = base_row(case)
     rel_err = prepared.rel_err()
-    row.update(rel_err=rel_err, n_input_sets=prepared.n_sets, bytes=prepared.bytes, flops=prepared.flops)
+    row.update(rel_err=rel_err, n_input_sets=prepared.n_sets, bytes=prepared.bytes, flops=prepared.flops,
+               tokens=prepared.tokens, **prepared.extra)
     tol = cases_mod.REL_ERR_TOL[case.dtype]
     if rel_err is not None and not rel_err <= tol:
         return {**row, "status": "error", "reason": f"wrong result: relative error {rel_err:.2e} > {tol:.0e} "
                                                     "against eager torch"}
-    row.update(time_fn(prepared.run, case.device, quick))
+    row.update(time_fn(prepared.run, case.device, quick, prepared.rep_ms))
     row["peak_mem_mb"] = peak_memory_mb(prepared.run, case.device)
     seconds = row["median_ms"] * 1e-3
     row["gbps"] = prepared.bytes / seconds / 1e9 if prepared.bytes else None
     row["tflops"] = prepared.flops / seconds / 1e12 if prepared.flops else None
+    row["tokens_per_s"] = prepared.tokens / seconds if prepared.tokens else None
     copy_bw = copy_bandwidth_gbps(case.device)
     row["pct_copy_bw"] = 100 * row["gbps"] / copy_bw if copy_bw and row["gbps"] else None
     return row

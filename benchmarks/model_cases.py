@@ -1,0 +1,218 @@
+"""Training-step benchmark (registered in benchmarks/cases.py's OPS as "train_step"): one optimizer step of a whole
+GPT, reported in tokens/s (the rate column) and peak memory (extra MiB: what the step allocates on top of the
+weights, the AdamW state and the inputs).
+
+One step = forward, loss = cross entropy over every position (on fp32 logits, as nanoGPT), backward, AdamW step
+(lr 6e-4, fused on a GPU), gradients set to None. Mode "fwd+bwd" only (the step); random token batches, rotated.
+  GPU: GPT-2 small (bigmodel.models preset "gpt2-small": 12 layers, d_model 768, 12 heads, vocab 50304, tanh GELU)
+       at batch 8 x seq 1024 = 8192 tokens a step; fp32 weights under torch.autocast(bfloat16) for "bf16" (the
+       default), no autocast for "fp32"; fp16 is not run (it needs a GradScaler). AdamW(fused=True).
+  CPU: "micro" (the "tiny" preset cut to 1 layer, d_model 64, 2 heads, d_ff 256; byte vocab) at batch 2 x seq 32,
+       fp32: a smoke test (~1-2 s a step under TRITON_INTERPRET=1; most of it the interpreted GEMMs).
+Providers:
+  torch            PlainGPT below: the same model on plain PyTorch modules (nn.LayerNorm, nn.Linear + F.gelu,
+                   F.scaled_dot_product_attention(is_causal=True)), the same weights and parameter names (the
+                   "eager PyTorch (SDPA)" baseline of DESIGN.md; "vs torch" is against it)
+  torch.compile    PlainGPT's forward + loss compiled (fullgraph); the optimizer step eager (fused AdamW)
+  bigmodel         bigmodel.models.Transformer, backend auto (each op's fastest backend that can run it)
+  bigmodel-triton, bigmodel-cuda   the same with model.set_backend("triton" / "cuda"): a backend that cannot run
+                   one of the model's ops makes the case skipped, with its reasons
+The row's rel_err compares the logits of the first sequence of a batch (the provider's model, eager, in its
+dtype) with PlainGPT's in fp32 with the same weights: the torch row shows bf16 autocast's own error, the yardstick;
+torch.compile is not checked. Rates: tokens_per_s = batch * seq / median step time; tflops counts model FLOPs (6 per
+parameter per token, position embeddings excluded, plus causal attention 6 * n_layers * seq * d_model per token, as
+nanoGPT's MFU).
+Notes in the row: the dtype the model's logits came out in (a model whose ops ignore autocast computes in fp32).
+Tiers: torch and bigmodel 0 (DESIGN.md's headline: >= 1.15x eager), the other three 1 (torch.compile compiles
+GPT-2's training graph, ~1 min). GPU: 5 cases; estimated (not measured yet) ~25 s plus the compile.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import bigmodel
+from bigmodel.models import Transformer, TransformerConfig
+
+from .cases import Case, OpBench, Prepared, Unavailable, compiled, first_call, n_input_sets, seed_for
+from .ffn_cases import ACTIVATIONS
+
+BIGMODEL_BACKENDS = {"bigmodel": "auto", "bigmodel-triton": "triton", "bigmodel-cuda": "cuda"}
+# shape "model" -> (TransformerConfig preset, overrides); micro: small enough for Triton's CPU interpreter
+MODELS = {"gpt2-small": ("gpt2-small", {}), "micro": ("tiny", dict(n_layers=1, d_model=64, n_heads=2, d_ff=256))}
+LR = 6e-4  # GPT-2 small's (nanoGPT)
+REP_MS = 1000  # GPU timing budget per case: ~15-50 steps (do_bench's default 100 ms would time one or two)
+
+
+# ------------------------------------------------------------------------------------------ the plain-PyTorch twin
+class PlainAttention(torch.nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.n_heads = c.n_heads
+        self.qkv_proj = torch.nn.Linear(c.d_model, 3 * c.d_model, bias=c.bias)
+        self.out_proj = torch.nn.Linear(c.d_model, c.d_model, bias=c.bias)
+
+    def forward(self, x):
+        B, L, C = x.shape
+        q, k, v = (t.view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2)
+                   for t in self.qkv_proj(x).split(C, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class PlainMLP(torch.nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(c.d_model, c.d_ff, bias=c.bias)
+        self.fc2 = torch.nn.Linear(c.d_ff, c.d_model, bias=c.bias)
+        self.act = ACTIVATIONS[c.activation]
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PlainBlock(torch.nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.ln_1 = torch.nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
+        self.attn = PlainAttention(c)
+        self.ln_2 = torch.nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
+        self.mlp = PlainMLP(c)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class PlainGPT(torch.nn.Module):
+    """bigmodel.models.Transformer (pre-norm, learned positions, causal, tied head, no dropout) on plain PyTorch,
+    with the same parameter names: load_state_dict(transformer.state_dict()) gives the same function."""
+
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        unsupported = [f"{name}={getattr(c, name)!r}" for name, ok in (
+            ("norm", c.norm == "pre"), ("positional", c.positional == "learned"), ("causal", c.causal),
+            ("n_kv_heads", c.n_kv_heads == c.n_heads), ("dropout", c.dropout == 0),
+            ("tied_embeddings", c.tied_embeddings)) if not ok]
+        if unsupported:
+            raise Unavailable(f"PlainGPT mirrors GPT-2-style configs only; got {', '.join(unsupported)}")
+        self.tok_emb = torch.nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = torch.nn.Embedding(c.max_seq_len, c.d_model)
+        self.blocks = torch.nn.ModuleList(PlainBlock(c) for _ in range(c.n_layers))
+        self.ln_f = torch.nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
+        self.lm_head = torch.nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+
+    def forward(self, ids):
+        x = self.tok_emb(ids) + self.pos_emb(torch.arange(ids.size(1), device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def twin_of(model: torch.nn.Module, config: TransformerConfig) -> PlainGPT:
+    """A PlainGPT with `model`'s weights (a Transformer or another PlainGPT), on its device."""
+    with torch.device(model.tok_emb.weight.device):
+        twin = PlainGPT(config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+# ------------------------------------------------------------------------------------------ the cases
+class TrainStepBench(OpBench):
+    name = "train_step"
+    providers = ("torch", "torch.compile", "bigmodel", "bigmodel-triton", "bigmodel-cuda")
+    baselines = {"torch_compile": ("torch.compile",)}  # report.py: a "vs torch.compile" column (DESIGN.md's target)
+
+    def sizes(self, device: str, quick: bool) -> list[tuple]:
+        batch, seqlen, model = (8, 1024, "gpt2-small") if device == "cuda" else (2, 32, "micro")
+        return [(("batch", batch), ("seqlen", seqlen), ("model", model))]
+
+    def has_mode(self, shape: tuple, mode: str) -> bool:
+        return mode == "fwd+bwd"
+
+    def tier(self, case: Case) -> int:
+        return 0 if case.provider in ("torch", "bigmodel") else 1
+
+    def config(self, case: Case) -> TransformerConfig:
+        preset, overrides = MODELS[case.params["model"]]
+        return TransformerConfig.from_preset(preset, **overrides)
+
+    @staticmethod
+    def model_flops_per_token(model: torch.nn.Module, c: TransformerConfig, seqlen: int) -> int:
+        params = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()
+        return 6 * params + 6 * c.n_layers * seqlen * c.d_model
+
+    def model(self, case: Case, c: TransformerConfig) -> torch.nn.Module:
+        """The provider's model, fp32 weights on the case's device (bigmodel's backends checked first)."""
+        backend = BIGMODEL_BACKENDS.get(case.provider)
+        if backend not in (None, "auto"):
+            impl = bigmodel.backends.BACKENDS[backend]
+            reasons = impl.machine_reasons() or impl.device_reasons(torch.device(case.device))
+            if reasons:
+                raise Unavailable("; ".join(reasons))
+        with torch.device(case.device):
+            model = Transformer(c)
+        if backend is not None:
+            return model.set_backend(backend)
+        return twin_of(model, c)
+
+    def prepare(self, case: Case) -> Prepared:
+        if case.dtype == "fp16":
+            raise Unavailable("fp16 training needs a GradScaler: train_step runs bf16 (autocast) and fp32 only")
+        seed_for(case)
+        p, c = case.params, self.config(case)
+        autocast = case.dtype == "bf16"
+
+        def forward(model, amp=autocast):
+            def logits(x):
+                with torch.autocast(case.device, dtype=torch.bfloat16, enabled=amp):
+                    return model(x)
+            return logits
+
+        def build():
+            model = self.model(case, c)
+            logits = forward(model)
+
+            def loss(x, y):
+                out = logits(x)
+                return F.cross_entropy(out.float().view(-1, out.size(-1)), y.view(-1))
+
+            if case.provider == "torch.compile":
+                loss = compiled((case.op, case.shape, case.dtype, case.device), loss)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True if case.device == "cuda" else None)
+            windows = [torch.randint(c.vocab_size, (p["batch"], p["seqlen"] + 1), device=case.device)
+                       for _ in range(n_input_sets(case.device))]
+            batches = [(w[:, :-1].contiguous(), w[:, 1:].contiguous()) for w in windows]  # inputs, next tokens
+
+            def step(i):
+                value = loss(*batches[i])
+                value.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                return {"loss": value.detach()}
+
+            extra = {}
+
+            def check(i):  # the provider's logits for the first sequence of batch i (eager: not torch.compile)
+                with torch.no_grad():
+                    out = logits(batches[i][0][:1])
+                extra["logits_dtype"] = str(out.dtype).replace("torch.", "")
+                if autocast and out.dtype == torch.float32:
+                    extra["note"] = ("logits came out float32 under bf16 autocast: this model's ops ignore "
+                                     "torch.autocast, so it computed in fp32")
+                return {"logits": out}
+
+            def reference(i):  # eager PlainGPT in fp32 with the provider's current weights
+                with torch.no_grad():
+                    return {"logits": forward(twin_of(model, c), amp=False)(batches[i][0][:1])}
+
+            tokens, checked = p["batch"] * p["seqlen"], case.provider != "torch.compile"
+            return Prepared(step, len(batches), tokens=tokens, rep_ms=REP_MS, extra=extra,
+                            flops=tokens * self.model_flops_per_token(model, c, p["seqlen"]),
+                            check=check if checked else None, reference=reference if checked else None)
+
+        try:
+            return first_call(case.provider, build)
+        except bigmodel.backends.BackendUnavailable as e:  # an op of the model that this backend cannot run
+            raise Unavailable(" ".join(str(e).split())[:500]) from e
