@@ -24,6 +24,7 @@ PACKAGES = [
     "bigmodel.models",
     "bigmodel.integrations",
     "bigmodel.kernels",
+    "bigmodel.train",
 ]
 PACKAGE_DIR = {"bigmodel": "bigmodel", "bigmodel.kernels": "kernels"}
 

@@ -4,7 +4,7 @@
     bigmodel bench [--ops layer_norm] [--modes fwd,bwd,fwd+bwd] [--dtype bf16] [--out bench-out] [--quick]
                                        time every provider side by side; writes <out>/<stem>.json, .md, .png
     bigmodel train [--preset tiny] [--data FILE] [--steps N] [--out DIR [--resume]] [--parallel ddp|fsdp]
-                                       train on bytes (see bigmodel/train.py); under torchrun: data-parallel
+                                       train on bytes (see bigmodel/train/); under torchrun: data-parallel
 
 `bench` reuses the case definitions of benchmarks/cases.py (a source checkout, e.g. `pip install -e .`).
 Without a GPU it runs small CPU cases, labelled "CPU timings - not performance numbers".
