@@ -99,12 +99,38 @@ def cmd_info(args, out: Output) -> int:
     interp = os.environ.get("TRITON_INTERPRET", "")
     interpreting = interp not in ("", "0")
     out.print(f"TRITON_INTERPRET: {interp or 'unset'}" + (" (Triton runs on CPU tensors)" if interpreting else ""))
+    out.print(f"bigmodel._C: {extension_status()}")
     rows = [[name, "yes" if not reasons else "no", "; ".join(reasons) or "-"]
             for name, reasons in bigmodel.available_backends().items()]
     out.table("backends", ["backend", "usable here", "why not"], rows)
     order = ", ".join(f"{op}: {' > '.join(names)}" for op, names in backends.PRIORITY.items())
     out.print(f"auto order: {order}; other ops: {' > '.join(backends.DEFAULT_PRIORITY)}")
     return 0
+
+
+def extension_status() -> str:
+    """Whether bigmodel._C is built, and the GPU architectures its cubins are for (read with cuobjdump -lelf)."""
+    import re
+    import shutil
+    import subprocess
+
+    from bigmodel.backends.cuda import load_extension
+
+    ext, why = load_extension()
+    if ext is None:
+        return f"not built ({why})"
+    try:
+        import triton
+
+        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    except ImportError:
+        bundled = ""
+    tool = bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+    if tool is None:
+        return f"built ({ext.__file__}); architectures unknown (no cuobjdump)"
+    listing = subprocess.run([tool, "-lelf", ext.__file__], capture_output=True, text=True).stdout
+    archs = sorted(set(re.findall(r"sm_\d+a?", listing)), key=lambda a: int(re.sub(r"\D", "", a)))
+    return f"built for {', '.join(archs) or 'no architecture found'} ({ext.__file__})"
 
 
 # ------------------------------------------------------------------------------------------ bench

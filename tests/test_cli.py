@@ -13,6 +13,13 @@ def test_info_lists_every_backend(capsys):
     out = capsys.readouterr().out
     for name in ("cuda", "triton", "torch"):
         assert name in out
+    assert "bigmodel._C: " in out  # built (with its architectures) or not built, with the reason
+
+
+def test_extension_status_names_architectures():
+    pytest.importorskip("bigmodel._C", reason="bigmodel._C is not built here")
+    status = cli.extension_status()
+    assert status.startswith("built for ") and "sm_80" in status and "sm_90" in status, status
 
 
 def test_bench_writes_json_markdown_and_plot(tmp_path):
