@@ -6,6 +6,7 @@
 
 #include "activation/activation.h"
 #include "common/activation.cuh"
+#include "common/launch.h"
 #include "common/vec.cuh"
 
 namespace bigmodel {
@@ -13,7 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool aligned(const void* p, size_t bytes) { return !p || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, Activation A, int VEC, bool BACKWARD>

@@ -12,6 +12,7 @@
 
 #include "bias_act/bias_act.h"
 #include "common/activation.cuh"
+#include "common/launch.h"
 #include "common/vec.cuh"
 
 namespace bigmodel {
@@ -20,7 +21,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kSplitTileCols = 256;  // column tile width used to choose the split count (independent of VEC)
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool aligned(const void* p, size_t bytes) { return !p || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, Activation A, int VEC>
@@ -144,10 +144,7 @@ bool can_vectorize(const BiasActParams& p, bool backward) {
 
 // The forward's split count: enough blocks to fill the GPU; no dbias scratch to keep small.
 int fwd_splits(int64_t rows, int64_t cols, int sm_count) {
-  const int64_t col_tiles = ceil_div(cols, kSplitTileCols);
-  const int64_t want = ceil_div(16LL * sm_count, col_tiles);
-  const int64_t most = std::max<int64_t>(1, ceil_div(rows, 16));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 1024})));
+  return row_splits(rows, ceil_div(cols, kSplitTileCols), sm_count, 16, 16);
 }
 
 template <typename T, Activation A>
@@ -179,10 +176,7 @@ cudaError_t launch_bwd(const BiasActParams& p, cudaStream_t stream) {
 }  // namespace
 
 int bias_act_splits(int64_t rows, int64_t cols, int sm_count) {
-  const int64_t col_tiles = ceil_div(cols, kSplitTileCols);
-  const int64_t want = ceil_div(8LL * sm_count, col_tiles);        // about 8 blocks per SM
-  const int64_t most = std::max<int64_t>(1, ceil_div(rows, 32));  // at least 32 rows per split
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 1024})));
+  return row_splits(rows, ceil_div(cols, kSplitTileCols), sm_count, 8, 32);
 }
 
 cudaError_t bias_act_fwd_cuda(const BiasActParams& p, cudaStream_t stream) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/launch.h"
 #include "common/reduce.cuh"
 #include "common/vec.cuh"
 #include "layer_norm/layer_norm.h"
@@ -139,7 +140,6 @@ __global__ void ln_bwd_param_final_kernel(LayerNormParams p) {
   if (p.dbias) static_cast<W*>(p.dbias)[col] = from_float<W>(db);
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool aligned(const void* p, size_t bytes) { return !p || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 struct RowLaunch {
@@ -199,10 +199,7 @@ cudaError_t launch_bwd(const LayerNormParams& p, cudaStream_t stream) {
 }  // namespace
 
 int layer_norm_param_splits(int64_t rows, int64_t cols, int sm_count) {
-  const int64_t col_blocks = ceil_div(cols, kParamCols);
-  const int64_t want = ceil_div(8LL * sm_count, col_blocks);  // about 8 blocks per SM
-  const int64_t most = std::max<int64_t>(1, ceil_div(rows, 32));  // at least 32 rows per split
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 1024})));
+  return row_splits(rows, ceil_div(cols, kParamCols), sm_count, 8, 32);
 }
 
 cudaError_t layer_norm_fwd_cuda(const LayerNormParams& p, cudaStream_t stream) {

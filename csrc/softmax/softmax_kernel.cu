@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/launch.h"
 #include "common/reduce.cuh"
 #include "common/vec.cuh"
 #include "softmax/softmax.h"
@@ -25,7 +26,6 @@ namespace {
 constexpr int kWarpRowsPerBlock = 4;
 constexpr int64_t kWarpMaxCols = 1024;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool aligned(const void* p, size_t bytes) { return !p || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 __device__ __forceinline__ float exp_offset(float m) { return m == -INFINITY ? 0.f : m; }
