@@ -54,6 +54,14 @@ def _reset_backend_override():
         mod._override[0] = before
 
 
+@pytest.fixture(autouse=True)
+def _free_cuda_memory(request):
+    """After each cuda-marked test, hand cached GPU memory back (the fp64 references at real sizes are large)."""
+    yield
+    if HAS_GPU and "cuda" in request.keywords:
+        torch.cuda.empty_cache()
+
+
 @pytest.fixture
 def interpreter():
     """Use in tests that run Triton kernels on CPU tensors: skips when the interpreter is off."""

@@ -298,13 +298,6 @@ def _check(ext, q, k, v, do, kpm, causal, scale=None):
     return got, ref
 
 
-@pytest.fixture(autouse=True)
-def _free_memory():
-    yield
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 HEAD_DIMS = [pytest.param(64, id="d64"), pytest.param(128, id="d128")]
 CAUSAL = [pytest.param(False, id="full"), pytest.param(True, id="causal")]

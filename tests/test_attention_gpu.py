@@ -22,12 +22,6 @@ def backend(gpu_backend):
     return gpu_backend
 
 
-@pytest.fixture(autouse=True)
-def _free_memory():
-    yield
-    torch.cuda.empty_cache()
-
-
 def op(backend):
     def fn(q, k, v, attn_mask, is_causal, scale, enable_gqa):
         return bigmodel.ops.attention(q, k, v, attn_mask, 0.0, is_causal, scale, enable_gqa, backend=backend)

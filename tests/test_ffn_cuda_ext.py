@@ -176,17 +176,10 @@ def _randn(*shape, dtype, scale=2.0):
     return (torch.randn(*shape, device="cuda") * scale).to(dtype)
 
 
-@pytest.fixture
-def _free_memory():
-    yield
-    torch.cuda.empty_cache()
-
-
 BIAS_ACT_SHAPES = [(16384, 4096), (4096, 3072), (1000, 1030), (7, 5), (1, 1)]
 
 
 @pytest.mark.cuda
-@pytest.mark.usefixtures("_free_memory")
 class TestBiasActGPU:
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("act", ACTS)
@@ -266,7 +259,6 @@ ACT_SHAPES = [(16384, 4096), (3, 1000, 1001), (17,), (1,)]
 
 
 @pytest.mark.cuda
-@pytest.mark.usefixtures("_free_memory")
 class TestActGPU:
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu"])
@@ -307,7 +299,6 @@ def _softmax_rows(n):
 
 
 @pytest.mark.cuda
-@pytest.mark.usefixtures("_free_memory")
 class TestSoftmaxGPU:
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("n", SOFTMAX_COLS)

@@ -21,12 +21,6 @@ def backend(gpu_backend):
     return gpu_backend
 
 
-@pytest.fixture(autouse=True)
-def _free_memory():
-    yield
-    torch.cuda.empty_cache()
-
-
 def compare(ours_fn, torch_fn, inputs, dtype):
     """ours_fn vs torch_fn in fp64 (reference) and in `dtype` (plain PyTorch), forward + every input gradient."""
     g = None

@@ -36,12 +36,6 @@ def params(n, dtype, weight=True, bias=True):
     return w, b
 
 
-@pytest.fixture(autouse=True)
-def _free_memory():
-    yield
-    torch.cuda.empty_cache()
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,hidden", SIZES, ids=[f"{m}x{n}" for m, n in SIZES])
 def test_layer_norm_gpu(backend, dtype, rows, hidden):
