@@ -36,7 +36,11 @@ times slower than fp16 / bf16. A float-mask value below -3.4e38 * scale overflow
 only by such finite values (e.g. torch.finfo(torch.float32).min) gives O = 0 where SDPA averages V uniformly.
 
 Shapes: any Lq, Lk >= 1 (tails masked), head dim D in 16..256, padded in registers to BLOCK_D = next power of two
-(loads / stores masked on d < D). Grids are (blocks, heads, batch): heads and batch each up to 65535.
+(loads / stores masked on d < D). Grids are 1-D: blocks * heads * batch programs on axis 0 (CUDA allows 2^31 - 1
+there, against 65535 on axes 1 and 2), decoded in the kernels with a head's blocks adjacent (causal: longest
+first), so batch and heads are unlimited. Tile bases and everything scaled by batch, head or sequence position are
+int64; offsets inside a tile stay int32 (rows with a larger stride than MAX_ROW_STRIDE are copied contiguous
+first). attention_limits_reasons(q, k) names what still cannot run: more than 2^31 - 1 programs, lengths near 2^31.
 Launch configs: triton.autotune on a GPU over per-kernel tables (CONFIGS), pruned by head dim, variant (causal,
 mask / dropout, unaligned rows, fp32), compute capability and the device's shared memory; the lengths enter the
 autotune key as power-of-two buckets. Under the interpreter (TRITON_INTERPRET=1): one small config per kernel.
@@ -78,6 +82,23 @@ def _load_rows(base, offsets, rows_ok, d_ok, ALIGNED: tl.constexpr):
 @triton.jit
 def _store_rows(base, offsets, value, rows_ok, d_ok, ALIGNED: tl.constexpr):
     tl.store(_row_pointers(base, offsets, ALIGNED), value, mask=rows_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _block_head_batch(L, H, LONGEST_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """Decode the 1-D grid (blocks * heads * batch, blocks fastest: a head's blocks run side by side and share its
+    K / V in L2): (block index, head, batch), head and batch as int64 for the address arithmetic. With
+    LONGEST_FIRST (causal query blocks) a head's blocks are taken last to first, the ones with the most key blocks
+    starting first (better tail balance)."""
+    n_blocks = tl.cdiv(L, BLOCK)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    pid_blk = pid - bh * n_blocks
+    if LONGEST_FIRST:
+        pid_blk = n_blocks - 1 - pid_blk
+    h = (bh % H).to(tl.int64)
+    b = (bh // H).to(tl.int64)
+    return pid_blk, h, b
 
 
 @triton.jit
@@ -160,11 +181,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                      IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if IS_CAUSAL:  # the longest rows (most key blocks) start first: better tail balance
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, BLOCK_M)
     hkv = h // kv_group
     start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
@@ -210,9 +227,8 @@ def _attn_bwd_delta_kernel(O, DO, Delta, stride_dob, stride_doh, stride_dom, Hq,
                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr,
                            BLOCK_M: tl.constexpr):
     """delta = rowsum(dO * O) in fp32; O is contiguous, dO any strides."""
-    start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    pid_m, h, b = _block_head_batch(Lq, Hq, False, BLOCK_M)
+    start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     rows_ok = start_m + offs_m < Lq
@@ -269,9 +285,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Mask,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                           IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    hkv = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    pid_n, hkv, b = _block_head_batch(Lk, Hkv, False, BLOCK_N)
+    start_n = pid_n * BLOCK_N
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -350,11 +365,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                         IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if IS_CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, BLOCK_M)
     hkv = h // kv_group
     start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
@@ -514,12 +525,53 @@ def delta_config(block_d: int) -> dict:
 
 
 def _launch(kernel, tuned, kind: str, grid, args, consts):
-    """On a GPU the autotuned kernel; under the interpreter the plain one at its single small config."""
-    if INTERPRETING:
+    """On a GPU the autotuned kernel; under the interpreter the plain one at its single small config. tuned None
+    (the delta kernel): the plain kernel, its config in consts. grid(meta) is 1-D (see _grid)."""
+    if tuned is None:
+        kernel[grid(consts)](*args, **consts)
+    elif INTERPRETING:
         cfg = INTERPRETER_CONFIGS[kind]
         kernel[grid(cfg)](*args, **consts, **cfg)
     else:
         tuned[grid](*args, **consts)
+
+
+def _grid(length: int, heads: int, batch: int, block: str):
+    """One program per (block of `length` rows, head, batch), folded into grid axis 0 (limit 2^31 - 1; axes 1 and 2
+    stop at 65535): blocks fastest, then heads, then batch, as _block_head_batch decodes it."""
+    return lambda meta: (triton.cdiv(length, meta[block]) * heads * batch,)
+
+
+# Limits of the 1-D grid and of the 32-bit index arithmetic the kernels keep (see attention_limits_reasons).
+MAX_PROGRAMS = 2**31 - 1  # CUDA's grid axis 0
+MIN_BLOCK = 16  # the smallest row block of any config (CONFIGS, INTERPRETER_CONFIGS, delta_config): most programs
+MAX_SEQ_LEN = 2**31 - 2**10  # rows are int32 inside a program: start + BLOCK must not wrap
+MAX_ROW_STRIDE = 2**31 // 256  # in-tile offsets rows * row_stride are int32 (tiles up to 128 rows, with margin)
+
+
+def attention_limits_reasons(q, k) -> list:
+    """Why the kernels cannot run q (B, Hq, Lq, D) against k (B, Hkv, Lk, D), as not_supported_reasons texts
+    ([] when they can). Only sizes matter (stride-0 expanded inputs count at their full shape). Heads and batch
+    are unlimited up to the total program count: the grids are 1-D."""
+    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+    Hkv, Lk = k.shape[1], k.shape[2]
+    reasons = []
+    for name, length in (("Lq", Lq), ("Lk", Lk)):
+        if length > MAX_SEQ_LEN:
+            reasons.append(f"attention: sequence length {name} = {length} exceeds the Triton kernels' limit of "
+                           f"{MAX_SEQ_LEN} (32-bit row indices)")
+    for what, length, heads in (("query", Lq, Hq), ("key", Lk, Hkv)):
+        programs = triton.cdiv(length, MIN_BLOCK) * heads * B
+        if programs > MAX_PROGRAMS:
+            reasons.append(f"attention: batch {B} x {what} heads {heads} x {what} blocks of {MIN_BLOCK} "
+                           f"(length {length}) = {programs} programs exceeds CUDA's grid limit of {MAX_PROGRAMS}")
+    return reasons
+
+
+def _small_row_stride(t):
+    """t itself, or a contiguous copy when its row stride is too large for the kernels' 32-bit in-tile offsets
+    (rare: a view with huge gaps between rows)."""
+    return t if t.stride(2) <= MAX_ROW_STRIDE else t.contiguous()
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -565,13 +617,14 @@ def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
+    q, k, v = (_small_row_stride(t) for t in (q, k, v))
     q, scale, _ = _positive_scale(q, scale)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
     consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o))
     args = (q, k, v, o, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
             Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
             next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), Hq, B), args, consts)
+    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(Lq, Hq, B, "BLOCK_M"), args, consts)
     return o, lse
 
 
@@ -586,20 +639,20 @@ def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, drop
     dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
     if dq.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
+    q, k, v, do = (_small_row_stride(t) for t in (q, k, v, do))
     q, scale, dq_factor = _positive_scale(q, scale)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
     consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, do, o, dq, dk, dv))
     delta = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    dcfg = delta_config(consts["BLOCK_D"])
-    _attn_bwd_delta_kernel[(triton.cdiv(Lq, dcfg["BLOCK_M"]), Hq, B)](
-        o, do, delta, *do.stride()[:3], Hq, Lq, HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"],
-        **dcfg)
+    dcfg = dict(HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"], **delta_config(consts["BLOCK_D"]))
+    _launch(_attn_bwd_delta_kernel, None, "delta", _grid(Lq, Hq, B, "BLOCK_M"),
+            (o, do, delta, *do.stride()[:3], Hq, Lq), dcfg)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *mask_strides)
     scalars = (scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
                next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), Hkv, B),
+    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(Lk, Hkv, B, "BLOCK_N"),
             (q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
-    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), Hq, B),
+    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(Lq, Hq, B, "BLOCK_M"),
             (q, k, v, do, lse, delta, dq, mask_ptr, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
     if dq_factor != 1.0:
         dq.mul_(dq_factor)
