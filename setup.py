@@ -48,6 +48,20 @@ def _arch_list(spec):
     return ";".join(dotted)
 
 
+def _cublaslt_link(lib_dirs):
+    """(library_dirs, link args) for cuBLASLt (csrc/linear_act). pip's nvidia-cublas wheel ships only the versioned
+    libcublasLt.so.N (no dev symlink), so that one is linked by its file name (-l:libcublasLt.so.N). Either way the
+    extension records the soname libcublasLt.so.N, which torch's libtorch_cuda has already loaded at import."""
+    for d in lib_dirs:  # in order: the first directory that has it wins
+        if os.path.exists(os.path.join(d, "libcublasLt.so")):
+            return [d], ["-lcublasLt"]
+        versioned = sorted(glob.glob(os.path.join(d, "libcublasLt.so.*")), key=len)
+        if versioned:
+            return [d], [f"-l:{os.path.basename(versioned[0])}"]
+    raise SystemExit(f"bigmodel: no libcublasLt.so* in {lib_dirs}: install the nvidia-cublas wheel (it comes with "
+                     "the CUDA build of torch) or a CUDA toolkit with cuBLAS, or set BIGMODEL_SKIP_CUDA_BUILD=1")
+
+
 def _cuda_extensions():
     if os.environ.get("BIGMODEL_SKIP_CUDA_BUILD", "0") == "1":
         print("bigmodel: BIGMODEL_SKIP_CUDA_BUILD=1, not building bigmodel._C", file=sys.stderr)
@@ -73,12 +87,17 @@ def _cuda_extensions():
     for nv in glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu*")):
         include_dirs.append(os.path.join(nv, "include"))
         library_dirs.append(os.path.join(nv, "lib"))
+    # the wheel's cuBLASLt first: it is the one torch loads
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    lt_dirs, lt_args = _cublaslt_link(library_dirs + [os.path.join(site, "nvidia", "cublas", "lib"),  # cu12 wheels
+                                                      os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib")])
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True) + glob.glob("csrc/**/*.cu", recursive=True))
     ext = CUDAExtension(
         name="bigmodel._C",
         sources=sources,
         include_dirs=include_dirs,
-        library_dirs=library_dirs,
+        library_dirs=library_dirs + [d for d in lt_dirs if d not in library_dirs],
+        extra_link_args=lt_args,
         extra_compile_args={
             "cxx": ["-O3"],
             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills",

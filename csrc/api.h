@@ -32,6 +32,16 @@ at::Tensor act_bwd(const at::Tensor& dy, const at::Tensor& x, const std::string&
 // x, y, dy: (M, N) with unit column stride; softmax over the last dim. dx = y * (dy - rowsum(dy * y)).
 at::Tensor softmax_fwd(const at::Tensor& x);
 at::Tensor softmax_bwd(const at::Tensor& dy, const at::Tensor& y);
+// linear_act (csrc/linear_act): x (M, K), weight (N, K), bias (N,) or None, one dtype; activation as bias_act_*.
+// Returns {y = act(x weight^T + bias) (M, N) contiguous, pre = x weight^T + bias (M, N) for gelu / gelu_tanh, an
+// empty tensor for relu / none}: one cuBLASLt GEMM with a bias / ReLU / GELU-aux epilogue (exact GELU: + one
+// elementwise kernel).
+std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias, const std::string& activation);
+// dy (M, N) unit column stride; saved: the forward's pre (gelu*), its y (relu), unused (none).
+// Returns {dx (M, K), dweight (N, K), dbias (N,) (deterministic) or an empty tensor}.
+std::vector<at::Tensor> linear_act_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                       const at::Tensor& saved, const std::string& activation, bool want_dbias);
 // ---- end feed-forward / activation / softmax ----
 
 // ---- attention (csrc/attention) ----

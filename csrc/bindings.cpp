@@ -19,6 +19,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("activation"));
   m.def("softmax_fwd", &bigmodel::softmax_fwd, "softmax over the last dim of (M, N)", py::arg("x"));
   m.def("softmax_bwd", &bigmodel::softmax_bwd, "dx = y * (dy - rowsum(dy * y))", py::arg("dy"), py::arg("y"));
+  m.def("linear_act_fwd", &bigmodel::linear_act_fwd, "y = act(x W^T + b), one cuBLASLt GEMM + epilogue: (y, pre)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
+  m.def("linear_act_bwd", &bigmodel::linear_act_bwd, "linear_act backward: (dx, dweight, dbias)", py::arg("dy"),
+        py::arg("x"), py::arg("weight"), py::arg("saved"), py::arg("activation"), py::arg("want_dbias"));
   // ---- end feed-forward / activation / softmax ----
   // ---- attention (csrc/attention) ----
   m.def("attention_fwd", &bigmodel::attention_fwd, "Attention forward: [o, lse]", py::arg("q"), py::arg("k"),

@@ -68,14 +68,15 @@ class CudaBackend(Backend):
         dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
         return dq, dk, dv
 
-    # linear_act: cuBLAS GEMMs around the fused bias + activation kernels of bigmodel._C.
+    # linear_act: one cuBLASLt GEMM with the bias / ReLU / GELU-aux epilogue (csrc/linear_act); the backward is the
+    # fused dz + deterministic dbias kernel (none: dbias of dy only, no dz copy) and two cuBLAS GEMMs.
     def linear_act_fwd(self, x, weight, bias, activation):
-        y, pre = self._C.bias_act_fwd(torch.matmul(x, weight.t()), bias, activation)
+        y, pre = self._C.linear_act_fwd(x, weight, bias, activation)
         return y, pre if activation in ("gelu", "gelu_tanh") else None
 
     def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
-        dz, db = self._C.bias_act_bwd(dy, y if activation == "relu" else saved, activation, has_bias)
-        return torch.matmul(dz, weight), torch.matmul(dz.t(), x), db if has_bias else None
+        dx, dw, db = self._C.linear_act_bwd(dy, x, weight, y if activation == "relu" else saved, activation, has_bias)
+        return dx, dw, db if has_bias else None
 
     def activation_fwd(self, x, activation):
         return self._C.act_fwd(x, activation)

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) bias_act_bwd_kernel(BiasActParams p,
   if (active) {
     const T* dy = static_cast<const T*>(p.dy) + c;
     const T* saved = static_cast<const T*>(p.saved) + c;
-    T* dz = static_cast<T*>(p.dz) + c;
+    T* dz = p.dz ? static_cast<T*>(p.dz) + c : nullptr;
     for (int i = threadIdx.y; i < nrows; i += blockDim.y) {
       const int64_t r = r0 + i;
       float g[VEC], s[VEC];
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) bias_act_bwd_kernel(BiasActParams p,
         g[i] = activation_bwd<A>(g[i], s[i]);
         acc[i] += g[i];
       }
-      store_vec<T, VEC>(dz + r * p.cols, g);
+      if (p.dz) store_vec<T, VEC>(dz + r * p.cols, g);  // nullptr: dbias only (activation none, dz = dy)
     }
   }
   if (!p.partial) return;  // uniform over the grid: no thread is left waiting at the barrier
