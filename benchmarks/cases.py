@@ -28,6 +28,9 @@ import torch.nn.functional as F
 import bigmodel
 
 MODES = ("fwd", "bwd", "fwd+bwd")
+# bigmodel's pure-math backend (bigmodel/backends/reference.py): the oracle of the "max err vs reference" column.
+# The one place its name is written here (it is "torch" today; the next issue renames it "reference").
+REFERENCE_BACKEND = "torch"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Sanity check of every provider against eager torch on the same inputs (tests/ hold the real numerics).
 REL_ERR_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2}
@@ -73,6 +76,8 @@ class Prepared:
     bytes: int | None = None  # fewest bytes one call must move through memory
     flops: int | None = None
     reference: Callable[[int], dict] | None = None  # eager torch on the same inputs; None for torch itself
+    # bigmodel's pure-math backend (REFERENCE_BACKEND) on the same inputs: outputs and, in training modes, gradients
+    exact: Callable[[int], dict] | None = None
     check: Callable[[int], dict] | None = None  # what is compared with reference, if not call (a training step)
     tokens: int | None = None  # tokens one call processes (a training step): the row gets tokens_per_s
     rep_ms: float | None = None  # GPU timing budget when do_bench's default (100 ms) would time too few calls
@@ -87,15 +92,47 @@ class Prepared:
 
     def rel_err(self) -> float | None:
         """Worst ||out - ref|| / ||ref|| over the outputs both produce, on input set 0."""
-        if self.reference is None:
-            return None
-        out, ref = (self.check or self.call)(0), self.reference(0)
-        worst = 0.0
-        for name in out.keys() & ref.keys():
-            a, b = out[name].detach().double(), ref[name].detach().double()
-            err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-            worst = max(worst, err if math.isfinite(err) else math.inf)
-        return worst
+        return self.errors()["rel_err"]
+
+    def errors(self) -> dict:
+        """On input set 0, from one call of the case: rel_err, the worst ||out - ref|| / ||ref|| against eager torch
+        (None when there is no such reference), and max_err_vs_reference, the largest |out - exact| over every
+        output and gradient both give, against bigmodel's pure-math backend (max_err_output: which one; None when
+        not computed, max_err_note says why)."""
+        found = dict(rel_err=None, max_err_vs_reference=None, max_err_output=None)
+        if self.reference is None and self.exact is None:
+            return found
+        out = (self.check or self.call)(0)
+        if self.reference is not None:
+            found["rel_err"] = _worst(out, self.reference(0), _rel_err)[0] or 0.0
+        if self.exact is not None:
+            try:
+                exact = self.exact(0)
+            except Exception as e:  # the oracle failing must not hide the timing: the row says why instead
+                found["max_err_note"] = f"reference backend failed: {type(e).__name__}: {str(e).strip()[:200]}"
+            else:
+                found["max_err_vs_reference"], found["max_err_output"] = _worst(out, exact, _max_abs_err)
+        return found
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def _worst(out: dict, ref: dict, err: Callable) -> tuple[float | None, str | None]:
+    """(largest err over the outputs both dicts name, its name); inf for a NaN / inf error."""
+    worst, where = None, None
+    for name in sorted(out.keys() & ref.keys()):
+        a, b = out[name].detach().double(), ref[name].detach().double()
+        value = err(a, b) if a.shape == b.shape else math.inf
+        value = value if math.isfinite(value) else math.inf
+        if worst is None or value > worst:
+            worst, where = value, name
+    return worst, where
 
 
 def quick_from_env() -> bool:
@@ -219,6 +256,8 @@ class OpBench:
 
     A subclass gives: name, providers, sizes(device, quick) -> shapes, input_sets(case), provider_fn(case, sample)
     (raises Unavailable when the provider cannot run the case) and work(case) -> {"bytes": n} or {"flops": n}.
+    bigmodel_fn(case, backend, sample) is the op on one of bigmodel's backends (what the triton and cuda providers run, and,
+    with REFERENCE_BACKEND, the oracle of the "max err vs reference" column: reference_backend_fn).
     It may give tier(case) (0 = most important: `bigmodel bench` and the GPU suite run cases by tier, across ops,
     so a run cut short has the important numbers of every op), has_mode(shape, mode) (some shapes only in some
     modes) and reference_fn(case, sample) (what the result is checked against, on the same inputs, forward and
@@ -241,7 +280,7 @@ class OpBench:
     def cases(self, device: str, dtypes, modes, quick: bool = False) -> list[Case]:
         every = [Case(self.name, mode, shape, dtype, provider, device)
                  for shape in self.sizes(device, quick) for dtype in dtypes for mode in modes
-                 if self.has_mode(shape, mode) for provider in self.providers]
+                 if self.has_mode(shape, mode) for provider in self.providers if self.has_provider(device, provider)]
         return sorted(every, key=lambda c: (self.tier(c), dtypes.index(c.dtype)))  # stable: shape by shape
 
     def torch_fn(self, case: Case, eager: Callable, key=()) -> Callable | None:
@@ -256,10 +295,25 @@ class OpBench:
         """More fields for the case's result row (e.g. a "note" the report shows under the table)."""
         return {}
 
+    def has_provider(self, device: str, provider: str) -> bool:
+        """Whether `provider` has cases on `device` (one that cannot run there is listed, as skipped, by default)."""
+        return True
+
     def reference_fn(self, case: Case, sample: InputSet) -> Callable | None:
         if case.provider == "torch":
             return None
         return self.provider_fn(dataclasses.replace(case, provider="torch"), sample)
+
+    def bigmodel_fn(self, case: Case, backend: str, sample: InputSet) -> Callable:
+        """The op through bigmodel.ops with backend=`backend`; Unavailable (its reasons) when it cannot run `sample`."""
+        raise NotImplementedError
+
+    def reference_backend_fn(self, case: Case, sample: InputSet) -> Callable | None:
+        """The case's function on bigmodel's pure-math backend (the "max err vs reference" column); None: no column."""
+        try:
+            return self.bigmodel_fn(case, REFERENCE_BACKEND, sample)
+        except Unavailable:
+            return None
 
     def prepare(self, case: Case) -> Prepared:
         seed_for(case)
@@ -267,12 +321,18 @@ class OpBench:
         def build():
             sets = self.input_sets(case)
             fn, ref = self.provider_fn(case, sets[0]), self.reference_fn(case, sets[0])
+            exact = self.reference_backend_fn(case, sets[0])
+            check_mode = "fwd" if case.mode == "fwd" else "fwd+bwd"  # outputs and, in training modes, gradients
 
             def reference(i):  # fwd+bwd graphs are built per call: nothing is held until the check runs
-                return mode_call("fwd" if case.mode == "fwd" else "fwd+bwd", ref, sets)(i)
+                return mode_call(check_mode, ref, sets)(i)
+
+            def on_reference_backend(i):
+                return mode_call(check_mode, exact, sets)(i)
 
             return Prepared(mode_call(case.mode, fn, sets), len(sets), reference=reference if ref else None,
-                            extra=self.extra(case), **self.work(case))
+                            exact=on_reference_backend if exact else None, extra=self.extra(case),
+                            **self.work(case))
 
         return first_call("torch.compile" if case.provider in self.compiling else case.provider, build)
 
@@ -287,8 +347,9 @@ class LayerNormBench(OpBench):
         if device == "cuda":
             hidden = (1024, 4096, 16384) if quick else (768, 1024, 2048, 4096, 8192, 12288, 16384)
             return [(("rows", 16384), ("hidden", h)) for h in hidden]
-        # CPU: smoke-test sizes; the numbers only show the path works.
-        return [(("rows", 256), ("hidden", h)) for h in ((768,) if quick else (768, 1024))]
+        # CPU: smoke-test sizes; the numbers only show the path works. 64 rows: the Triton interpreter's time grows
+        # with the rows (~0.4 s a fwd+bwd call here; 256 rows took ~1.4 s).
+        return [(("rows", 64), ("hidden", h)) for h in ((768,) if quick else (768, 1024))]
 
     def tier(self, case: Case) -> int:
         # DESIGN.md's targets are fwd and bwd against torch; fwd+bwd next; torch.compile (compiles) last
@@ -320,19 +381,22 @@ class LayerNormBench(OpBench):
         return sets
 
     def provider_fn(self, case: Case, sample: InputSet) -> Callable:
-        hidden, eps, backend = case.params["hidden"], self.eps, case.provider
+        hidden, eps = case.params["hidden"], self.eps
 
         def eager(x, w, b):
             return F.layer_norm(x, (hidden,), w, b, eps)
 
+        return self.torch_fn(case, eager) or self.bigmodel_fn(case, case.provider, sample)
+
+    def bigmodel_fn(self, case: Case, backend: str, sample: InputSet) -> Callable:
+        hidden, eps = case.params["hidden"], self.eps
+        x, w, b = sample.args
+        require_backend(backend, "layer_norm", input=x, weight=w, bias=b)
+
         def fused(x, w, b):
             return bigmodel.ops.layer_norm(x, (hidden,), w, b, eps, backend=backend)
 
-        fn = self.torch_fn(case, eager)
-        if fn is None:
-            x, w, b = sample.args
-            require_backend(backend, "layer_norm", input=x, weight=w, bias=b)
-        return fn or fused
+        return fused
 
 
 from .attention_cases import AttentionBench  # noqa: E402 (these modules import the names above)

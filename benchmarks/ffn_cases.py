@@ -14,9 +14,11 @@ feed_forward  y = act(x W1^T + b1) W2^T + b2: the whole MLP, d_model -> hidden -
                       only (it has no autograd formula); on CUDA its GELU is the tanh approximation (the row's note)
     torch.compile     the eager function compiled (Inductor: cuBLAS + a fused pointwise kernel, or its templates)
     cublas            bare F.linear(x, W) without bias or activation: the same FLOPs on cuBLAS, so the gap to it is
-                      what the bias + activation costs (DESIGN.md: "GEMM part >= 90% of cuBLAS")
+                      what the bias + activation costs (DESIGN.md: "GEMM part >= 90% of cuBLAS"); GPU only
+    torch.matmul (CPU)  the same bare F.linear on a CPU (no cuBLAS there: torch's CPU GEMM), in place of cublas
     triton, cuda      bigmodel.ops.linear_act / feed_forward(..., backend=...)
-  The report adds "vs cuBLAS": the cublas row's median / this provider's (>= 0.9 is DESIGN.md's GEMM target).
+  The report adds "vs cuBLAS": the cublas row's median / this provider's (>= 0.9 is DESIGN.md's GEMM target); on a
+  CPU "vs torch.matmul (CPU)".
   TFLOP/s with 2 * tokens * d_model * hidden flops per GEMM: fwd 1 GEMM, bwd 2 (dx and dW; db and act' are
   free), fwd+bwd 3; feed_forward twice that.
 
@@ -47,7 +49,9 @@ import bigmodel
 from .cases import Case, InputSet, OpBench, Unavailable, n_input_sets, require_backend, require_memory
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu}
-GEMM_CORE = ("torch", "cublas", "triton", "cuda")  # what DESIGN.md's linear_act target compares
+CPU_GEMM = "torch.matmul (CPU)"  # the bare-GEMM provider on a CPU: says what it is (no cuBLAS there)
+BARE_GEMM = {"cuda": "cublas", "cpu": CPU_GEMM}  # device -> the provider of plain GEMMs (no bias, no activation)
+GEMM_CORE = ("torch", "cublas", CPU_GEMM, "triton", "cuda")  # what DESIGN.md's linear_act target compares
 
 
 # ------------------------------------------------------------------------------------------ linear_act, feed_forward
@@ -56,8 +60,9 @@ class LinearActBench(OpBench):
 
     name = "linear_act"
     layers = 1
-    providers = ("torch", "addmm_activation", "torch.compile", "cublas", "triton", "cuda")
-    baselines = {"cublas": ("cublas",)}  # report.py: a "vs cuBLAS" column (DESIGN.md: GEMM part >= 90% of cuBLAS)
+    providers = ("torch", "addmm_activation", "torch.compile", "cublas", CPU_GEMM, "triton", "cuda")
+    # report.py: a "vs cuBLAS" column (DESIGN.md: GEMM part >= 90% of cuBLAS); on a CPU "vs torch.matmul (CPU)"
+    baselines = {"cublas": ("cublas",), "matmul_cpu": (CPU_GEMM,)}
     plot_panels = ("activation",)  # the relu size gets its own panel, not a point on the gelu lines
     GPU_SIZES = ((8192, 768, 3072), (16384, 1024, 4096), (8192, 4096, 16384))
     GPU_QUICK = ((16384, 1024, 4096), (8192, 4096, 16384))
@@ -72,6 +77,9 @@ class LinearActBench(OpBench):
         else:
             dims = [(*d, "gelu") for d in self.CPU_SIZES]
         return [(("tokens", m), ("d_model", k), ("hidden", n), ("activation", act)) for m, k, n, act in dims]
+
+    def has_provider(self, device: str, provider: str) -> bool:
+        return provider not in BARE_GEMM.values() or provider == BARE_GEMM[device]
 
     def has_mode(self, shape: tuple, mode: str) -> bool:
         p = dict(shape)
@@ -101,14 +109,14 @@ class LinearActBench(OpBench):
         return [(d, h), (h, d)][:self.layers]
 
     def input_sets(self, case: Case) -> list[InputSet]:
-        """x, then (W, b) per layer; no biases for cublas (b None, no db). Weights scaled by 1/sqrt(fan_in) so
+        """x, then (W, b) per layer; no biases for the bare GEMMs (b None, no db). Weights scaled by 1/sqrt(fan_in) so
         activations stay O(1) through the layers, as in a trained model."""
         m, dims = case.params["tokens"], self.layer_dims(case)
         kw = dict(device=case.device, dtype=case.torch_dtype)
         e, n_sets = case.torch_dtype.itemsize, n_input_sets(case.device)
         per_set = m * dims[0][0] + sum(i * o + o for i, o in dims) + m * dims[-1][1]
         require_memory(case, (n_sets * per_set + 4 * m * case.params["hidden"]) * e)
-        grad, bias = case.mode != "fwd", case.provider != "cublas"
+        grad, bias = case.mode != "fwd", case.provider not in BARE_GEMM.values()
         suffix = (lambda i: "") if self.layers == 1 else str
         sets = []
         for _ in range(n_sets):
@@ -134,15 +142,26 @@ class LinearActBench(OpBench):
         fn = self.torch_fn(case, eager)
         if fn is not None:
             return fn
-        if provider == "cublas":  # its input sets have no biases (b None): plain GEMMs
+        if provider in BARE_GEMM.values():  # its input sets have no biases (b None): plain GEMMs
             return self.compose(F.linear)
         if provider == "addmm_activation":
             return self.compose(self.addmm_fn(case))
+        return self.bigmodel_fn(case, provider, sample)
+
+    def bigmodel_fn(self, case: Case, backend: str, sample: InputSet) -> Callable:
+        """The op on a bigmodel backend; for the bare GEMMs (no bias: the activation is off too) each layer is
+        linear_act(..., activation=None)."""
         x, w, b = sample.args[:3]
-        require_backend(provider, "linear_act", input=x, weight=w, bias=b)
+        require_backend(backend, "linear_act", input=x, weight=w, bias=b)
+        act = None if case.provider in BARE_GEMM.values() else case.params["activation"]
         if self.layers == 1:
-            return lambda x, w, b: bigmodel.ops.linear_act(x, w, b, act, backend=provider)
-        return lambda x, w1, b1, w2, b2: bigmodel.ops.feed_forward(x, w1, b1, w2, b2, act, backend=provider)
+            return lambda x, w, b: bigmodel.ops.linear_act(x, w, b, act, backend=backend)
+        if act is None:
+            def gemms(x, w1, b1, w2, b2):
+                hidden = bigmodel.ops.linear_act(x, w1, b1, None, backend=backend)
+                return bigmodel.ops.linear_act(hidden, w2, b2, None, backend=backend)
+            return gemms
+        return lambda x, w1, b1, w2, b2: bigmodel.ops.feed_forward(x, w1, b1, w2, b2, act, backend=backend)
 
     @staticmethod
     def addmm_fn(case: Case) -> Callable:
@@ -157,7 +176,9 @@ class LinearActBench(OpBench):
         return lambda x, w, b: torch._addmm_activation(b, x, w.t(), use_gelu=use_gelu)
 
     def reference_fn(self, case: Case, sample: InputSet):
-        return None if case.provider == "cublas" else super().reference_fn(case, sample)  # cublas: torch itself
+        if case.provider in BARE_GEMM.values():  # the bare GEMM is torch itself
+            return None
+        return super().reference_fn(case, sample)
 
 
 class FeedForwardBench(LinearActBench):
@@ -212,9 +233,9 @@ class PointwiseBench(OpBench):
                          torch.randn(shape, **kw) if grad else None) for _ in range(n_input_sets(case.device))]
 
     def provider_fn(self, case: Case, sample: InputSet) -> Callable:
-        fn = self.torch_fn(case, self.eager)
-        if fn is not None:
-            return fn
-        backend, fused = case.provider, self.fused
+        return self.torch_fn(case, self.eager) or self.bigmodel_fn(case, case.provider, sample)
+
+    def bigmodel_fn(self, case: Case, backend: str, sample: InputSet) -> Callable:
+        fused = self.fused
         require_backend(backend, self.backend_op, input=sample.args[0])
         return lambda x: fused(x, backend)

@@ -19,7 +19,9 @@ Providers:
                    one of the model's ops makes the case skipped, with its reasons
 The row's rel_err compares the logits of the first sequence of a batch (the provider's model, eager, in its
 dtype) with PlainGPT's in fp32 with the same weights: the torch row shows bf16 autocast's own error, the yardstick;
-torch.compile is not checked. Rates: tokens_per_s = batch * seq / median step time; tflops counts model FLOPs (6 per
+torch.compile is not checked. "max err vs reference": the largest |difference| over those logits, the loss on that
+sequence and the loss's gradient for every parameter, against bigmodel's Transformer on the pure-math backend in
+fp32 with the same weights. Rates: tokens_per_s = batch * seq / median step time; tflops counts model FLOPs (6 per
 parameter per token, position embeddings excluded, plus causal attention 6 * n_layers * seq * d_model per token, as
 nanoGPT's MFU).
 Notes in the row: the dtype the model's logits came out in (a model whose ops ignore autocast computes in fp32).
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 import bigmodel
 from bigmodel.models import Transformer, TransformerConfig
 
-from .cases import Case, OpBench, Prepared, Unavailable, compiled, first_call, n_input_sets, seed_for
+from .cases import (REFERENCE_BACKEND, Case, OpBench, Prepared, Unavailable, compiled, first_call, n_input_sets,
+                    seed_for)
 from .ffn_cases import ACTIVATIONS
 
 BIGMODEL_BACKENDS = {"bigmodel": "auto", "bigmodel-triton": "triton", "bigmodel-cuda": "cuda"}
@@ -118,6 +121,27 @@ def twin_of(model: torch.nn.Module, config: TransformerConfig) -> PlainGPT:
     return twin
 
 
+def reference_model(model: torch.nn.Module, config: TransformerConfig) -> torch.nn.Module:
+    """bigmodel's Transformer with `model`'s weights (a Transformer or a PlainGPT) on the pure-math backend."""
+    with torch.device(model.tok_emb.weight.device):
+        oracle = Transformer(config)
+    oracle.load_state_dict(model.state_dict())
+    return oracle.set_backend(REFERENCE_BACKEND)
+
+
+def first_sequence(logits, model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+    """The logits, the loss and its gradient for every parameter (d<name>) on the batch's first sequence: what
+    "max err vs reference" compares (autograd.grad: nothing is left in .grad)."""
+    x, y = batch[0][:1], batch[1][:1]
+    out = logits(x)
+    loss = F.cross_entropy(out.float().view(-1, out.size(-1)), y.view(-1))
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    found = {"logits": out.detach(), "loss": loss.detach()}
+    found.update({f"d{name}": g for (name, _), g in zip(named, grads) if g is not None})
+    return out.detach(), found
+
+
 # ------------------------------------------------------------------------------------------ the cases
 class TrainStepBench(OpBench):
     name = "train_step"
@@ -194,23 +218,27 @@ class TrainStepBench(OpBench):
 
             extra = {}
 
-            def check(i):  # the provider's logits for the first sequence of batch i (eager: not torch.compile)
-                with torch.no_grad():
-                    out = logits(batches[i][0][:1])
+            def check(i):  # the provider's logits, loss and gradients on the first sequence of batch i (eager)
+                out, found = first_sequence(logits, model, batches[i])
                 extra["logits_dtype"] = str(out.dtype).replace("torch.", "")
                 if autocast and out.dtype == torch.float32:
                     extra["note"] = ("logits came out float32 under bf16 autocast: this model's ops ignore "
                                      "torch.autocast, so it computed in fp32")
-                return {"logits": out}
+                return found
 
             def reference(i):  # eager PlainGPT in fp32 with the provider's current weights
                 with torch.no_grad():
                     return {"logits": forward(twin_of(model, c), amp=False)(batches[i][0][:1])}
 
+            def exact(i):  # bigmodel's Transformer on the pure-math backend, fp32, the provider's current weights
+                oracle = reference_model(model, c)
+                return first_sequence(forward(oracle, amp=False), oracle, batches[i])[1]
+
             tokens, checked = p["batch"] * p["seqlen"], case.provider != "torch.compile"
             return Prepared(step, len(batches), tokens=tokens, rep_ms=REP_MS, extra=extra,
                             flops=tokens * self.model_flops_per_token(model, c, p["seqlen"]),
-                            check=check if checked else None, reference=reference if checked else None)
+                            check=check if checked else None, reference=reference if checked else None,
+                            exact=exact if checked else None)
 
         try:
             return first_call(case.provider, build)

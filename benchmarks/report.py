@@ -4,8 +4,10 @@ Every row carries "timer": "GPU" or "CPU"; CPU timings are labelled as such ever
 not performance numbers). Rates (METRICS): tokens/s for a training step, TFLOP/s for GEMMs and attention, GB/s
 and % of copy bandwidth for memory-bound ops. Speed-ups are against eager torch measured in the same run; an op
 whose builder in cases.OPS names `baselines` (attention: the best SDPA backend, SDPA's flash backend; linear_act
-and feed_forward: cuBLAS without epilogue; train_step: torch.compile) also gets `speedup_vs_<name>` against the
-fastest of those providers. A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its
+and feed_forward: cuBLAS without epilogue, on a CPU torch.matmul (CPU); train_step: torch.compile) also gets
+`speedup_vs_<name>` against the fastest of those providers. Correctness: every row that ran has rel_err (against
+eager torch: the pass / fail check) and max_err_vs_reference (MAX_ERR: the largest |difference| from bigmodel's
+pure-math backend on the same inputs, outputs and gradients). A CPU run under Triton's interpreter says so first. A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its
 plot axis and panels; other ops plot rate against shape (a bar per provider for an op of one shape). Cases run
 most important first, by tier across ops; the tables and plots read op by op (cases.OPS order), shape by shape.
 Rows with a "note" (e.g. a baseline computing a slightly different function) get it under their table.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import platform
 import re
 import subprocess
@@ -35,10 +38,22 @@ HIGHLIGHT = ("triton", "cuda", "bigmodel", "bigmodel-triton", "bigmodel-cuda")  
 FIXED_COLORS = {"torch": 0, "torch.compile": 1, "cuda": 2, "triton": 3, "bigmodel": 4,
                 "bigmodel-cuda": 2, "bigmodel-triton": 3}
 EXTRA_COLUMNS = {"best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash",  # speed-up column titles
-                 "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS"}
+                 "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS", "matmul_cpu": "vs torch.matmul (CPU)"}
 # What a row's rate is, first present wins: a training step's tokens/s, a GEMM's TFLOP/s, a memory-bound op's GB/s.
 METRICS = (("tokens_per_s", "tokens/s"), ("tflops", "TFLOP/s"), ("gbps", "GB/s"))
 CPU_LABEL = "CPU timings — not performance numbers"
+INTERPRETED_LABEL = "CPU timings of interpreted kernels (Triton under TRITON_INTERPRET=1) — not performance numbers"
+MAX_ERR = "max err vs reference"  # the correctness column: largest |difference| from bigmodel's pure-math backend
+
+
+def interpreting() -> bool:
+    """Whether Triton runs under its CPU interpreter in this process (TRITON_INTERPRET, read as bigmodel.kernels does)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cpu_label(env: dict) -> str:
+    """What a CPU run's numbers are: the first line of its console output, markdown and plot."""
+    return INTERPRETED_LABEL if env.get("triton_interpret") else CPU_LABEL
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -75,7 +90,8 @@ def environment(device: str) -> dict:
         device=device, device_name=timing.device_name(device), timer=timing.TIMER[device],
         bigmodel=bigmodel.__version__, git_commit=git_commit(), torch=torch.__version__, triton=triton_version,
         cuda=torch.version.cuda, python=platform.python_version(), driver=None, compute_capability=None,
-        copy_bandwidth_gbps=timing.copy_bandwidth_gbps(device),
+        copy_bandwidth_gbps=timing.copy_bandwidth_gbps(device), triton_interpret=interpreting(),
+        reference_backend=cases.REFERENCE_BACKEND,
     )
     if device == "cuda":
         env["driver"] = driver_version()
@@ -83,7 +99,7 @@ def environment(device: str) -> dict:
         env["method"] = ("triton.testing.do_bench: CUDA events per call, warm-up, L2 flushed between calls, "
                          "rotating input sets; median, p20, p80")
     else:
-        env["method"] = "time.perf_counter median over a few calls, rotating input sets (" + CPU_LABEL + ")"
+        env["method"] = "time.perf_counter median over a few calls, rotating input sets (" + cpu_label(env) + ")"
     return env
 
 
@@ -104,22 +120,29 @@ def builder_attr(op: str, name: str, default=None):
     return getattr(cases.OPS.get(op), name, default)
 
 
-def baselines(op: str) -> dict:
-    """{"torch": ("torch",), plus the op's own: name -> providers whose fastest is that baseline}."""
-    return {REFERENCE: (REFERENCE,), **builder_attr(op, "baselines", {})}
+def baselines(op: str, rows: list[dict] | None = None) -> dict:
+    """{"torch": ("torch",), plus the op's own: name -> providers whose fastest is that baseline}. With `rows`, only
+    the op's own baselines that have a provider among them (linear_act: cuBLAS on a GPU, torch.matmul (CPU) on a
+    CPU)."""
+    own = builder_attr(op, "baselines", {})
+    if rows is not None:
+        listed = {r["provider"] for r in rows if r["op"] == op}
+        own = {name: providers for name, providers in own.items() if listed & set(providers)}
+    return {REFERENCE: (REFERENCE,), **own}
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
     """speedup_vs_<baseline> = the baseline's median / this provider's median, same shape (>1: faster).
     Every op has speedup_vs_torch (eager torch); attention also speedup_vs_best_sdpa and speedup_vs_sdpa_flash."""
     fastest = defaultdict(dict)  # group -> baseline -> fastest median
+    per_op = {op: baselines(op, rows) for op in {r["op"] for r in rows}}
     for r in rows:
-        for name, providers in baselines(r["op"]).items():
+        for name, providers in per_op[r["op"]].items():
             if r["provider"] in providers and r["status"] == "ok":
                 best = fastest[group_key(r)].get(name)
                 fastest[group_key(r)][name] = r["median_ms"] if best is None else min(best, r["median_ms"])
     for r in rows:
-        for name in baselines(r["op"]):
+        for name in per_op[r["op"]]:
             base = fastest[group_key(r)].get(name)
             r[f"speedup_vs_{name}"] = base / r["median_ms"] if base and r["status"] == "ok" else None
     return rows
@@ -162,6 +185,11 @@ def metric(row: dict) -> tuple[float | None, str | None]:
     return next(((row[key], unit) for key, unit in METRICS if row.get(key) is not None), (None, None))
 
 
+def max_err(row: dict) -> str:
+    """The row's max err vs reference ('3.1e-07', or '—' when it was not computed)."""
+    return _fmt(row.get("max_err_vs_reference"), ".1e")
+
+
 def rate(row: dict) -> str:
     """'2890 GB/s', '512.3 TFLOP/s' or '412.5k tokens/s' (more digits for the small numbers of CPU smoke runs)."""
     value, unit = metric(row)
@@ -182,7 +210,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
     title = f"# bigmodel benchmarks — {env['device_name']} ({env['timer']} timings)"
     lines = [title, ""]
     if cpu:
-        lines += [f"**{CPU_LABEL}.** No GPU on this machine: these numbers only show that every path runs.", ""]
+        lines += [f"**{cpu_label(env)}.** No GPU on this machine: these numbers only show that every path runs, "
+                  f"and how far each is from the reference (the {MAX_ERR} column).", ""]
     copy_bw = env.get("copy_bandwidth_gbps")
     lines += [
         f"- date {env['date']}, bigmodel {env['bigmodel']} ({env.get('git_commit') or 'no git'}), torch "
@@ -192,11 +221,14 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         "- vs torch: eager torch's median / this provider's median, same run (>1 is faster)",
         "- rate: tokens/s for a training step, TFLOP/s for GEMMs and attention, GB/s (bytes read + written at "
         "least) for memory-bound ops",
+        f"- {MAX_ERR}: the largest |difference| from bigmodel's pure-math backend (\"{cases.REFERENCE_BACKEND}\") "
+        "on the case's own inputs, over its outputs and, in training modes, its gradients; rel err: "
+        "||out - ref|| / ||ref|| against eager torch (the pass / fail check)",
     ]
     for op in dict.fromkeys(r["op"] for r in rows):
         lines += [f"- {EXTRA_COLUMNS.get(name, name)} ({op}): the fastest median of {', '.join(providers)} / this "
                   "provider's median, same shape and run"
-                  for name, providers in builder_attr(op, "baselines", {}).items()]
+                  for name, providers in baselines(op, rows).items() if name != REFERENCE]
     lines.append("")
     unit = "CPU ms" if cpu else "GPU ms"
     groups = defaultdict(list)
@@ -204,11 +236,12 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         groups[(r["op"], r["mode"], r["dtype"])].append(r)
     for (op, mode, dtype), group in groups.items():
         shape_names = " x ".join(group[0]["shape"])
-        others = [name for name in baselines(op) if name != REFERENCE]  # attention: best_sdpa, sdpa_flash
+        others = [name for name in baselines(op, rows) if name != REFERENCE]  # attention: best_sdpa, sdpa_flash
         lines += [f"## {op} — {mode} — {dtype}", "",
                   f"| {shape_names} | provider | median {unit} | p20–p80 {unit} | rate | % copy BW | vs torch "
-                  + "".join(f"| {EXTRA_COLUMNS.get(name, name)} " for name in others) + "| extra MiB | rel err |",
-                  "|---|---|--:|--:|--:|--:|--:|" + "--:|" * len(others) + "--:|--:|"]
+                  + "".join(f"| {EXTRA_COLUMNS.get(name, name)} " for name in others)
+                  + f"| extra MiB | rel err | {MAX_ERR} |",
+                  "|---|---|--:|--:|--:|--:|--:|" + "--:|" * len(others) + "--:|--:|--:|"]
         skipped = {}
         for r in group:
             if r["status"] != "ok":
@@ -218,7 +251,7 @@ def to_markdown(rows: list[dict], env: dict) -> str:
                 f"| {r['shape_str']} | {r['provider']} | {r['median_ms']:.4f} | {r['p20_ms']:.4f}–{r['p80_ms']:.4f} "
                 f"| {rate(r)} | {_fmt(r.get('pct_copy_bw'), '.0f', '%')} "
                 + "".join(f"| {_fmt(r.get(f'speedup_vs_{name}'), '.2f', 'x')} " for name in (REFERENCE, *others))
-                + f"| {_fmt(r.get('peak_mem_mb'), '.1f')} | {_fmt(r.get('rel_err'), '.1e')} |")
+                + f"| {_fmt(r.get('peak_mem_mb'), '.1f')} | {_fmt(r.get('rel_err'), '.1e')} | {max_err(r)} |")
         lines.append("")
         for (provider, status, reason), shapes in skipped.items():
             lines.append(f"- **{provider} {status}** ({', '.join(shapes)}): {reason}")
@@ -299,7 +332,7 @@ def plot(rows: list[dict], env: dict, path: Path) -> Path | None:
             ax.grid(alpha=0.3)
     suptitle = f"bigmodel — {env['device_name']} — {env['timer']} timings, {env['date'][:10]}"
     if env["timer"] == "CPU":
-        suptitle += f"\n{CPU_LABEL}"
+        suptitle += f"\n{cpu_label(env)}"
     fig.suptitle(suptitle, fontsize=11)
     ncol = min(len(legend), 6) or 1
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=9)
@@ -332,24 +365,25 @@ def summary(rows: list[dict], env: dict) -> str:
     other provider that ran with its speed-ups over them: the lines stay short (every SDPA backend's numbers are in
     the markdown)."""
     out = [f"{env['device_name']} — {env['timer']} timings"
-           + (f" ({CPU_LABEL})" if env["timer"] == "CPU" else "")
+           + (f" ({cpu_label(env)})" if env["timer"] == "CPU" else "")
            + f"; copy bandwidth {_fmt(env.get('copy_bandwidth_gbps'), '.0f', ' GB/s')}"]
 
     def cell(r, speedups):
         pct = f" {r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else ""
         vs = "".join(f" {r[f'speedup_vs_{n}']:.2f}x" for n in speedups if r.get(f"speedup_vs_{n}") is not None)
-        return f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}"
+        err = f" err {r['max_err_vs_reference']:.1e}" if r.get("max_err_vs_reference") is not None else ""
+        return f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}{err}"
 
     groups, explained = defaultdict(list), set()
     for r in reading_order(add_speedups(rows)):
         groups[group_key(r)].append(r)
     width = max([11] + [len(r["shape_str"]) for r in rows])
     for (op, mode, dtype, shape), group in groups.items():
-        others = {n: providers for n, providers in baselines(op).items() if n != REFERENCE}
+        others = {n: providers for n, providers in baselines(op, rows).items() if n != REFERENCE}
         cells, shown, speedups = [], group, [REFERENCE]
         if others:  # attention, train_step
             (name, sdpa) = next(iter(others.items()))
-            speedups = [n for n in baselines(op) if n != REFERENCE or REFERENCE not in sdpa]
+            speedups = [n for n in baselines(op, rows) if n != REFERENCE or REFERENCE not in sdpa]
             best = min((r for r in group if r["provider"] in sdpa and r["status"] == "ok"),
                        key=lambda r: r["median_ms"], default=None)
             cells.append(f"{name}: {cell(best, ()) if best else 'none ran'}")

@@ -117,10 +117,13 @@ def skipped_row(case, reason: str, status: str = "skipped") -> dict:
 
 
 def measure(case, prepared, quick: bool = False) -> dict:
-    """Check the result against eager torch, then time the case. A wrong result gives an "error" row."""
+    """Check the result against eager torch, then time the case. A wrong result gives an "error" row. The row also
+    gets max_err_vs_reference: the largest |difference| from bigmodel's pure-math backend on the same inputs,
+    outputs and (training modes) gradients (informational: the rel_err against eager torch is the pass / fail)."""
     row = base_row(case)
-    rel_err = prepared.rel_err()
-    row.update(rel_err=rel_err, n_input_sets=prepared.n_sets, bytes=prepared.bytes, flops=prepared.flops,
+    errors = prepared.errors()
+    rel_err = errors["rel_err"]
+    row.update(**errors, n_input_sets=prepared.n_sets, bytes=prepared.bytes, flops=prepared.flops,
                tokens=prepared.tokens, **prepared.extra)
     tol = cases_mod.REL_ERR_TOL[case.dtype]
     if rel_err is not None and not rel_err <= tol:

@@ -2,12 +2,16 @@
 
     bigmodel info                      versions, device, and which backends can run here (and why not)
     bigmodel bench [--ops layer_norm] [--modes fwd,bwd,fwd+bwd] [--dtype bf16] [--out bench-out] [--quick]
-                                       time every provider side by side; writes <out>/<stem>.json, .md, .png
+                   [--no-interpret]    time every provider side by side; writes <out>/<stem>.json, .md, .png
     bigmodel train [--preset tiny] [--data FILE] [--steps N] [--out DIR [--resume]] [--parallel ddp|fsdp]
                                        train on bytes (see bigmodel/train/); under torchrun: data-parallel
 
 `bench` reuses the case definitions of benchmarks/cases.py (a source checkout, e.g. `pip install -e .`).
-Without a GPU it runs small CPU cases, labelled "CPU timings - not performance numbers".
+Without a GPU it runs small CPU cases, labelled as CPU timings (not performance numbers), and re-executes itself
+with TRITON_INTERPRET=1 so that bigmodel's Triton kernels run under Triton's CPU interpreter (unless
+TRITON_INTERPRET is already set, to any value, or --no-interpret is given: then the triton rows are skipped, with
+the reason). Every row that ran shows its "max err vs reference": the largest |difference| from bigmodel's
+pure-math backend on the case's own inputs, outputs and (training modes) gradients.
 Exit status: 0 on success, 1 when a provider that should run failed (the report is still written),
 130 when interrupted (the cases finished so far are written).
 """
@@ -21,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-CPU_WARNING = "CPU timings — not performance numbers (no GPU here: this only shows that every path runs)"
+REEXEC_MARK = "BIGMODEL_BENCH_REEXECUTED"  # set in the environment of the re-executed `bigmodel bench`
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -157,10 +161,44 @@ def case_line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row['reason']}"
     pct = f"  {row['pct_copy_bw']:.0f}% of copy BW" if row.get("pct_copy_bw") is not None else ""
-    return f"{row['median_ms']:.4f} {row['timer']} ms  {report.rate(row)}{pct}"
+    err = f"  {report.MAX_ERR} {report.max_err(row)}" if row.get("max_err_vs_reference") is not None else ""
+    return f"{row['median_ms']:.4f} {row['timer']} ms  {report.rate(row)}{pct}{err}"
 
 
-def cmd_bench(args, out: Output) -> int:
+def interpreter_environment(args, environ, gpu_visible: bool) -> dict | None:
+    """The environment to re-execute `bigmodel bench` in, so that Triton runs under its CPU interpreter: a copy of
+    `environ` with TRITON_INTERPRET=1 (and REEXEC_MARK=1), or None to go on as this process is. Re-executed only
+    for a CPU run (--device cpu, or no GPU visible), and never when TRITON_INTERPRET is already set (to any value:
+    the user's choice stands; it also stops a second re-execution) or --no-interpret was given. A new process,
+    because TRITON_INTERPRET counts only when set before triton is imported (`import bigmodel` imports it)."""
+    if args.no_interpret or "TRITON_INTERPRET" in environ:
+        return None
+    if (args.device or ("cuda" if gpu_visible else "cpu")) != "cpu":
+        return None
+    return {**environ, "TRITON_INTERPRET": "1", REEXEC_MARK: "1"}
+
+
+def reexecute(argv: list[str], env: dict) -> None:
+    """Replace this process by `python -m bigmodel <argv>` in `env` (POSIX exec: same pid, terminal and exit status;
+    elsewhere a child process whose exit status becomes ours)."""
+    command = [sys.executable, "-m", "bigmodel", *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execve(sys.executable, command, env)
+    import subprocess
+
+    raise SystemExit(subprocess.call(command, env=env))
+
+
+def cmd_bench(args, out: Output, argv: list[str] | None = None) -> int:
+    """`bigmodel bench`; `argv` (the command line's arguments) allows re-executing under Triton's interpreter."""
+    if argv is not None:
+        import torch
+
+        env = interpreter_environment(args, os.environ, torch.cuda.is_available())
+        if env is not None:
+            reexecute(argv, env)
     cases, report, timing = load_benchmarks()
     device = args.device or cases.default_device()
     if device == "cuda":
@@ -180,10 +218,19 @@ def cmd_bench(args, out: Output) -> int:
         raise SystemExit("bigmodel bench: no case matches these options")
 
     timer = timing.TIMER[device]
+    env = report.environment(device)
+    if timer == "CPU":  # the first line says what the numbers are
+        out.print(f"{report.cpu_label(env)} (no GPU here: every path runs, with its {report.MAX_ERR})",
+                  style="bold yellow")
+        if env["triton_interpret"]:
+            how = ("re-executed itself with TRITON_INTERPRET=1" if os.environ.get(REEXEC_MARK) else
+                   "TRITON_INTERPRET is set")
+            out.print(f"Triton kernels run under Triton's CPU interpreter ({how}; `--no-interpret` to skip them)")
+        else:
+            out.print("Triton's CPU interpreter is off (TRITON_INTERPRET unset or 0, or --no-interpret): the triton "
+                      "rows are skipped")
     out.print(f"bigmodel bench: {len(todo)} cases on {timing.device_name(device)} ({timer} timings)", style="bold")
-    if timer == "CPU":
-        out.print(CPU_WARNING, style="bold yellow")
-    else:
+    if timer != "CPU":
         out.print(f"copy bandwidth: {timing.copy_bandwidth_gbps(device):.0f} GB/s (device-to-device copy)")
 
     rows, interrupted, start = [], False, time.monotonic()
@@ -205,11 +252,10 @@ def cmd_bench(args, out: Output) -> int:
             rows += [timing.skipped_row(c, "not run: interrupted") for c in todo[len(rows):]]
     elapsed = time.monotonic() - start
 
-    env = report.environment(device)
     env["elapsed_s"] = round(elapsed, 1)
     env["command"] = "bigmodel " + " ".join(sys.argv[1:])
     paths = report.write(rows, env, args.out, args.stem)
-    print_results(out, rows, timer)
+    print_results(out, rows, env)
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in ("ok", "skipped", "error"))
     out.print(f"\n{len(rows)} cases ({counts}) in {elapsed:.0f} s, {timer} timings; wrote "
               + ", ".join(map(str, paths)))
@@ -219,8 +265,9 @@ def cmd_bench(args, out: Output) -> int:
     return 130 if interrupted else 1 if errors else 0
 
 
-def print_results(out: Output, rows: list[dict], timer: str):
+def print_results(out: Output, rows: list[dict], env: dict):
     report = load_benchmarks()[1]
+    timer = env["timer"]
     unit = f"{timer} ms"
     table, notes = [], {}
     for r in rows:
@@ -228,16 +275,16 @@ def print_results(out: Output, rows: list[dict], timer: str):
             notes.setdefault((r["provider"], r["reason"]), []).append(f"{r['mode']} {r['shape_str']}")
             continue
         if r["status"] == "error":
-            table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], "ERROR", "", "", "",
+            table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], "ERROR", "", "", "", "",
                           r["reason"][:120]])
             continue
         pct = f"{r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else "-"
         vs = f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") is not None else "-"
         table.append([r["op"], r["mode"], r["dtype"], r["shape_str"], r["provider"], f"{r['median_ms']:.4f}",
-                      report.rate(r), pct, vs, ""])
-    title = f"results ({CPU_WARNING})" if timer == "CPU" else "results (GPU timings, median)"
-    out.table(title, ["op", "mode", "dtype", "shape", "provider", unit, "rate", "% copy BW", "vs torch", "note"],
-              table)
+                      report.rate(r), pct, vs, report.max_err(r), r.get("max_err_note", "")])
+    title = f"results ({report.cpu_label(env)})" if timer == "CPU" else "results (GPU timings, median)"
+    out.table(title, ["op", "mode", "dtype", "shape", "provider", unit, "rate", "% copy BW", "vs torch",
+                      report.MAX_ERR, "note"], table)
     for (provider, reason), where in notes.items():
         out.print(f"skipped {provider} ({len(where)} cases): {reason}")
 
@@ -265,6 +312,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--stem", help="file name stem (default: <date>-<gpu> or <date>-cpu)")
     b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timing")
     b.add_argument("--max-seconds", type=float, help="start no new case after this long (the rest: skipped)")
+    b.add_argument("--no-interpret", action="store_true",
+                   help="on a CPU, do not re-run under TRITON_INTERPRET=1 (Triton's CPU interpreter, which `bench` "
+                        "otherwise turns on by itself when TRITON_INTERPRET is unset): the triton rows are skipped")
     from bigmodel import train
 
     t = sub.add_parser("train", help="train a model on bytes (one process, or DDP / FSDP under torchrun)",
@@ -275,12 +325,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The command line (argv None: sys.argv; only then may `bench` re-execute itself under Triton's interpreter)."""
     args = parser().parse_args(argv)
     out = Output()
     if args.command == "info":
         return cmd_info(args, out)
     if args.command == "bench":
-        return cmd_bench(args, out)
+        return cmd_bench(args, out, sys.argv[1:] if argv is None else None)
     if args.command == "train":
         return cmd_train(args, out)
     parser().print_help()

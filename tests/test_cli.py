@@ -1,5 +1,9 @@
-"""The command line: `bigmodel info` and a small `bigmodel bench` run end to end (CPU timings here)."""
+"""The command line: `bigmodel info` and a small `bigmodel bench` run end to end (CPU timings here), and what
+`bench` does without a GPU: re-execute itself under Triton's interpreter, a max err vs reference column, honest
+labels."""
 import json
+import math
+import os
 import subprocess
 import sys
 
@@ -41,3 +45,87 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
 def test_unknown_op_is_a_clear_error():
     with pytest.raises(SystemExit, match="attention_nope|unknown|no case"):
         cli.main(["bench", "--ops", "attention_nope", "--device", "cpu"])
+
+
+# ------------------------------------------------------------------------------------------ bench without a GPU
+def bench_args(*argv):
+    return cli.parser().parse_args(["bench", *argv])
+
+
+def test_bench_reexecutes_under_the_interpreter_only_on_a_cpu_run_left_to_it():
+    environ = {"PATH": "/usr/bin", "HOME": "/root"}
+    env = cli.interpreter_environment(bench_args(), environ, gpu_visible=False)
+    assert env == {**environ, "TRITON_INTERPRET": "1", cli.REEXEC_MARK: "1"}
+    assert "TRITON_INTERPRET" not in environ  # a copy: this process's environment is left alone
+    assert cli.interpreter_environment(bench_args("--device", "cpu"), environ, gpu_visible=True)["TRITON_INTERPRET"] == "1"
+    # the user's TRITON_INTERPRET stands, whatever its value (and the re-executed process has it: no loop)
+    for value in ("0", "1", ""):
+        assert cli.interpreter_environment(bench_args(), {**environ, "TRITON_INTERPRET": value}, False) is None
+    assert cli.interpreter_environment(bench_args("--no-interpret"), environ, gpu_visible=False) is None
+    # a GPU run is unchanged: no re-execution
+    assert cli.interpreter_environment(bench_args(), environ, gpu_visible=True) is None
+    assert cli.interpreter_environment(bench_args("--device", "cuda"), environ, gpu_visible=True) is None
+
+
+def test_bench_command_line_reexecutes_with_its_own_arguments(monkeypatch):
+    calls = []
+
+    def reexecute(argv, env):
+        calls.append((argv, env))
+        raise SystemExit(0)  # instead of replacing the test process
+
+    monkeypatch.setattr(cli, "reexecute", reexecute)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = ["bench", "--ops", "softmax", "--device", "cpu", "--quick"]
+    monkeypatch.setattr(sys, "argv", ["bigmodel", *argv])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert calls and calls[0][0] == argv and calls[0][1]["TRITON_INTERPRET"] == "1"
+    calls.clear()
+    with pytest.raises(SystemExit, match="attention_nope|unknown"):  # explicit argv (a library call): never
+        cli.main(["bench", "--ops", "attention_nope", "--device", "cpu"])
+    assert not calls
+
+
+def test_cpu_gemm_baseline_is_labelled_as_what_it_is():
+    from benchmarks import cases
+    from benchmarks.ffn_cases import CPU_GEMM
+
+    cpu = {c.provider for c in cases.all_cases(["linear_act", "feed_forward"], device="cpu")}
+    gpu = {c.provider for c in cases.all_cases(["linear_act", "feed_forward"], device="cuda")}
+    assert CPU_GEMM == "torch.matmul (CPU)" and CPU_GEMM in cpu and "cublas" not in cpu
+    assert "cublas" in gpu and CPU_GEMM not in gpu  # GPU cases unchanged
+
+
+def test_max_err_vs_reference_covers_gradients():
+    from benchmarks import cases
+
+    if not cli.load_benchmarks()[1].interpreting():
+        pytest.skip("needs Triton's CPU interpreter (TRITON_INTERPRET=1, set by tests/conftest.py without a GPU)")
+    (case,) = [c for c in cases.all_cases(["softmax"], ("bwd",), device="cpu") if c.provider == "triton"]
+    errors = cases.prepare(case).errors()
+    assert errors["max_err_output"] == "dx" and 0 <= errors["max_err_vs_reference"] < 1e-5, errors
+    assert errors["rel_err"] < 1e-5
+
+
+def test_bench_on_a_cpu_runs_triton_under_the_interpreter_with_its_error(tmp_path):
+    """The whole path from a plain command line: re-executed under TRITON_INTERPRET=1, the triton rows run and
+    carry a finite max err vs reference, the first line says what the numbers are, CPU matmul is named."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "bigmodel", "bench", "--ops", "linear_act,softmax", "--modes", "fwd",
+                           "--providers", "torch,triton,torch.matmul (CPU)", "--quick", "--out", str(tmp_path),
+                           "--stem", "t"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "interpreted kernels" in proc.stdout.splitlines()[0] and "not performance" in proc.stdout.splitlines()[0]
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["environment"]["triton_interpret"] is True
+    rows = data["results"]
+    triton = [r for r in rows if r["provider"] == "triton"]
+    assert {r["op"] for r in triton} == {"linear_act", "softmax"}
+    assert all(r["status"] == "ok" and math.isfinite(r["max_err_vs_reference"]) for r in triton), triton
+    assert all(r["max_err_vs_reference"] < 1e-4 for r in triton)  # fp32
+    assert any(r["provider"] == "torch.matmul (CPU)" and r["status"] == "ok" for r in rows)
+    assert not any(r["provider"] == "cublas" for r in rows)
+    md = (tmp_path / "t.md").read_text()
+    assert "max err vs reference" in md and "interpreted kernels" in md and "vs torch.matmul (CPU)" in md
+    assert "max err vs reference" in proc.stdout
