@@ -19,9 +19,10 @@ Providers:
   triton, cuda    bigmodel.ops.attention(..., backend=...)
 Rates are TFLOP/s with FlashAttention's count: forward 4 * B * H * L^2 * D, halved when causal; backward 2.5x
 forward, fwd+bwd 3.5x. max err vs reference: bigmodel's pure-math backend on the same inputs, within
-MATERIALISE_LIMIT_GIB (it writes out the scores). rel_err: against torch's SDPA on the same inputs upcast to fp32 (so the torch row shows the
-error of plain PyTorch in that dtype, the yardstick of DESIGN.md's numerics rule). report.py adds, per shape,
-the speed-up over the best SDPA backend (torch and every sdpa-*) and over sdpa-flash (DESIGN.md's targets).
+MATERIALISE_LIMIT_GIB (it writes out the scores). rel_err: against torch's SDPA on the same inputs upcast to fp32
+(so the torch row shows the error of plain PyTorch in that dtype, the yardstick of DESIGN.md's numerics rule).
+report.py adds, per shape, the speed-up over the best SDPA backend (torch and every sdpa-*) and over sdpa-flash
+(DESIGN.md's targets).
 
 Order (the GPU suite must fit one 600 s device call together with the build and the tests; `bigmodel bench` stops
 starting cases at --max-seconds): cases run most important first, by tier across all ops (cases.all_cases), and the

@@ -256,8 +256,8 @@ class OpBench:
 
     A subclass gives: name, providers, sizes(device, quick) -> shapes, input_sets(case), provider_fn(case, sample)
     (raises Unavailable when the provider cannot run the case) and work(case) -> {"bytes": n} or {"flops": n}.
-    bigmodel_fn(case, backend, sample) is the op on one of bigmodel's backends (what the triton and cuda providers run, and,
-    with REFERENCE_BACKEND, the oracle of the "max err vs reference" column: reference_backend_fn).
+    bigmodel_fn(case, backend, sample) is the op on one of bigmodel's backends (what the triton and cuda providers run,
+    and, with REFERENCE_BACKEND, the oracle of the "max err vs reference" column: reference_backend_fn).
     It may give tier(case) (0 = most important: `bigmodel bench` and the GPU suite run cases by tier, across ops,
     so a run cut short has the important numbers of every op), has_mode(shape, mode) (some shapes only in some
     modes) and reference_fn(case, sample) (what the result is checked against, on the same inputs, forward and

@@ -7,9 +7,10 @@ whose builder in cases.OPS names `baselines` (attention: the best SDPA backend, 
 and feed_forward: cuBLAS without epilogue, on a CPU torch.matmul (CPU); train_step: torch.compile) also gets
 `speedup_vs_<name>` against the fastest of those providers. Correctness: every row that ran has rel_err (against
 eager torch: the pass / fail check) and max_err_vs_reference (MAX_ERR: the largest |difference| from bigmodel's
-pure-math backend on the same inputs, outputs and gradients). A CPU run under Triton's interpreter says so first. A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its
-plot axis and panels; other ops plot rate against shape (a bar per provider for an op of one shape). Cases run
-most important first, by tier across ops; the tables and plots read op by op (cases.OPS order), shape by shape.
+pure-math backend on the same inputs, outputs and gradients). A CPU run under Triton's interpreter says so first.
+A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its plot axis and panels; other
+ops plot rate against shape (a bar per provider for an op of one shape). Cases run most important first, by tier
+across ops; the tables and plots read op by op (cases.OPS order), shape by shape.
 Rows with a "note" (e.g. a baseline computing a slightly different function) get it under their table.
 
     python -m benchmarks.report --summary bench-out/<stem>.json     # compact text table of a saved run
@@ -47,7 +48,7 @@ MAX_ERR = "max err vs reference"  # the correctness column: largest |difference|
 
 
 def interpreting() -> bool:
-    """Whether Triton runs under its CPU interpreter in this process (TRITON_INTERPRET, read as bigmodel.kernels does)."""
+    """Whether Triton runs under its CPU interpreter here (TRITON_INTERPRET, read as bigmodel.kernels reads it)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -57,7 +57,8 @@ def test_bench_reexecutes_under_the_interpreter_only_on_a_cpu_run_left_to_it():
     env = cli.interpreter_environment(bench_args(), environ, gpu_visible=False)
     assert env == {**environ, "TRITON_INTERPRET": "1", cli.REEXEC_MARK: "1"}
     assert "TRITON_INTERPRET" not in environ  # a copy: this process's environment is left alone
-    assert cli.interpreter_environment(bench_args("--device", "cpu"), environ, gpu_visible=True)["TRITON_INTERPRET"] == "1"
+    on_cpu = cli.interpreter_environment(bench_args("--device", "cpu"), environ, gpu_visible=True)
+    assert on_cpu["TRITON_INTERPRET"] == "1"
     # the user's TRITON_INTERPRET stands, whatever its value (and the re-executed process has it: no loop)
     for value in ("0", "1", ""):
         assert cli.interpreter_environment(bench_args(), {**environ, "TRITON_INTERPRET": value}, False) is None
