@@ -7,6 +7,9 @@
 
 namespace bigmodel {
 
+// The virtual architectures the .cu files were compiled for (nvcc's __CUDA_ARCH_LIST__: 800, 900, ...).
+std::vector<int64_t> cuda_archs();
+
 // x: (rows, cols) with unit column stride. Returns {y (rows, cols), mean (rows,) fp32, rstd (rows,) fp32}.
 std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                        const c10::optional<at::Tensor>& bias, double eps);

@@ -5,6 +5,7 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "bigmodel CUDA C++ kernels (see csrc/)";
+  m.def("cuda_archs", &bigmodel::cuda_archs, "compute capabilities compiled for, times 10 (e.g. [800, 900])");
   m.def("layer_norm_fwd", &bigmodel::layer_norm_fwd, "LayerNorm forward: (y, mean, rstd)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
   m.def("layer_norm_bwd", &bigmodel::layer_norm_bwd, "LayerNorm backward: (dx, dweight, dbias)", py::arg("dy"),

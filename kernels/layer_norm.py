@@ -26,12 +26,11 @@ LOOP_BLOCK_N = 4096  # chunk of a row on the looped path
 @triton.jit
 def _fwd_fused_kernel(X, Y, W, B, Mean, Rstd, stride_xm, M, N, eps,
                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: M may pass 2^31
     cols = tl.arange(0, BLOCK_N)
     rmask = rows < M
     mask = rmask[:, None] & (cols < N)[None, :]
-    rows64 = rows.to(tl.int64)
-    x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / N + eps)
@@ -40,7 +39,7 @@ def _fwd_fused_kernel(X, Y, W, B, Mean, Rstd, stride_xm, M, N, eps,
         y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + rows64[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(Mean + rows, mean, mask=rmask)
     tl.store(Rstd + rows, rstd, mask=rmask)
 
@@ -84,7 +83,7 @@ def _fwd_looped_kernel(X, Y, W, B, Mean, Rstd, stride_xm, N, eps,
 @triton.jit
 def _bwd_fused_kernel(X, DY, DX, W, Mean, Rstd, DWp, DBp, stride_xm, stride_dym, M, N, rows_per_prog,
                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # int64: pid * rows_per_prog may pass 2^31
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_W:
@@ -99,9 +98,8 @@ def _bwd_fused_kernel(X, DY, DX, W, Mean, Rstd, DWp, DBp, stride_xm, stride_dym,
         rows = r0 + tl.arange(0, BLOCK_M)
         rmask = rows < row_end
         mask = rmask[:, None] & cmask[None, :]
-        rows64 = rows.to(tl.int64)
-        x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(Mean + rows, mask=rmask, other=0.0)
         rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -109,7 +107,7 @@ def _bwd_fused_kernel(X, DY, DX, W, Mean, Rstd, DWp, DBp, stride_xm, stride_dym,
         c1 = tl.sum(g * xhat, axis=1) / N
         c2 = tl.sum(g, axis=1) / N
         dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
-        tl.store(DX + rows64[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         dw_acc += tl.sum(dy * xhat, axis=0)
         db_acc += tl.sum(dy, axis=0)
     if HAS_W:
@@ -145,7 +143,7 @@ def _bwd_looped_kernel(X, DY, DX, W, Mean, Rstd, C1, C2, DWp, DBp, stride_xm, st
                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Looped path, step 2: dx for one column chunk of a group of rows, and their partial dW/dB."""
     pid_n = tl.program_id(0)
-    pid_g = tl.program_id(1)
+    pid_g = tl.program_id(1).to(tl.int64)  # int64: pid_g * rows_per_prog and pid_g * N may pass 2^31
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_W:
@@ -160,16 +158,15 @@ def _bwd_looped_kernel(X, DY, DX, W, Mean, Rstd, C1, C2, DWp, DBp, stride_xm, st
         rows = r0 + tl.arange(0, BLOCK_M)
         rmask = rows < row_end
         mask = rmask[:, None] & cmask[None, :]
-        rows64 = rows.to(tl.int64)
-        x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(Mean + rows, mask=rmask, other=0.0)
         rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
         c1 = tl.load(C1 + rows, mask=rmask, other=0.0)
         c2 = tl.load(C2 + rows, mask=rmask, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         dx = (dy * w[None, :] - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
-        tl.store(DX + rows64[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows[:, None] * N + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         dw_acc += tl.sum(dy * xhat, axis=0)
         db_acc += tl.sum(dy, axis=0)
     if HAS_W:

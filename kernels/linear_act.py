@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRETING, TL_DTYPE, CompileSpec
+from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
 from .activation import ACT_GELU, ACT_GELU_TANH, ACT_RELU, ACT_NONE, activation_id, activation_grad, apply_activation
 
 SAVES_PRE_ACTIVATION = (ACT_GELU.value, ACT_GELU_TANH.value)
@@ -81,7 +81,8 @@ def _max_shared_memory(device_index: int) -> int:
 def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
     """triton.autotune over `tiles` (fp16 / bf16) and FP32_TILES, naming the tile sizes of one kernel (rows x cols
     output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks the table."""
-    key = ["M", "N", "K", "ACTIVATION"]
+    # M (the token count) enters the key as its power-of-two bucket: a new batch size re-uses the tuned config.
+    key = ["m_bucket", "N", "K", "ACTIVATION"]
 
     def config(tile, group):
         r, c, k, warps, stages = tile
@@ -107,8 +108,8 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
 
 # --------------------------------------------------------------------------------------------- kernels
 @_autotune(FWD_TILES, "BLOCK_M", "BLOCK_N", "BLOCK_K", "X")
-@triton.jit
-def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm,
+@triton.jit(do_not_specialize=["m_bucket"])
+def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm, m_bucket,
                 HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_Z: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP)
@@ -135,8 +136,8 @@ def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm,
 
 
 @_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DY")
-@triton.jit
-def _bwd_dx_kernel(DY, S, W, DX, M, N, K, stride_dym,
+@triton.jit(do_not_specialize=["m_bucket"])
+def _bwd_dx_kernel(DY, S, W, DX, M, N, K, stride_dym, m_bucket,
                    ACTIVATION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """dx = dz W, one (BLOCK_M, BLOCK_K) tile per program, dz made from dy and S while loading."""
@@ -162,8 +163,8 @@ def _bwd_dx_kernel(DY, S, W, DX, M, N, K, stride_dym,
 
 
 @_autotune(DW_TILES, "BLOCK_N", "BLOCK_K", "BLOCK_M", "X")
-@triton.jit
-def _bwd_dw_kernel(DY, S, X, DW, DB, M, N, K, stride_dym, stride_xm,
+@triton.jit(do_not_specialize=["m_bucket"])
+def _bwd_dw_kernel(DY, S, X, DW, DB, M, N, K, stride_dym, stride_xm, m_bucket,
                    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """dW = dz^T x, one (BLOCK_N, BLOCK_K) tile per program; the first K-block's programs also write db."""
@@ -210,7 +211,7 @@ def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias, activation):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _fwd_kernel[grid](x, weight, y if bias is None else bias, y, y if z is None else z, M, N, K, x.stride(0),
-                      HAS_BIAS=bias is not None, ACTIVATION=act, SAVE_Z=z is not None)
+                      next_pow2(M), HAS_BIAS=bias is not None, ACTIVATION=act, SAVE_Z=z is not None)
     return y, z
 
 
@@ -234,9 +235,9 @@ def linear_act_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, save
     def grid_dw(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
-    _bwd_dx_kernel[grid_dx](dy, s, weight, dx, M, N, K, dy.stride(0), ACTIVATION=act)
+    _bwd_dx_kernel[grid_dx](dy, s, weight, dx, M, N, K, dy.stride(0), next_pow2(M), ACTIVATION=act)
     _bwd_dw_kernel[grid_dw](dy, s, x, dw, dw if db is None else db, M, N, K, dy.stride(0), x.stride(0),
-                            HAS_BIAS=has_bias, ACTIVATION=act)
+                            next_pow2(M), HAS_BIAS=has_bias, ACTIVATION=act)
     return dx, dw, db
 
 
@@ -248,13 +249,14 @@ def compile_specs():
     without that the loads are scalar and no GEMM tile of useful size fits in registers."""
     kernels = (  # kernel, fp16/bf16 tiles, (rows, cols, reduction) names, signature, constexpr flags
         (_fwd_kernel, FWD_TILES, ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
-         lambda p: dict(X=p, W=p, B=p, Y=p, Z=p, M="i32", N="i32", K="i32", stride_xm="i32"),
+         lambda p: dict(X=p, W=p, B=p, Y=p, Z=p, M="i32", N="i32", K="i32", stride_xm="i32", m_bucket="i32"),
          lambda act: dict(HAS_BIAS=True, ACTIVATION=act, SAVE_Z=act in SAVES_PRE_ACTIVATION)),
         (_bwd_dx_kernel, DX_TILES, ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
-         lambda p: dict(DY=p, S=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dym="i32"),
+         lambda p: dict(DY=p, S=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dym="i32", m_bucket="i32"),
          lambda act: dict(ACTIVATION=act)),
         (_bwd_dw_kernel, DW_TILES, ("BLOCK_N", "BLOCK_K", "BLOCK_M"),
-         lambda p: dict(DY=p, S=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dym="i32", stride_xm="i32"),
+         lambda p: dict(DY=p, S=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dym="i32", stride_xm="i32",
+                        m_bucket="i32"),
          lambda act: dict(HAS_BIAS=True, ACTIVATION=act)),
     )
     specs = []
@@ -266,7 +268,7 @@ def compile_specs():
             t = TL_DTYPE[dtype]
             sig = signature(f"*{t}")
             consts = dict(flags(activation_id(name)), GROUP=GROUP, **dict(zip(names, (r, c, k))))
-            aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a != "M")
+            aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a not in ("M", "m_bucket"))
             specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{name},{r}x{c}x{k}]", jit_fn, sig, consts, warps,
                                      stages, expect_wgmma=dtype != torch.float32, tags=("gemm",),
                                      aligned_args=aligned))

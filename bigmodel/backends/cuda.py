@@ -17,6 +17,44 @@ def load_extension():
                       "and without BIGMODEL_SKIP_CUDA_BUILD")
 
 
+MIN_CAPABILITY = 80  # cp.async, bf16 mma.sync: every kernel in bigmodel._C needs sm_80+
+INT32_MAX = 2**31 - 1
+MAX_COLS = 2**30  # the LayerNorm / softmax column loops use 32-bit indices (csrc/*/_api.cpp)
+MAX_GRID_YZ = 65535  # CUDA grid axes y / z: the attention kernels put heads on y and batch on z
+MAX_ATTENTION_LEN = 2**30
+
+
+def arch_reasons(capability: tuple[int, int], built: tuple[int, ...]) -> list[str]:
+    """Why bigmodel._C, compiled for `built` (e.g. (80, 90); setup.py adds PTX for the newest), has no code for a
+    GPU of this compute capability. SASS for sm_XY runs on X.Y and newer minors of the same major; PTX is JIT-
+    compiled on any newer GPU."""
+    cc = 10 * capability[0] + capability[1]
+    name = f"{capability[0]}.{capability[1]}"
+    if cc < MIN_CAPABILITY:
+        return [f"compute capability {name} < 8.0: bigmodel._C's kernels need sm_80+ (cp.async, bf16 mma)"]
+    if not built or any(a // 10 == cc // 10 and a <= cc for a in built) or cc >= max(built):
+        return []
+    archs = ", ".join(f"sm_{a}" for a in built)
+    return [f"bigmodel._C holds code for {archs} (+PTX for sm_{max(built)}), none of which runs on compute "
+            f"capability {name}; rebuild with BIGMODEL_CUDA_ARCHS={cc}"]
+
+
+@functools.cache
+def _device_arch_reasons(index: int) -> tuple[str, ...]:
+    ext = load_extension()[0]
+    built = tuple(a // 10 for a in ext.cuda_archs()) if hasattr(ext, "cuda_archs") else ()
+    return tuple(arch_reasons(torch.cuda.get_device_capability(index), built))
+
+
+def _rows_cols_reasons(op, x, max_cols=None):
+    reasons = []
+    if x.size(0) > INT32_MAX:
+        reasons.append(f"{op}: at most {INT32_MAX} rows in the CUDA kernels; got {x.size(0)}")
+    if max_cols is not None and x.size(-1) > max_cols:
+        reasons.append(f"{op}: at most {max_cols} columns in the CUDA kernels; got {x.size(-1)}")
+    return reasons
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
@@ -29,7 +67,18 @@ class CudaBackend(Backend):
         return []
 
     def device_reasons(self, device):
-        return [] if device.type == "cuda" else [f"inputs are on {device}; the cuda backend needs CUDA tensors"]
+        if device.type != "cuda":
+            return [f"inputs are on {device}; the cuda backend needs CUDA tensors"]
+        return list(_device_arch_reasons(device.index if device.index is not None else torch.cuda.current_device()))
+
+    def layer_norm_reasons(self, input, **_):
+        return _rows_cols_reasons("layer_norm", input, MAX_COLS)
+
+    def softmax_reasons(self, input, **_):
+        return _rows_cols_reasons("softmax", input, MAX_COLS)
+
+    def linear_act_reasons(self, input, **_):
+        return _rows_cols_reasons("linear_act", input)
 
     @property
     def _C(self):
@@ -55,6 +104,11 @@ class CudaBackend(Backend):
                            f"v {v.size(-1)} (the triton backend takes any head dim up to 256)")
         if dropout_p > 0:
             reasons.append("no dropout in the CUDA attention kernels (dropout_p > 0: use triton)")
+        if q.size(0) > MAX_GRID_YZ or q.size(1) > MAX_GRID_YZ:
+            reasons.append(f"batch and heads must each be at most {MAX_GRID_YZ} (CUDA grid axes y, z); got batch "
+                           f"{q.size(0)}, heads {q.size(1)}")
+        if max(q.size(2), k.size(2)) > MAX_ATTENTION_LEN:
+            reasons.append(f"sequence lengths must be at most {MAX_ATTENTION_LEN}; got q {q.size(2)}, k {k.size(2)}")
         if attn_mask is not None and key_padding(attn_mask) is None:
             reasons.append("attn_mask must be a boolean key-padding mask, i.e. vary only along batch and key "
                            "(shape (B, 1, 1, Lk)); float masks and per-query masks need triton")

@@ -1,12 +1,62 @@
 """The "triton" backend: adapters over bigmodel.kernels.
 
 Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was imported.
+Triton launches on the *current* device and its current stream, so every adapter method runs inside
+`device_guard(<its inputs' device>)`: a tensor on cuda:1 works while cuda:0 is current (device_map="auto").
 """
+import contextlib
+import functools
 import importlib
 
 import torch
 
 from .base import Backend
+
+INT32_MAX = 2**31 - 1  # CUDA's grid axis 0 limit, and the reach of a 32-bit program index
+MIN_CAPABILITY = (7, 5)  # Triton 3.x compiles for sm_75 and newer
+BF16_CAPABILITY = (8, 0)  # bf16 tensor-core dots need sm_80
+
+
+def device_guard(device: torch.device):
+    """Make `device` (and so its current stream) current for a launch; nothing to do on the CPU interpreter."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _on_inputs_device(method):
+    """Run an adapter method under device_guard of its first tensor argument's device."""
+    @functools.wraps(method)
+    def guarded(self, *args):
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        with device_guard(device):
+            return method(self, *args)
+    return guarded
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def capability_reasons(capability: tuple[int, int], dtypes) -> list[str]:
+    """Why Triton cannot run these dtypes on a GPU of this compute capability (empty: it can)."""
+    name = f"{capability[0]}.{capability[1]}"
+    if tuple(capability) < MIN_CAPABILITY:
+        return [f"compute capability {name} < {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}: Triton needs sm_75 or newer"]
+    if torch.bfloat16 in dtypes and tuple(capability) < BF16_CAPABILITY:
+        return [f"bfloat16 needs compute capability 8.0+ (bf16 tensor cores); this GPU is {name}"]
+    return []
+
+
+def _rows_reasons(op, x, looped):
+    """Row kernels index rows in int64 but columns in int32; the looped path (rows longer than the kernel keeps in
+    registers) runs one program per row, so grid axis 0 caps the rows there."""
+    reasons = []
+    if x.size(1) > INT32_MAX:
+        reasons.append(f"{op}: rows of at most {INT32_MAX} elements (32-bit column index); got {x.size(1)}")
+    if looped and x.size(0) > INT32_MAX:
+        reasons.append(f"{op}: {x.size(0)} rows of {x.size(1)} columns need one program each, more than CUDA's "
+                       f"grid limit {INT32_MAX}")
+    return reasons
 
 
 class TritonBackend(Backend):
@@ -27,20 +77,43 @@ class TritonBackend(Backend):
         return importlib.import_module("bigmodel.kernels._utils").INTERPRETING
 
     def device_reasons(self, device):
-        if device.type == "cuda" or (device.type == "cpu" and self._interpreting()):
+        if device.type == "cpu" and self._interpreting():
             return []
+        if device.type == "cuda":
+            return capability_reasons(_capability(device.index if device.index is not None else 0), ())
         return [f"inputs are on {device}; triton needs CUDA tensors (or TRITON_INTERPRET=1, set before "
                 "triton is imported, to run its kernels on the CPU)"]
+
+    def not_supported_reasons(self, op, **inputs):
+        reasons = super().not_supported_reasons(op, **inputs)
+        cuda = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.device.type == "cuda"]
+        if cuda and not reasons:
+            reasons += capability_reasons(_capability(cuda[0].device.index), {t.dtype for t in cuda})
+        return reasons
 
     @staticmethod
     def _kernels(op):
         return importlib.import_module(f"bigmodel.kernels.{op}")
 
+    @_on_inputs_device
     def layer_norm_fwd(self, x, weight, bias, eps):
         return self._kernels("layer_norm").layer_norm_fwd(x, weight, bias, eps)
 
+    @_on_inputs_device
     def layer_norm_bwd(self, dy, x, weight, bias, mean, rstd):
         return self._kernels("layer_norm").layer_norm_bwd(dy, x, weight, bias, mean, rstd)
+
+    def layer_norm_reasons(self, input, **_):
+        return _rows_reasons("layer_norm", input, input.size(-1) > self._kernels("layer_norm").MAX_FUSED_N)
+
+    def softmax_reasons(self, input, **_):
+        return _rows_reasons("softmax", input, input.size(-1) > self._kernels("softmax").MAX_FUSED_N)
+
+    def linear_act_reasons(self, input, weight, **_):
+        if max(input.size(0), input.size(1), weight.size(0)) > INT32_MAX:
+            return [f"linear_act: M, N and K must each be at most {INT32_MAX} (32-bit tile indices); got input "
+                    f"{tuple(input.shape)}, weight {tuple(weight.shape)}"]
+        return []
 
     MAX_HEAD_DIM = 256  # head dims are padded to a power of two inside the kernels
 
@@ -52,27 +125,35 @@ class TritonBackend(Backend):
             reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
         return reasons
 
+    @_on_inputs_device
     def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
         return self._kernels("attention").attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed)
 
+    @_on_inputs_device
     def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
         return self._kernels("attention").attention_bwd(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p,
                                                         seed)
 
+    @_on_inputs_device
     def linear_act_fwd(self, x, weight, bias, activation):
         return self._kernels("linear_act").linear_act_fwd(x, weight, bias, activation)
 
+    @_on_inputs_device
     def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
         return self._kernels("linear_act").linear_act_bwd(dy, x, weight, saved, y, activation, has_bias)
 
+    @_on_inputs_device
     def activation_fwd(self, x, activation):
         return self._kernels("activation").act_fwd(x, activation)
 
+    @_on_inputs_device
     def activation_bwd(self, dy, x, activation):
         return self._kernels("activation").act_bwd(dy, x, activation)
 
+    @_on_inputs_device
     def softmax_fwd(self, x):
         return self._kernels("softmax").softmax_fwd(x)
 
+    @_on_inputs_device
     def softmax_bwd(self, dy, y):
         return self._kernels("softmax").softmax_bwd(dy, y)
