@@ -168,6 +168,14 @@ def test_triton_row_kernels_take_a_huge_stride0_row_count_on_the_fused_path():
     assert BACKENDS["triton"].softmax_reasons(input=x) == []
 
 
+def test_triton_attention_takes_70000_batches_and_states_its_program_limit():
+    q = torch.empty(1, 1, 1, 64, dtype=torch.float16).expand(70000, 1, 16, 64)
+    assert BACKENDS["triton"].attention_reasons(q=q, k=q, v=q) == []
+    huge = torch.empty(1, 1, 1, 64, dtype=torch.float16).expand(2**20, 64, 2**16, 64)
+    reasons = BACKENDS["triton"].attention_reasons(q=huge, k=huge, v=huge)
+    assert any("grid limit" in r for r in reasons), reasons
+
+
 def test_cuda_attention_grid_limit_is_a_reason():
     q = torch.empty(1, 1, 1, 64, dtype=torch.float16).expand(70000, 1, 16, 64)
     reasons = BACKENDS["cuda"].attention_reasons(q=q, k=q, v=q)

@@ -123,7 +123,7 @@ class TritonBackend(Backend):
             reasons.append(f"head dim {q.size(-1)} > {self.MAX_HEAD_DIM}")
         if v.size(-1) != q.size(-1):
             reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
-        return reasons
+        return reasons + self._kernels("attention").attention_limits_reasons(q, k)
 
     @_on_inputs_device
     def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
