@@ -1,5 +1,6 @@
 """The feed-forward / activation / softmax entry points of the CUDA extension bigmodel._C
-(bias_act_fwd / bias_act_bwd, act_fwd / act_bwd, softmax_fwd / softmax_bwd; contract in notes/ffn_contract.md).
+(bias_act_fwd / bias_act_bwd, act_fwd / act_bwd, softmax_fwd / softmax_bwd; contract in notes/ffn_contract.md), and
+the input checks of linear_act_fwd / linear_act_bwd (the cuBLASLt linear_act; its GPU tests are in test_ffn_gpu.py).
 
 * CPU-runnable: every entry point rejects bad input (CPU tensors, wrong dtype, unknown activation, wrong shapes
   and layouts) with a message naming the argument, what was expected and what arrived. The checks run before
@@ -22,7 +23,8 @@ from numerics import assert_close_by_rule
 
 @pytest.fixture(scope="module")
 def ext():
-    return extension_or_skip("bias_act_fwd", "bias_act_bwd", "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd")
+    return extension_or_skip("bias_act_fwd", "bias_act_bwd", "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd",
+                             "linear_act_fwd", "linear_act_bwd")
 
 
 ACTS = ["gelu", "gelu_tanh", "relu", "none"]
@@ -149,6 +151,86 @@ class TestSoftmaxChecks:
             ext.softmax_bwd(torch.randn(8, 4), x)
         with pytest.raises(RuntimeError, match=r"softmax_bwd: dy must have unit stride in its last dim"):
             ext.softmax_bwd(torch.randn(8, 4).t(), x)
+
+
+class TestLinearActChecks:
+    """linear_act_fwd / linear_act_bwd (csrc/linear_act, the cuBLASLt path); the GPU tests are in test_ffn_gpu.py."""
+
+    def test_cpu_tensor(self, ext):
+        x, w = torch.randn(4, 8), torch.randn(5, 8)
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: x must be a CUDA tensor; got a tensor on cpu"):
+            ext.linear_act_fwd(x, w, torch.randn(5), "gelu")
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: dy must be a CUDA tensor; got a tensor on cpu"):
+            ext.linear_act_bwd(torch.randn(4, 5), x, w, torch.randn(4, 5), "gelu", True)
+
+    def test_unknown_activation(self, ext):
+        x, w = torch.randn(4, 8), torch.randn(5, 8)
+        msg = r"linear_act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'none'; got 'silu'"
+        with pytest.raises(RuntimeError, match=msg):
+            ext.linear_act_fwd(x, w, None, "silu")
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: activation must be one of .*; got 'Relu'"):
+            ext.linear_act_bwd(torch.randn(4, 5), x, w, torch.empty(0), "Relu", False)
+
+    def test_dtype(self, ext):
+        x, w = torch.randn(4, 8), torch.randn(5, 8)
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: x must be float32, float16 or bfloat16; got Double"):
+            ext.linear_act_fwd(x.double(), w.double(), None, "none")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: weight must have x's dtype \(Float\); got Half"):
+            ext.linear_act_fwd(x, w.half(), None, "relu")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: bias must have x's dtype \(BFloat16\); got Float"):
+            ext.linear_act_fwd(x.bfloat16(), w.bfloat16(), torch.randn(5), "gelu")
+        dy = torch.randn(4, 5)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: dy must be float32, float16 or bfloat16; got Int"):
+            ext.linear_act_bwd(dy.int(), x, w, dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: x must have dy's dtype \(Float\); got Half"):
+            ext.linear_act_bwd(dy, x.half(), w, dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: weight must have dy's dtype \(Float\); got BFloat16"):
+            ext.linear_act_bwd(dy, x, w.bfloat16(), dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: saved \(the pre-activation\) must have dy's dtype"):
+            ext.linear_act_bwd(dy, x, w, dy.half(), "gelu_tanh", True)
+
+    def test_shapes(self, ext):
+        x, w = torch.randn(4, 8), torch.randn(5, 8)
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: x must be 2-D \(M, K\); got shape \[2, 4, 8\]"):
+            ext.linear_act_fwd(torch.randn(2, 4, 8), w, None, "gelu")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: weight must have shape \(N, 8\) \(K = x's last dim\); "
+                                               r"got \[5, 7\]"):
+            ext.linear_act_fwd(x, torch.randn(5, 7), None, "gelu")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: weight must have shape \(N, 8\).*got \[40\]"):
+            ext.linear_act_fwd(x, torch.randn(40), None, "none")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: bias must have shape \(5,\) "
+                                               r"\(N = weight's first dim\); got \[4\]"):
+            ext.linear_act_fwd(x, w, torch.randn(4), "relu")
+        with pytest.raises(RuntimeError, match=r"linear_act_fwd: bias must be contiguous; got strides \[2\]"):
+            ext.linear_act_fwd(x, w, torch.randn(10)[::2], "gelu")
+        dy = torch.randn(4, 5)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: dy must be 2-D \(M, N\); got shape \[20\]"):
+            ext.linear_act_bwd(dy.reshape(20), x, w, dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: dy must have unit stride in its last dim"):
+            ext.linear_act_bwd(torch.randn(5, 4).t(), x, w, dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: x must have shape \(4, K\) \(M = dy's rows\); "
+                                               r"got \[3, 8\]"):
+            ext.linear_act_bwd(dy, torch.randn(3, 8), w, dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: weight must have shape \[5, 8\]; got \[5, 7\]"):
+            ext.linear_act_bwd(dy, x, torch.randn(5, 7), dy, "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: saved \(the pre-activation\) must have shape "
+                                               r"\[4, 5\]; got \[4, 6\]"):
+            ext.linear_act_bwd(dy, x, w, torch.randn(4, 6), "gelu", True)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: saved \(relu: the output y\) must have shape"):
+            ext.linear_act_bwd(dy, x, w, torch.empty(0), "relu", False)
+
+    def test_none_does_not_read_saved(self, ext):
+        # activation none saves an empty tensor; the backward accepts it and only then fails on the device (CPU here)
+        dy, x, w = torch.randn(4, 5), torch.randn(4, 8), torch.randn(5, 8)
+        with pytest.raises(RuntimeError, match=r"linear_act_bwd: dy must be a CUDA tensor"):
+            ext.linear_act_bwd(dy, x, w, torch.empty(0), "none", True)
+
+    def test_keyword_names(self, ext):
+        x, w, dy = torch.randn(4, 8), torch.randn(5, 8), torch.randn(4, 5)
+        with pytest.raises(RuntimeError, match=r"must be a CUDA tensor"):
+            ext.linear_act_fwd(x=x, weight=w, bias=None, activation="none")
+        with pytest.raises(RuntimeError, match=r"must be a CUDA tensor"):
+            ext.linear_act_bwd(dy=dy, x=x, weight=w, saved=dy, activation="gelu", want_dbias=False)
 
 
 # ================================================================================ GPU: against fp64 PyTorch

@@ -101,11 +101,12 @@ cublasStatus_t lt_linear(const LtGemmParams& p) {
   LT_TRY(set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(p.x)));
   LT_TRY(set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(p.y)));
   LT_TRY(set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(p.y)));
-  if (!fp32) {
-    // Split-K partial sums stay fp32 (out of place): never added up in fp16 / bf16 (INPLACE, OUTPUT_TYPE).
-    LT_TRY(set(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-               static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)));
-  }
+  // Split-K partial sums are added out of place in fp32 by a separate pass in a fixed order: never in fp16 / bf16
+  // (OUTPUT_TYPE for 16-bit outputs), never in place (INPLACE adds into D through counters). No split-K is always
+  // allowed.
+  const uint32_t reductions =
+      CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | (fp32 ? CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE : 0);
+  LT_TRY(set(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, reductions));
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
