@@ -26,7 +26,7 @@ class TorchBackend(Backend):
             y = y * weight.to(xf.dtype)
         if bias is not None:
             y = y + bias.to(xf.dtype)
-        return y.to(x.dtype), mean.float(), rstd.float()
+        return y.to(x.dtype), mean, rstd  # in the accumulation dtype: fp32, or fp64 for fp64 input
 
     def layer_norm_bwd(self, dy, x, weight, bias, mean, rstd):
         acc = _acc_dtype(x)
@@ -119,9 +119,16 @@ def _attention_probs(q, k, mask, is_causal, scale, acc):
     if is_causal:
         lq, lk = s.shape[-2:]
         s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
+    # P as softmax computes it, in `acc` from the scores: exp(s - rowmax) / rowsum. (exp(s - lse) with lse in fp32
+    # does not sum to 1 when |s| is large: lse's rounding error becomes a relative error of every probability.)
+    m = s.amax(dim=-1, keepdim=True)
+    m = m.masked_fill(m == float("-inf"), 0.0)  # rows with no visible key: e = 0 below
+    e = torch.exp(s - m)
+    denom = e.sum(dim=-1, keepdim=True)
+    p = torch.where(denom > 0, e / denom.clamp_min(torch.finfo(acc).tiny), 0.0)
+    lse = (m + torch.log(denom)).squeeze(-1)
     lse = lse.masked_fill(lse == float("-inf"), float("inf"))
-    return torch.exp(s - lse[..., None]), lse
+    return p, lse
 
 
 def _dropout_keep(p, dropout_p, seed):

@@ -5,6 +5,7 @@ runs (backends.select), so tracing never looks inside a kernel. Autograd is regi
 and calls the `<op>_backward` custom op, which uses the same backend choice.
 """
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -12,9 +13,11 @@ from torch import Tensor
 
 
 def row_view(t: Tensor, n: int) -> Tensor:
-    """`t` as (rows, n) with unit column stride; copies only when no such view exists."""
-    t2 = t.reshape(-1, n)
-    return t2 if t2.stride(-1) == 1 or n == 1 else t2.contiguous()
+    """`t` as (rows, n) with unit column stride; copies only when no such view exists. n is the product of t's last
+    dim(s); with n == 0 (rows of nothing) the row count is that of the leading dims, which reshape(-1, 0) cannot infer."""
+    rows = t.numel() // n if n else math.prod(t.shape[:-1])
+    t2 = t.reshape(rows, n)
+    return t2 if t2.stride(-1) == 1 or n <= 1 else t2.contiguous()
 
 
 def _flat_param(p: Optional[Tensor], n: int) -> Optional[Tensor]:

@@ -25,6 +25,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], drop
     """Returns (out (B, Hq, Lq, Dv), lse (B, Hq, Lq) fp32, seed (1,) int64 CPU; 0 without dropout)."""
     impl = _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal)
     seed = torch.randint(0, 2**31 - 1, (1,)) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # no kernel runs on empty data
+        out = q.new_zeros(*q.shape[:-1], v.size(-1))  # no keys (Lk = 0): every row is fully masked, output 0
+        return out, q.new_full(q.shape[:-1], float("inf"), dtype=torch.float32), seed
     out, lse = impl.attention_fwd(q, k, v, attn_mask, is_causal, scale, dropout_p, int(seed))
     return out, lse, seed
 
@@ -42,6 +45,8 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv) with the shapes of q, k, v (GQA: dk, dv summed over each kv head's query heads)."""
     impl = _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal)
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # nothing attends to anything: zero gradients
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     return impl.attention_bwd(grad_out, q, k, v, out, lse, attn_mask, is_causal, scale, dropout_p, int(seed))
 

@@ -21,7 +21,10 @@ SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh")
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
                backend: str) -> tuple[Tensor, Tensor]:
     impl = backends.select("linear_act", backend, input=x, weight=weight, bias=bias)
-    y, saved = impl.linear_act_fwd(x, weight, bias, activation)
+    if x.numel() == 0 or weight.numel() == 0:
+        y, saved = _linear_act_empty_fwd(x, weight, bias, activation)
+    else:
+        y, saved = impl.linear_act_fwd(x, weight, bias, activation)
     return y, saved if saved is not None else _empty_grad(x)
 
 
@@ -37,6 +40,9 @@ def linear_act_backward(grad_y: Tensor, x: Tensor, weight: Tensor, saved: Tensor
                         activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dx, dweight, dbias); dbias is an empty tensor without a bias."""
     impl = backends.select("linear_act", backend, input=x, weight=weight)
+    if x.numel() == 0 or weight.numel() == 0:
+        dx, dw, db = _linear_act_empty_bwd(grad_y, x, weight, saved, y, activation, has_bias)
+        return dx, dw, db if db is not None else _empty_grad(x)
     grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
     dx, dw, db = impl.linear_act_bwd(grad_y, x, weight, saved, y, activation, has_bias)
     return dx, dw, db if db is not None else _empty_grad(x)
@@ -46,6 +52,43 @@ def linear_act_backward(grad_y: Tensor, x: Tensor, weight: Tensor, saved: Tensor
 def _(grad_y, x, weight, saved, y, activation, has_bias, backend):
     db = weight.new_empty(weight.size(0)) if has_bias else _empty_grad(x)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _linear_act_empty_fwd(x, weight, bias, activation):
+    """linear_act with M, N or K = 0, where no kernel runs: z = x W^T + b is b (or 0) broadcast to (M, N), since a
+    sum over K = 0 terms is 0, and y = act(z), computed here on the (M, N) result alone."""
+    acc = _acc(x)
+    z = x.new_zeros(x.size(0), weight.size(0), dtype=acc)
+    if bias is not None:
+        z = z + bias.to(acc)
+    if activation == "gelu":
+        y = torch.nn.functional.gelu(z)
+    elif activation == "gelu_tanh":
+        y = torch.nn.functional.gelu(z, approximate="tanh")
+    elif activation == "relu":
+        y = torch.relu(z)
+    else:
+        y = z
+    return y.to(x.dtype), z.to(x.dtype) if activation in SAVES_PRE_ACTIVATION else None
+
+
+def _linear_act_empty_bwd(grad_y, x, weight, saved, y, activation, has_bias):
+    """The backward of _linear_act_empty_fwd: dz = dy * act'(z); dx = dz W and dW = dz^T x are zeros (or empty),
+    db = rowsum(dz)."""
+    acc = _acc(x)
+    dz = grad_y.to(acc)
+    if activation in SAVES_PRE_ACTIVATION and dz.numel():
+        approximate = "tanh" if activation == "gelu_tanh" else "none"
+        dz = torch.ops.aten.gelu_backward(dz, saved.to(acc), approximate=approximate)
+    elif activation == "relu":
+        dz = dz * (y > 0)
+    dx = x.new_zeros(x.shape)
+    dw = weight.new_zeros(weight.shape)
+    return dx, dw, dz.sum(0).to(weight.dtype) if has_bias else None
 
 
 def _linear_act_setup(ctx, inputs, output):
@@ -70,8 +113,9 @@ linear_act.register_autograd(_linear_act_grad, setup_context=_linear_act_setup)
 @torch.library.custom_op("bigmodel::activation", mutates_args=())
 @autocast_off
 def activation(x: Tensor, activation: str, backend: str) -> Tensor:
-    """x contiguous, any shape; activation "gelu", "gelu_tanh" or "relu"."""
-    return backends.select("activation", backend, input=x).activation_fwd(x, activation)
+    """x contiguous, any shape; activation "gelu", "gelu_tanh" or "relu". No kernel runs on an empty x."""
+    impl = backends.select("activation", backend, input=x)
+    return torch.empty_like(x) if x.numel() == 0 else impl.activation_fwd(x, activation)
 
 
 @activation.register_fake
@@ -83,7 +127,7 @@ def _(x, activation, backend):
 @autocast_off
 def activation_backward(grad_y: Tensor, x: Tensor, activation: str, backend: str) -> Tensor:
     impl = backends.select("activation", backend, input=x)
-    return impl.activation_bwd(grad_y.contiguous(), x, activation)
+    return torch.empty_like(x) if x.numel() == 0 else impl.activation_bwd(grad_y.contiguous(), x, activation)
 
 
 @activation_backward.register_fake
@@ -109,8 +153,10 @@ activation.register_autograd(_activation_grad, setup_context=_activation_setup)
 @torch.library.custom_op("bigmodel::softmax", mutates_args=())
 @autocast_off
 def softmax(x: Tensor, backend: str) -> Tensor:
-    """Softmax over the last dim of x (M, N) with unit last stride; returns (M, N) contiguous."""
-    return backends.select("softmax", backend, input=x).softmax_fwd(x)
+    """Softmax over the last dim of x (M, N) with unit last stride; returns (M, N) contiguous. No kernel runs when
+    M or N is 0."""
+    impl = backends.select("softmax", backend, input=x)
+    return x.new_empty(x.shape) if x.numel() == 0 else impl.softmax_fwd(x)
 
 
 @softmax.register_fake
@@ -123,6 +169,8 @@ def _(x, backend):
 def softmax_backward(grad_y: Tensor, y: Tensor, backend: str) -> Tensor:
     """dx = y * (dy - rowsum(dy * y))."""
     impl = backends.select("softmax", backend, input=y)
+    if y.numel() == 0:
+        return y.new_empty(y.shape)
     return impl.softmax_bwd(grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous(), y)
 
 

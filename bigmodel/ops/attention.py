@@ -14,7 +14,9 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
               backend=None):
     """Same as `torch.nn.functional.scaled_dot_product_attention`, fused (FlashAttention-2 style, O(L) memory).
 
-    q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); the leading dims of q, k and v must be equal.
+    q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); the leading dims broadcast as in SDPA (as
+    stride-0 views, nothing copied; the gradient of a broadcast input is summed back), and so do the heads where one
+    side has one.
     attn_mask: boolean (True = attend) or additive float (q's dtype), broadcastable to (..., Hq, Lq, Lk); it gets
     no gradient. is_causal: query i sees key j iff j <= i (top-left aligned when Lq != Lk, as SDPA); not together
     with attn_mask. enable_gqa: Hkv may divide Hq (query head h uses kv head h // (Hq // Hkv)), K/V never copied.
@@ -36,23 +38,16 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
         if t.dtype != q.dtype:
             raise TypeError(f"bigmodel.ops.{OP}: q, k and v must share one dtype; got q {q.dtype} and {name} {t.dtype}")
     _checks.check_same_device(OP, "q", q, k=k, v=v, attn_mask=attn_mask)
-    if q.dim() != k.dim() or k.dim() != v.dim():
-        raise ValueError(f"bigmodel.ops.{OP}: q, k and v must have the same number of dims; got shapes "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[:-3] != k.shape[:-3] or k.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"bigmodel.ops.{OP}: q, k, v must share their leading (batch) dims and k, v their heads and "
-                         f"length; got shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if q.size(-1) != k.size(-1):
         raise ValueError(f"bigmodel.ops.{OP}: q and k must have the same head dim (last dim); got q {q.size(-1)} "
                          f"and k {k.size(-1)}")
-    hq, hkv = (q.size(-3), k.size(-3)) if q.dim() >= 3 else (1, 1)
-    if hq != hkv:
-        if not enable_gqa:
-            raise ValueError(f"bigmodel.ops.{OP}: q has {hq} heads but k and v have {hkv}; pass enable_gqa=True for "
-                             "grouped-query attention, or give them the same number of heads")
-        if hq % hkv:
-            raise ValueError(f"bigmodel.ops.{OP}: enable_gqa needs k/v heads to divide q heads; got q {hq} heads, "
-                             f"k/v {hkv}")
+    if q.size(-1) == 0:
+        raise ValueError(f"bigmodel.ops.{OP}: q and k must have a head dim (last dim) of at least 1; got shapes q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.size(-2) != v.size(-2):
+        raise ValueError(f"bigmodel.ops.{OP}: k and v must have the same length (dim -2); got shapes k "
+                         f"{tuple(k.shape)}, v {tuple(v.shape)}")
+    q, k, v, hq, hkv = _broadcast(q, k, v, enable_gqa)
     if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"bigmodel.ops.{OP}: dropout_p must be a float in [0, 1); got {dropout_p!r}")
     if scale is not None and (not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
@@ -65,6 +60,40 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     mask4 = _mask_4d(attn_mask, is_causal, (*batch, hq, lq, lk), q)
     out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale, name)
     return out.view(*q.shape[:-1], v.size(-1))
+
+
+def _broadcast(q, k, v, enable_gqa):
+    """q, k, v broadcast as SDPA does (every dim but the last two; heads too, except that with enable_gqa the kv
+    heads may divide the q heads), as stride-0 expanded views: nothing is copied, and autograd sums the gradients
+    of a broadcast input back. Returns (q, k, v, hq, hkv), each tensor (..., H, L, E) with equal leading dims."""
+    nd = max(q.dim(), k.dim(), v.dim())
+    if nd == 2:
+        return q, k, v, 1, 1
+    q, k, v = (t.view((1,) * (nd - t.dim()) + tuple(t.shape)) for t in (q, k, v))
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    hq, hk, hv = q.size(-3), k.size(-3), v.size(-3)
+    if hk != hv and 1 not in (hk, hv):
+        raise ValueError(f"bigmodel.ops.{OP}: k and v must have the same number of heads (or one of them 1, "
+                         f"broadcast); got {hk} and {hv} (shapes {shapes})")
+    hkv = torch.broadcast_shapes((hk,), (hv,))[0]
+    if hq != hkv:
+        if hkv == 1 or (hq == 1 and not enable_gqa):
+            hq = hkv = torch.broadcast_shapes((hq,), (hkv,))[0]  # SDPA broadcasts a single head
+        elif not enable_gqa:
+            raise ValueError(f"bigmodel.ops.{OP}: q has {hq} heads but k and v have {hkv}; pass enable_gqa=True for "
+                             "grouped-query attention, or give them the same number of heads")
+        elif hkv == 0 or hq % hkv:
+            raise ValueError(f"bigmodel.ops.{OP}: enable_gqa needs k/v heads to divide q heads; got q {hq} heads, "
+                             f"k/v {hkv}")
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"bigmodel.ops.{OP}: the leading (batch) dims of q, k and v must be broadcastable (as in "
+                         f"SDPA); got shapes {shapes}") from None
+    q = q.expand(*batch, hq, *q.shape[-2:])
+    k = k.expand(*batch, hkv, *k.shape[-2:])
+    v = v.expand(*batch, hkv, *v.shape[-2:])
+    return q, k, v, hq, hkv
 
 
 def _as_4d(t):

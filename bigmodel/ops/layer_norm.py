@@ -8,7 +8,8 @@ from . import _checks
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend=None):
-    """Same as `torch.nn.functional.layer_norm`; statistics are computed in fp32 for every dtype.
+    """Same as `torch.nn.functional.layer_norm`; statistics are computed in fp32 for every dtype (fp64 for fp64
+    input, which the pure-math backend runs).
 
     weight / bias may have the input's dtype or float32 (mixed precision: fp32 parameters, 16-bit
     activations); the output has the input's dtype. `backend`: "triton", "cuda", "torch" or "auto".
