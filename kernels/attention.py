@@ -36,15 +36,20 @@ times slower than fp16 / bf16. A float-mask value below -3.4e38 * scale overflow
 only by such finite values (e.g. torch.finfo(torch.float32).min) gives O = 0 where SDPA averages V uniformly.
 
 Shapes: any Lq, Lk >= 1 (tails masked), head dim D in 16..256, padded in registers to BLOCK_D = next power of two
-(loads / stores masked on d < D). Grids are 1-D: blocks * heads * batch programs on axis 0 (CUDA allows 2^31 - 1
-there, against 65535 on axes 1 and 2), decoded in the kernels with a head's blocks adjacent (causal: longest
-first), so batch and heads are unlimited. Tile bases and everything scaled by batch, head or sequence position are
+(loads / stores masked on d < D). Grids are (blocks, heads, batch); with more than 65535 heads or batch entries
+(CUDA's limit on grid axes 1 and 2) the launchers switch to the FOLDED variant: blocks * heads * batch programs on
+axis 0 (limit 2^31 - 1), decoded in the kernels with a head's blocks adjacent (causal: longest first), so batch and
+heads are unlimited. The 3-D grid stays the common case because program ids cost no registers (see
+_block_head_batch). Tile bases and everything scaled by batch, head or sequence position are
 int64; offsets inside a tile stay int32 (rows with a larger stride than MAX_ROW_STRIDE are copied contiguous
 first). attention_limits_reasons(q, k) names what still cannot run: more than 2^31 - 1 programs, lengths near 2^31.
 Launch configs: triton.autotune on a GPU over per-kernel tables (CONFIGS), pruned by head dim, variant (causal,
 mask / dropout, unaligned rows, fp32), compute capability and the device's shared memory; the lengths enter the
-autotune key as power-of-two buckets. Under the interpreter (TRITON_INTERPRET=1): one small config per kernel.
+autotune key as power-of-two buckets. Every offered config is spill-free under both the oldest supported triton
+(3.6) and the newest (tests/gpu_compile.py; the folded variant excepted, see compile_specs); SM80_CONFIGS holds
+the sm_80 replacements that 3.6 needed. Under the interpreter (TRITON_INTERPRET=1): one small config per kernel.
 """
+import dataclasses
 import functools
 import math
 
@@ -85,19 +90,28 @@ def _store_rows(base, offsets, value, rows_ok, d_ok, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _block_head_batch(L, H, LONGEST_FIRST: tl.constexpr, BLOCK: tl.constexpr):
-    """Decode the 1-D grid (blocks * heads * batch, blocks fastest: a head's blocks run side by side and share its
-    K / V in L2): (block index, head, batch), head and batch as int64 for the address arithmetic. With
-    LONGEST_FIRST (causal query blocks) a head's blocks are taken last to first, the ones with the most key blocks
-    starting first (better tail balance)."""
-    n_blocks = tl.cdiv(L, BLOCK)
-    pid = tl.program_id(0)
-    bh = pid // n_blocks
-    pid_blk = pid - bh * n_blocks
-    if LONGEST_FIRST:
-        pid_blk = n_blocks - 1 - pid_blk
-    h = (bh % H).to(tl.int64)
-    b = (bh // H).to(tl.int64)
+def _block_head_batch(L, H, LONGEST_FIRST: tl.constexpr, FOLDED: tl.constexpr, BLOCK: tl.constexpr):
+    """(block index, head, batch) of this program, head and batch as int64 for the address arithmetic; the blocks
+    run fastest, so a head's blocks run side by side and share its K / V in L2. With LONGEST_FIRST (causal query
+    blocks) a head's blocks are taken last to first: the ones with the most key blocks start first (tail balance).
+    FOLDED: the grid is 1-D, blocks * heads * batch on axis 0 (no 65535 limit), decoded here. Otherwise it is
+    (blocks, heads, batch): the common case, kept because the decoded indices are live values, where program ids
+    are re-read for free, and that costs the largest tiles their last registers (stack frames on sm_80)."""
+    if FOLDED:
+        n_blocks = tl.cdiv(L, BLOCK)
+        pid = tl.program_id(0)
+        bh = pid // n_blocks
+        pid_blk = pid - bh * n_blocks
+        if LONGEST_FIRST:
+            pid_blk = n_blocks - 1 - pid_blk
+        h = (bh % H).to(tl.int64)
+        b = (bh // H).to(tl.int64)
+    else:
+        pid_blk = tl.program_id(0)
+        if LONGEST_FIRST:
+            pid_blk = tl.num_programs(0) - 1 - pid_blk
+        h = tl.program_id(1).to(tl.int64)
+        b = tl.program_id(2).to(tl.int64)
     return pid_blk, h, b
 
 
@@ -179,9 +193,9 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
                      stride_vb, stride_vh, stride_vn, stride_mb, stride_mh, stride_mm, stride_mn,
                      Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
-                     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, FOLDED: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, BLOCK_M)
+    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, FOLDED, BLOCK_M)
     hkv = h // kv_group
     start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
@@ -225,9 +239,9 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
 @triton.jit
 def _attn_bwd_delta_kernel(O, DO, Delta, stride_dob, stride_doh, stride_dom, Hq, Lq,
                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr,
-                           BLOCK_M: tl.constexpr):
+                           FOLDED: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta = rowsum(dO * O) in fp32; O is contiguous, dO any strides."""
-    pid_m, h, b = _block_head_batch(Lq, Hq, False, BLOCK_M)
+    pid_m, h, b = _block_head_batch(Lq, Hq, False, FOLDED, BLOCK_M)
     start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -284,8 +298,9 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Mask,
                           lq_bucket, lk_bucket,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                           IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                          FOLDED: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n, hkv, b = _block_head_batch(Lk, Hkv, False, BLOCK_N)
+    pid_n, hkv, b = _block_head_batch(Lk, Hkv, False, FOLDED, BLOCK_N)
     start_n = pid_n * BLOCK_N
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -363,9 +378,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask,
                         stride_mb, stride_mh, stride_mm, stride_mn,
                         Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
-                        IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
+                        IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, FOLDED: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, BLOCK_M)
+    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, FOLDED, BLOCK_M)
     hkv = h // kv_group
     start_m = pid_m * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
@@ -432,14 +447,25 @@ CONFIGS = {
     },
     "fp32": {  # "ieee" dots on CUDA cores, any variant
         "fwd": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
-        "dq": {64: [(16, 32, 4, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
-        "dkdv": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
+        "dq": {64: [(16, 32, 8, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
+        "dkdv": {64: [(16, 32, 8, 1)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
     },
 }
 SM90_EXTRA = {  # larger tiles that only sm_90's wgmma path (operands in shared memory) keeps spill-free
     "plain": {"fwd": {128: [(128, 128, 8, 3)]}, "dq": {128: [(128, 64, 8, 3)]},
-              "dkdv": {64: [(64, 128, 8, 2)], 128: [(32, 128, 8, 2)]}},
+              "dkdv": {64: [(64, 128, 8, 2)], 128: [(16, 128, 8, 2)]}},
     "causal": {"fwd": {128: [(128, 64, 8, 3)]}},
+}
+# Below sm_90 these entries replace CONFIGS': the CONFIGS ones left a stack frame (8-112 B, 255 registers) on sm_80
+# under triton 3.6, the oldest supported, though not under 3.8; sm_90 keeps them (wgmma reads its operands from
+# shared memory). The fp32 dq / dkdv D=64 and SM90_EXTRA dkdv D=128 entries changed for the same reason on sm_90:
+# (16, 32, 4, 2) -> (16, 32, 8, 2), (16, 32, 8, 2) -> (16, 32, 8, 1), (32, 128, 8, 2) -> (16, 128, 8, 2).
+SM80_CONFIGS = {
+    "plain": {"dkdv": {64: [(32, 128, 8, 2), (16, 128, 8, 3)]}},  # for (32, 128, 8, 3), (64, 64, 8, 2)
+    "causal": {"dkdv": {64: [(16, 64, 4, 2)]}},  # for (32, 128, 8, 3)
+    "heavy": {"dkdv": {64: [(16, 32, 8, 2)], 128: [(32, 32, 8, 3)]}},  # for (16, 128, 8, 3); (16, 64, 8, 3) dropped
+    "unaligned": {"dkdv": {64: [(16, 32, 8, 2)]}},  # for (16, 32, 4, 2)
+    "fp32": {"dkdv": {64: [(16, 16, 8, 2)]}},  # for (16, 32, 8, 1), which sm_90 needs in place of (16, 32, 8, 2)
 }
 # Under the interpreter: one small config per kernel; BLOCK_M != BLOCK_N so the diagonal logic is exercised.
 INTERPRETER_CONFIGS = {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
@@ -476,13 +502,18 @@ def shared_memory_estimate(kind: str, cfg, block_d: int, elt_size: int, variant:
     return elt_size * tiles + (4 * block_m * block_n if variant == "heavy" else 0) + 1024
 
 
+def arch_configs(kind: str, dim: int, variant: str, arch: int):
+    """The table entries for compute capability `arch`, before the shared-memory check: CONFIGS (replaced below
+    sm_90 where SM80_CONFIGS has an entry), plus SM90_EXTRA on sm_90+."""
+    if arch >= 90:
+        return CONFIGS[variant][kind][dim] + SM90_EXTRA.get(variant, {}).get(kind, {}).get(dim, [])
+    return SM80_CONFIGS.get(variant, {}).get(kind, {}).get(dim) or CONFIGS[variant][kind][dim]
+
+
 def candidate_configs(kind: str, block_d: int, variant: str, dtype: torch.dtype, arch: int, smem_limit: int):
     """The configs the autotuner may pick for this kernel on a device of compute capability `arch` (80, 90, ...)
     with `smem_limit` bytes of shared memory per block."""
-    dim = _dim_class(block_d)
-    configs = CONFIGS[variant][kind][dim]
-    if arch >= 90:
-        configs = configs + SM90_EXTRA.get(variant, {}).get(kind, {}).get(dim, [])
+    configs = arch_configs(kind, _dim_class(block_d), variant, arch)
     elt = torch.empty((), dtype=dtype).element_size()
     fitting = [c for c in configs if shared_memory_estimate(kind, c, block_d, elt, variant) <= smem_limit]
     return fitting or [min(configs, key=lambda c: shared_memory_estimate(kind, c, block_d, elt, variant))]
@@ -496,8 +527,8 @@ def _device_arch_and_smem(index: int):
 
 def _autotuned(kernel, kind: str):
     """kernel under triton.autotune over every table entry, pruned per call to candidate_configs(...)."""
-    entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values()) for cfgs in table.get(kind, {}).values()
-               for c in cfgs}
+    entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values(), *SM80_CONFIGS.values())
+               for cfgs in table.get(kind, {}).values() for c in cfgs}
     configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in sorted(entries)]
 
     def prune(configs, named_args, **kwargs):
@@ -510,7 +541,7 @@ def _autotuned(kernel, kind: str):
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
 
     # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
-    key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED"]
+    key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED", "FOLDED"]
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -536,13 +567,18 @@ def _launch(kernel, tuned, kind: str, grid, args, consts):
         tuned[grid](*args, **consts)
 
 
-def _grid(length: int, heads: int, batch: int, block: str):
-    """One program per (block of `length` rows, head, batch), folded into grid axis 0 (limit 2^31 - 1; axes 1 and 2
-    stop at 65535): blocks fastest, then heads, then batch, as _block_head_batch decodes it."""
-    return lambda meta: (triton.cdiv(length, meta[block]) * heads * batch,)
+def _grid(length: int, heads: int, batch: int, block: str, folded: bool):
+    """One program per (block of `length` rows, head, batch), as _block_head_batch decodes it: (blocks, heads, batch),
+    or, FOLDED, all on axis 0 (limit 2^31 - 1, where axes 1 and 2 stop at 65535), blocks fastest, then heads."""
+    if folded:
+        return lambda meta: (triton.cdiv(length, meta[block]) * heads * batch,)
+    return lambda meta: (triton.cdiv(length, meta[block]), heads, batch)
 
 
-# Limits of the 1-D grid and of the 32-bit index arithmetic the kernels keep (see attention_limits_reasons).
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2: more heads or batch than this take the folded grid
+
+
+# Limits of the folded grid and of the 32-bit index arithmetic the kernels keep (see attention_limits_reasons).
 MAX_PROGRAMS = 2**31 - 1  # CUDA's grid axis 0
 MIN_BLOCK = 16  # the smallest row block of any config (CONFIGS, INTERPRETER_CONFIGS, delta_config): most programs
 MAX_SEQ_LEN = 2**31 - 2**10  # rows are int32 inside a program: start + BLOCK must not wrap
@@ -552,7 +588,7 @@ MAX_ROW_STRIDE = 2**31 // 256  # in-tile offsets rows * row_stride are int32 (ti
 def attention_limits_reasons(q, k) -> list:
     """Why the kernels cannot run q (B, Hq, Lq, D) against k (B, Hkv, Lk, D), as not_supported_reasons texts
     ([] when they can). Only sizes matter (stride-0 expanded inputs count at their full shape). Heads and batch
-    are unlimited up to the total program count: the grids are 1-D."""
+    are unlimited up to the total program count (the folded grid)."""
     B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
     Hkv, Lk = k.shape[1], k.shape[2]
     reasons = []
@@ -601,7 +637,8 @@ def _positive_scale(q, scale: float):
 
 def _consts(q, mask_kind, is_causal, dropout_p, aligned):
     return dict(HEAD_DIM=q.shape[3], BLOCK_D=next_pow2(max(q.shape[3], 16)), MASK_KIND=mask_kind,
-                IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0, ALIGNED=aligned)
+                IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0, ALIGNED=aligned,
+                FOLDED=max(q.shape[0], q.shape[1]) > MAX_GRID_YZ)
 
 
 def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float, seed: int):
@@ -624,7 +661,7 @@ def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float
     args = (q, k, v, o, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
             Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
             next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(Lq, Hq, B, "BLOCK_M"), args, consts)
+    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]), args, consts)
     return o, lse
 
 
@@ -644,15 +681,16 @@ def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, drop
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
     consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, do, o, dq, dk, dv))
     delta = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    dcfg = dict(HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"], **delta_config(consts["BLOCK_D"]))
-    _launch(_attn_bwd_delta_kernel, None, "delta", _grid(Lq, Hq, B, "BLOCK_M"),
+    dcfg = dict(HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"], FOLDED=consts["FOLDED"],
+                **delta_config(consts["BLOCK_D"]))
+    _launch(_attn_bwd_delta_kernel, None, "delta", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]),
             (o, do, delta, *do.stride()[:3], Hq, Lq), dcfg)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *mask_strides)
     scalars = (scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
                next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(Lk, Hkv, B, "BLOCK_N"),
+    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(Lk, Hkv, B, "BLOCK_N", consts["FOLDED"]),
             (q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
-    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(Lq, Hq, B, "BLOCK_M"),
+    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]),
             (q, k, v, do, lse, delta, dq, mask_ptr, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
     if dq_factor != 1.0:
         dq.mul_(dq_factor)
@@ -680,61 +718,77 @@ def _signature(kind: str, dtype: torch.dtype, mask_kind: int) -> dict:
 
 
 def compile_specs():
-    """Each kernel at the configs the autotuner may pick, in the variants that change its register use.
-    D = 64 and 128: every plain, causal and heavy candidate (fp16; heavy ones with a float mask + dropout, the most
-    live registers), SM90_EXTRA, and at the first candidate bf16, causal + dropout, unaligned rows; at D = 64 also a
-    bool mask, unaligned rows with a float mask + dropout, and fp32 (float mask, causal, dropout). D = 80: the
-    first plain, causal and heavy candidates; D = 256: the first plain and heavy ones. The delta kernel.
-    Forward fp16 / bf16 specs with BLOCK_M >= 64 must use wgmma on sm_90. SM90_EXTRA specs are built for sm_90 only
-    (the only arch whose autotuner may pick them)."""
+    """Each kernel at the configs the autotuner may pick, per arch (arch_configs), in the variants that change its
+    register use. D = 64 and 128: every plain, causal and heavy candidate (fp16; heavy ones with a float mask +
+    dropout, the most live registers), SM90_EXTRA, and at the first candidate bf16, causal + dropout, unaligned rows;
+    at D = 64 also a bool mask, unaligned rows with a float mask + dropout, and fp32 (float mask, causal, dropout).
+    D = 80: the first plain, causal and heavy candidates; D = 256: the first plain and heavy ones. The delta kernel.
+    Forward fp16 / bf16 specs with BLOCK_M >= 64 must use wgmma on sm_90. Each spec is built for the archs whose
+    autotuner may pick it (SM90_EXTRA: sm_90 only; SM80_CONFIGS: sm_80 only).
+    The folded-grid variant (more than 65535 heads or batch entries) is built at the first plain and the first heavy
+    (causal, float mask, dropout) candidate and reported, but not held to the no-spill rule: its decoded indices
+    cost registers that the largest tiles do not have (stack frames of 8-264 B on sm_80 under triton 3.6, the heavy
+    dK/dV also under 3.8); it is correct, only slower, and runs only where the 3-D grid cannot."""
     specs = {}
 
-    def add(kind, head_dim, dtype, cfg, mask_kind=MASK_NONE, causal=False, dropout=False, aligned=True,
-            sm90_only=False):
+    def add(kind, head_dim, dtype, cfg, arch, mask_kind=MASK_NONE, causal=False, dropout=False, aligned=True,
+            sm90_only=False, folded=False):
         block_m, block_n, warps, stages = cfg
         consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), MASK_KIND=mask_kind, IS_CAUSAL=causal,
-                      HAS_DROPOUT=dropout, ALIGNED=aligned, BLOCK_M=block_m, BLOCK_N=block_n)
+                      HAS_DROPOUT=dropout, ALIGNED=aligned, FOLDED=folded, BLOCK_M=block_m, BLOCK_N=block_n)
         sig = _signature(kind, dtype, mask_kind)
         fn = _KERNELS[kind]
         key = (fn.__name__, tuple(sig.values()), tuple(sorted(consts.items())), warps, stages)
+        if key in specs:
+            if arch not in specs[key].archs:
+                specs[key] = dataclasses.replace(specs[key], archs=specs[key].archs + (arch,))
+            return
         tag = ",".join([TL_DTYPE[dtype], f"D={head_dim}", f"{block_m}x{block_n}", f"w{warps}", f"s{stages}"]
                        + ["causal"] * causal + [("", "bool-mask", "float-mask")[mask_kind]] * (mask_kind != MASK_NONE)
-                       + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["sm90-only"] * sm90_only)
-        specs.setdefault(key, CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages,
-                                          expect_wgmma=kind == "fwd" and dtype != torch.float32 and block_m >= 64,
-                                          archs=(90,) if sm90_only else (80, 90)))
+                       + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded
+                       + ["sm90-only"] * sm90_only)
+        specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages, require_no_spills=not folded,
+                                 expect_wgmma=kind == "fwd" and dtype != torch.float32 and block_m >= 64, archs=(arch,))
 
     fp16 = torch.float16
-    for head_dim in (64, 128, 80, 256):
-        dim = _dim_class(next_pow2(head_dim))
-        every = head_dim in (64, 128)
-        for kind in ("fwd", "dq", "dkdv"):
-            plain, causal, heavy, unaligned = (CONFIGS[v][kind][dim] for v in ("plain", "causal", "heavy", "unaligned"))
-            for cfg in plain if every else plain[:1]:
-                add(kind, head_dim, fp16, cfg)
-            for cfg in causal if every else causal[:1] if head_dim == 80 else []:
-                add(kind, head_dim, fp16, cfg, causal=True)
-            for cfg in heavy if every else heavy[:1]:
-                add(kind, head_dim, fp16, cfg, MASK_FLOAT, dropout=True)
-            if not every:
-                continue
-            for variant, is_causal in (("plain", False), ("causal", True)):
-                for cfg in SM90_EXTRA[variant].get(kind, {}).get(dim, []):
-                    add(kind, head_dim, fp16, cfg, causal=is_causal, sm90_only=True)
-            add(kind, head_dim, torch.bfloat16, plain[0])
-            add(kind, head_dim, fp16, heavy[0], causal=True, dropout=True)
-            add(kind, head_dim, fp16, unaligned[0], aligned=False)
-            if head_dim == 64:
-                add(kind, head_dim, fp16, heavy[0], MASK_BOOL)
-                add(kind, head_dim, fp16, unaligned[0], MASK_FLOAT, dropout=True, aligned=False)
-                add(kind, head_dim, torch.float32, CONFIGS["fp32"][kind][dim][0], MASK_FLOAT, causal=True,
-                    dropout=True)
+    for arch in (80, 90):
+        def table(variant, kind, dim):  # the arch's entries without SM90_EXTRA (added with their own tag)
+            override = SM80_CONFIGS.get(variant, {}).get(kind, {}).get(dim) if arch < 90 else None
+            return override or CONFIGS[variant][kind][dim]
+
+        for head_dim in (64, 128, 80, 256):
+            dim = _dim_class(next_pow2(head_dim))
+            every = head_dim in (64, 128)
+            for kind in ("fwd", "dq", "dkdv"):
+                plain, causal, heavy, unaligned = (table(v, kind, dim)
+                                                   for v in ("plain", "causal", "heavy", "unaligned"))
+                for cfg in plain if every else plain[:1]:
+                    add(kind, head_dim, fp16, cfg, arch)
+                for cfg in causal if every else causal[:1] if head_dim == 80 else []:
+                    add(kind, head_dim, fp16, cfg, arch, causal=True)
+                for cfg in heavy if every else heavy[:1]:
+                    add(kind, head_dim, fp16, cfg, arch, MASK_FLOAT, dropout=True)
+                if not every:
+                    continue
+                for variant, is_causal in (("plain", False), ("causal", True)):
+                    for cfg in SM90_EXTRA[variant].get(kind, {}).get(dim, []) if arch >= 90 else []:
+                        add(kind, head_dim, fp16, cfg, arch, causal=is_causal, sm90_only=True)
+                add(kind, head_dim, torch.bfloat16, plain[0], arch)
+                add(kind, head_dim, fp16, heavy[0], arch, causal=True, dropout=True)
+                add(kind, head_dim, fp16, plain[0], arch, folded=True)
+                add(kind, head_dim, fp16, heavy[0], arch, MASK_FLOAT, causal=True, dropout=True, folded=True)
+                add(kind, head_dim, fp16, unaligned[0], arch, aligned=False)
+                if head_dim == 64:
+                    add(kind, head_dim, fp16, heavy[0], arch, MASK_BOOL)
+                    add(kind, head_dim, fp16, unaligned[0], arch, MASK_FLOAT, dropout=True, aligned=False)
+                    add(kind, head_dim, torch.float32, table("fp32", kind, dim)[0], arch, MASK_FLOAT, causal=True,
+                        dropout=True)
     for head_dim, dtype in ((64, fp16), (128, fp16), (80, torch.float32)):
         t, block_d = TL_DTYPE[dtype], next_pow2(head_dim)
         dcfg = delta_config(block_d)
         sig = dict(O=f"*{t}", DO=f"*{t}", Delta="*fp32", stride_dob="i32", stride_doh="i32", stride_dom="i32",
                    Hq="i32", Lq="i32")
-        consts = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, ALIGNED=True, BLOCK_M=dcfg["BLOCK_M"])
+        consts = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, ALIGNED=True, FOLDED=False, BLOCK_M=dcfg["BLOCK_M"])
         specs[("delta", t, head_dim)] = CompileSpec(f"_attn_bwd_delta_kernel[{t},D={head_dim}]",
                                                     _attn_bwd_delta_kernel, sig, consts, dcfg["num_warps"])
     return list(specs.values())

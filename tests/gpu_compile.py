@@ -3,8 +3,10 @@
 Run as a script in a process WITHOUT TRITON_INTERPRET (the interpreter replaces @triton.jit):
     python tests/gpu_compile.py [--arch 80 90] [--json out.json]
 For each kernel module's `compile_specs()`, builds PTX + cubin with triton.compile for GPUTarget("cuda", arch, 32)
-and reads registers, shared memory, local memory (spills) and stack from `cuobjdump -res-usage`. Prints one line
-per kernel and config; writes the rows as JSON when asked.
+and reads registers, shared memory, local memory (spills) and stack from `cuobjdump -res-usage`. On sm_90, PTX that
+uses wgmma is fed once more to the wheel's `ptxas -v --gpu-name=sm_90a` for its performance notes: C7515 ("wgmma.
+mma_async instructions are serialized") means the tensor-core pipeline is lost (row key `wgmma_serialized`, "SERIAL"
+in the table). Prints one line per kernel and config; writes the rows as JSON when asked.
 """
 import argparse
 import importlib
@@ -26,6 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 import bigmodel.kernels  # noqa: E402
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 RES_RE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -48,6 +51,17 @@ def resource_usage(cubin: bytes) -> dict:
     return dict(zip(("registers", "stack", "shared", "local"), map(int, m.groups())))
 
 
+def wgmma_serialized(ptx: str) -> bool:
+    """ptxas's C7515 note on sm_90a: wgmma issued one at a time (non-wgmma instructions define its accumulators
+    inside a pipeline stage)."""
+    with tempfile.NamedTemporaryFile(suffix=".ptx", mode="w") as f:
+        f.write(ptx)
+        f.flush()
+        out = subprocess.run([PTXAS, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull], capture_output=True,
+                             text=True, check=True)
+    return "C7515" in out.stdout + out.stderr
+
+
 def compile_spec(spec, arch: int) -> dict:
     arg_names = spec.fn.arg_names
     signature = {name: spec.signature.get(name, "constexpr") for name in arg_names}
@@ -63,6 +77,7 @@ def compile_spec(spec, arch: int) -> dict:
     row = dict(kernel=spec.name, arch=arch, num_warps=spec.num_warps, require_no_spills=spec.require_no_spills,
                expect_wgmma=spec.expect_wgmma, uses_wgmma="wgmma" in compiled.asm["ptx"], tags=list(spec.tags))
     row.update(resource_usage(compiled.asm["cubin"]))
+    row["wgmma_serialized"] = arch == 90 and row["uses_wgmma"] and wgmma_serialized(compiled.asm["ptx"])
     return row
 
 
@@ -82,7 +97,8 @@ def main(argv=None):
                 rows.append(row)
                 print(f"sm_{arch} {row['kernel']:<60} warps={row['num_warps']:<2} regs={row['registers']:<3} "
                       f"shared={row['shared']:<6} local={row['local']} stack={row['stack']}"
-                      f"{' wgmma' if row['uses_wgmma'] else ''}", flush=True)
+                      f"{' wgmma' if row['uses_wgmma'] else ''}{' SERIAL' if row['wgmma_serialized'] else ''}",
+                      flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

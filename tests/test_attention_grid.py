@@ -1,7 +1,8 @@
 """Grid limits of the Triton attention kernels (bigmodel.kernels.attention).
 
-The launchers fold batch x heads x blocks into grid axis 0 (limit 2^31 - 1), since CUDA's axes 1 and 2 stop at
-65535: a q of shape (70000, 1, 16, 64) (windowed / temporal attention over batch x patches) must launch. Checked on
+With more than 65535 heads or batch entries the launchers fold batch x heads x blocks into grid axis 0 (limit
+2^31 - 1), since CUDA's axes 1 and 2 stop at 65535: a q of shape (70000, 1, 16, 64) (windowed / temporal attention
+over batch x patches) must launch; smaller shapes keep the (blocks, heads, batch) grid. Checked on
 the grids the launchers compute, for every config the autotuner or the interpreter can pick, with the kernel launch
 replaced by a recorder and stride-0 expanded inputs (no memory, no 70000 interpreted programs). What still cannot
 run is named by attention_limits_reasons. The kernels' decoding of the 1-D grid is checked under the interpreter
@@ -60,6 +61,7 @@ def test_grids_fold_batch_and_heads_into_axis0(launches, B, Hq, Hkv, L, D, causa
     kernels.attention_bwd(expanded(B, Hq, L, D), q, k, v, o, lse, None, causal, 0.125, 0.0, 0)
     assert [kind for kind, _, _ in launches] == ["fwd", "delta", "dkdv", "dq"]
     for kind, grid, consts in launches:
+        assert consts["FOLDED"], kind
         heads = Hkv if kind == "dkdv" else Hq
         key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
         for block in block_sizes(kernels, kind):
@@ -67,6 +69,17 @@ def test_grids_fold_batch_and_heads_into_axis0(launches, B, Hq, Hkv, L, D, causa
             assert all(n <= limit for n, limit in zip(dims, GRID_AXIS_LIMITS)), f"{kind} BLOCK={block}: grid {dims}"
             assert dims[0] * (dims[1] if len(dims) > 1 else 1) * (dims[2] if len(dims) > 2 else 1) == \
                 triton.cdiv(L, block) * heads * B, f"{kind} BLOCK={block}: grid {dims} misses programs"
+
+
+def test_common_shapes_keep_the_3d_grid(launches):
+    """Up to 65535 heads and batch: (blocks, heads, batch), the kernels' cheaper unfolded variant."""
+    kernels = attention_kernels()
+    q, k = expanded(65535, 8, 33, 16), expanded(65535, 2, 33, 16)
+    o, lse = kernels.attention_fwd(q, k, k, None, True, 0.125, 0.0, 0)
+    kernels.attention_bwd(q, q, k, k, o, lse, None, True, 0.125, 0.0, 0)
+    for kind, grid, consts in launches:
+        key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
+        assert not consts["FOLDED"] and grid({**consts, key: 16}) == (3, 2 if kind == "dkdv" else 8, 65535), kind
 
 
 def test_limits_reasons_name_what_cannot_run():
@@ -86,12 +99,22 @@ def test_limits_reasons_name_what_cannot_run():
 @requires_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_folded_grid_decodes_every_block_head_and_batch(causal, dtype):
+@pytest.mark.parametrize("folded", [False, True], ids=["3d", "folded"])
+def test_grid_decodes_every_block_head_and_batch(folded, causal, dtype, monkeypatch):
     """B * Hq = 12 with GQA, 3 query blocks and 2 key blocks at the interpreter's tiles (32 / 16 and 16 / 32), so a
-    decoding that swaps heads, batches or blocks (or the causal longest-first order) shows against fp64."""
+    decoding that swaps heads, batches or blocks (or the causal longest-first order) shows against fp64. The
+    folded grid is forced by lowering MAX_GRID_YZ below the head count."""
     from test_attention_kernels import check_attention, qkv
 
+    kernels = attention_kernels()
+    if folded:
+        monkeypatch.setattr(kernels, "MAX_GRID_YZ", 3)
+    seen = []
+    real_launch = kernels._launch
+    monkeypatch.setattr(kernels, "_launch", lambda kernel, tuned, kind, grid, args, consts:
+                        (seen.append(consts["FOLDED"]), real_launch(kernel, tuned, kind, grid, args, consts)))
     check_attention(*qkv(3, 4, 2, 70, 50, 16, dtype), is_causal=causal)
+    assert seen == [folded] * 4
 
 
 @requires_interpreter
