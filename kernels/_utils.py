@@ -50,6 +50,6 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def warps_for(elements: int, per_thread: int) -> int:
-    """Warps (4 to 16) so that each thread holds about `per_thread` elements of a power-of-two tile."""
-    return max(4, min(16, elements // (32 * per_thread)))
+def warps_for(elements: int, per_thread: int, max_warps: int = 16) -> int:
+    """Warps (4 to max_warps) so that each thread holds about `per_thread` elements of a power-of-two tile."""
+    return max(4, min(max_warps, elements // (32 * per_thread)))

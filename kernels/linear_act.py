@@ -65,12 +65,20 @@ def _load_dz(dy_ptrs, s_ptrs, mask, ACTIVATION: tl.constexpr):
 # tiles that keep every kernel free of spills on both archs (checked with 16-byte aligned operands). The backward
 # kernels build the dz operand in registers (dy and s loads plus act'), so they take a 32-deep reduction step.
 FWD_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
+# sm_80 (Ampere and other pre-Hopper GPUs) swaps a tile: fp16 gelu 64x128x64 left an 8-byte stack frame under triton
+# 3.6 there (sm_90's wgmma build of it is clean).
+SM80_TILES = {FWD_TILES: ((128, 128, 64, 8, 4), (64, 128, 32, 4, 4))}
 DX_TILES = ((128, 128, 32, 8, 3), (64, 128, 32, 4, 3))
 DW_TILES = ((64, 128, 32, 8, 3),)  # 128x64 spilled 16 bytes on sm_80 (bf16 relu)
 FP32_TILES = ((64, 64, 32, 4, 3),)  # fp32 "ieee" dots run on CUDA cores: small tiles
 INTERPRETER_TILES = ((32, 32, 32, 4, 1),)  # the CPU interpreter: few, cheap programs
 GROUP = 8
 INTERPRETER_GROUP = 4  # < the row-blocks of the test shapes, so partial groups get exercised
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple:
+    return torch.cuda.get_device_capability(device_index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,11 +99,12 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
     if INTERPRETING:
         return triton.autotune([config(t, INTERPRETER_GROUP) for t in INTERPRETER_TILES], key=key)
     lowp = [config(t, GROUP) for t in tiles]
+    lowp_sm80 = [config(t, GROUP) for t in SM80_TILES.get(tiles, tiles)]
     fp32 = [config(t, GROUP) for t in FP32_TILES]
 
     def prune(configs, named_args, **kwargs):
         x = named_args[operand]
-        table = fp32 if x.dtype == torch.float32 else lowp
+        table = fp32 if x.dtype == torch.float32 else lowp if _capability(x.device.index) >= (9, 0) else lowp_sm80
         limit = _max_shared_memory(x.device.index)
 
         def smem(c):  # pipelined operand tiles
@@ -103,7 +112,9 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
 
         return [c for c in table if smem(c) <= limit] or [min(table, key=smem)]
 
-    return triton.autotune(lowp + fp32, key=key, prune_configs_by={"early_config_prune": prune})
+    every = list({(c.kwargs[rows], c.kwargs[cols], c.kwargs[red], c.num_warps, c.num_stages): c
+                  for c in lowp + lowp_sm80 + fp32}.values())
+    return triton.autotune(every, key=key, prune_configs_by={"early_config_prune": prune})
 
 
 # --------------------------------------------------------------------------------------------- kernels
@@ -262,14 +273,18 @@ def compile_specs():
     specs = []
     for kernel, tiles, names, signature, flags in kernels:
         jit_fn = kernel.fn  # the @triton.jit function under the autotuner
-        cases = [(torch.float16, "gelu", t) for t in tiles] + [(torch.bfloat16, "relu", t) for t in tiles]
-        cases += [(torch.float32, "gelu", t) for t in FP32_TILES]
-        for dtype, name, (r, c, k, warps, stages) in cases:
+        sm80 = SM80_TILES.get(tiles, tiles)
+        lowp = [(t, tuple(a for a, table in ((80, sm80), (90, tiles)) if t in table))
+                for t in dict.fromkeys(tiles + sm80)]  # each tile with the archs whose table offers it
+        cases = [(dtype, name, t, archs) for dtype, name in ((torch.float16, "gelu"), (torch.bfloat16, "relu"))
+                 for t, archs in lowp]
+        cases += [(torch.float32, "gelu", t, (80, 90)) for t in FP32_TILES]
+        for dtype, name, (r, c, k, warps, stages), archs in cases:
             t = TL_DTYPE[dtype]
             sig = signature(f"*{t}")
             consts = dict(flags(activation_id(name)), GROUP=GROUP, **dict(zip(names, (r, c, k))))
             aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a not in ("M", "m_bucket"))
             specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{name},{r}x{c}x{k}]", jit_fn, sig, consts, warps,
                                      stages, expect_wgmma=dtype != torch.float32, tags=("gemm",),
-                                     aligned_args=aligned))
+                                     aligned_args=aligned, archs=archs))
     return specs
