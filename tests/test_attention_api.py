@@ -26,8 +26,11 @@ def qkv(*shape, dtype=torch.float32, requires_grad=False):
     (lambda q, k, v: (q, k[..., :8], v, {}), r"q and k must have the same head dim .* got q 16 and k 8"),
     (lambda q, k, v: (q, k[:, :2], v[:, :2], {}), r"q has 4 heads but k and v have 2; pass enable_gqa=True"),
     (lambda q, k, v: (q, k[:, :3], v[:, :3], dict(enable_gqa=True)), r"k/v heads to divide q heads; got q 4 heads, k/v 3"),
-    (lambda q, k, v: (q, k, v[:, :, :5], {}), r"k, v their heads and length; got shapes"),
-    (lambda q, k, v: (q, k[0], v[0], {}), r"same number of dims"),
+    (lambda q, k, v: (q, k, v[:, :, :5], {}), r"k and v must have the same length \(dim -2\); got shapes"),
+    (lambda q, k, v: (q, torch.randn(3, 4, 7, 16), torch.randn(3, 4, 7, 16), {}),
+     r"leading \(batch\) dims of q, k and v must be broadcastable .* got shapes q \(2, 4, 6, 16\), k \(3, 4, 7, 16\)"),
+    (lambda q, k, v: (q, k[:, :2], v[:, :3], dict(enable_gqa=True)),
+     r"k and v must have the same number of heads \(or one of them 1, broadcast\); got 2 and 3"),
     (lambda q, k, v: (q[0, 0, 0], k, v, {}), r"q must have at least 2 dims"),
     (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(3, 7, dtype=torch.bool))), r"attn_mask of shape \(3, 7\) is not broadcastable to .*\(2, 4, 6, 7\)"),
     (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.int32))), r"attn_mask must be bool .* got torch.int32"),
@@ -38,7 +41,7 @@ def qkv(*shape, dtype=torch.float32, requires_grad=False):
     (lambda q, k, v: (q, k, v, dict(dropout_p=-0.1)), r"dropout_p must be a float in \[0, 1\)"),
     (lambda q, k, v: (q, k, v, dict(scale=float("nan"))), r"scale must be a finite float"),
     (lambda q, k, v: (q, k, v, dict(backend="flash")), r"backend: expected one of .*got 'flash'"),
-], ids=["int-dtype", "mixed-dtype", "device", "head-dim", "heads-no-gqa", "gqa-indivisible", "v-length", "rank",
+], ids=["int-dtype", "mixed-dtype", "device", "head-dim", "heads-no-gqa", "gqa-indivisible", "v-length", "batch-not-broadcastable", "kv-heads",
         "rank<2", "mask-shape", "mask-int", "mask-dtype", "mask+causal", "mask-grad", "dropout-1", "dropout-neg",
         "scale-nan", "unknown-backend"])
 def test_bad_input_raises_clear_error(make, match):
