@@ -252,3 +252,59 @@ def test_autocast_runs_attention_in_the_autocast_dtype():
     assert all(g.dtype == torch.float32 for g in grads)
     ref = F.scaled_dot_product_attention(*(t.double() for t in (q, k, v)), is_causal=True)
     assert_close_by_rule("autocast out", out, ref, expected)
+
+
+# ------------------------------------------------------------------------------------------ found by the OpInfo run
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+@pytest.mark.parametrize("q_shape,kv_shape,gqa", [((4, 3, 8), (4, 4, 6, 8), False), ((4, 3, 8), (4, 4, 6, 8), True),
+                                                  ((2, 1, 3, 8), (2, 4, 6, 8), False), ((3, 8), (2, 4, 6, 8), False),
+                                                  ((2, 4, 3, 8), (1, 2, 6, 8), True),
+                                                  ((2, 3, 4, 3, 8), (3, 1, 6, 8), False)], ids=str)
+def test_broadcast_like_sdpa(backend, q_shape, kv_shape, gqa, monkeypatch):
+    """SDPA broadcasts every dim but the last two (heads too, where one side has one): so does bigmodel, through
+    stride-0 views (the backend sees expanded inputs, no copies); gradients of broadcast inputs are summed back."""
+    impl = BACKENDS[backend]
+    seen = []
+    original = impl.attention_fwd
+
+    def spy(q, k, v, *rest):
+        seen.append((q, k, v))
+        return original(q, k, v, *rest)
+
+    monkeypatch.setattr(impl, "attention_fwd", spy)
+    q = torch.randn(q_shape, dtype=torch.float64 if backend == "torch" else torch.float32)
+    k, v = (torch.randn(kv_shape, dtype=q.dtype) for _ in range(2))
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = [t.double().clone().requires_grad_(True) for t in (q, k, v)]
+    out = bigmodel.ops.attention(*ins, enable_gqa=gqa, backend=backend)
+    expected = F.scaled_dot_product_attention(*ref, enable_gqa=gqa)
+    assert out.shape == expected.shape
+    g = torch.randn(out.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(out, ins, g.to(out.dtype))
+    grads_ref = torch.autograd.grad(expected, ref, g)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), (out, *grads), (expected, *grads_ref)):
+        assert a.shape == e.shape, name
+        assert_close_by_rule(name, a, e, kind="output" if name == "out" else "grad")
+    (q4, k4, v4), = seen
+    if len(torch.broadcast_shapes(q.shape[:-3], k.shape[:-3])) > 1:
+        return  # several batch dims broadcast differently cannot fold into the kernels' one batch stride: reshape copies
+    for name, small, big in (("q", q, q4), ("k", k, k4), ("v", v, v4)):
+        if small.numel() < big.numel():  # broadcast: a stride-0 view of the caller's storage, not a copy
+            assert 0 in big.stride(), f"{name} was copied, not expanded: strides {big.stride()}"
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1.0), (torch.float32, None), (torch.float16, None),
+                                         (torch.float64, 30.0)], ids=str)
+def test_torch_backend_rows_sum_to_one_at_large_scores(dtype, scale):
+    """The pure-math attention computed P = exp(s - lse) with lse rounded to fp32, so rows did not sum to 1 at large
+    |s| (OpInfo: fp32 grad_q error 5.3e-5 against torch's 6.6e-6; fp16 q = k = v = 256 gave 258.75; bf16 with
+    scale = -1e4, 2.9x torch's output error). Now P is the softmax of the scores in fp32 / fp64: with v = 1 every
+    output is 1 (to the accumulation dtype's rounding), and q = k = v = 256 gives exactly 256."""
+    q, k = ((torch.rand(2, 3, 9, 8, dtype=torch.float64) * 18 - 9).to(dtype) for _ in range(2))
+    v = torch.ones(2, 3, 9, 8, dtype=dtype)
+    out = bigmodel.ops.attention(q, k, v, scale=scale, backend="torch")
+    tol = 4 * torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps  # was 4.6e-6 in fp32
+    assert (out.double() - 1).abs().max().item() <= tol, out
+    if dtype == torch.float16:
+        x = torch.full((1, 2, 4, 8), 256.0, dtype=dtype)
+        assert (bigmodel.ops.attention(x, x, x, backend="torch") == 256).all()

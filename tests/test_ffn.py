@@ -248,3 +248,49 @@ def test_softmax_rows_past_128k_columns(backend, dtype):
     x = torch.randn(2, 131073) * 4
     x[1, :1000] = float("-inf")
     compare(lambda x: bigmodel.ops.softmax(x, backend=backend), lambda x: torch.softmax(x, -1), (x,), dtype)
+
+
+# ------------------------------------------------------------------------------------------ zero-size inputs
+# Found by PyTorch's OpInfo samples (tests/test_opinfo.py): these crashed in row_view on every backend and dtype.
+def _no_kernel(monkeypatch, backend, *fns):
+    """Make the backend's kernels for `fns` fail if called: zero-size inputs must never reach them."""
+    impl = bigmodel.backends.BACKENDS[backend]
+    for fn in fns:
+        monkeypatch.setattr(impl, fn, lambda *a, _fn=fn: pytest.fail(f"{backend}.{_fn} ran on empty data"),
+                            raising=True)
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("shape,dim", [((5, 0, 0), -1), ((0, 4), -1), ((3, 0), 0), ((2, 0, 3), 1)], ids=str)
+def test_softmax_zero_size(backend, dtype, shape, dim, monkeypatch):
+    _no_kernel(monkeypatch, backend, "softmax_fwd", "softmax_bwd")
+    x = torch.randn(shape).to(dtype).requires_grad_(True)
+    y = bigmodel.ops.softmax(x, dim, backend=backend)
+    assert y.shape == torch.softmax(x, dim).shape and y.dtype == dtype
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert dx.shape == x.shape
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", None])
+@pytest.mark.parametrize("x_shape,w_shape,bias", [((3, 4, 0), (5, 0), False), ((3, 4, 0), (5, 0), True),
+                                                  ((0, 3), (4, 3), True), ((2, 3), (0, 3), True)],
+                         ids=["K=0", "K=0-bias", "M=0-bias", "N=0-bias"])
+def test_linear_act_zero_size(backend, dtype, activation, x_shape, w_shape, bias, monkeypatch):
+    """K = 0: act(bias) (or act(0)) broadcast, as torch; M or N = 0: empty. Gradients like torch's, no kernel."""
+    _no_kernel(monkeypatch, backend, "linear_act_fwd", "linear_act_bwd")
+    x = torch.randn(x_shape)
+    w = torch.randn(w_shape)
+    b = torch.randn(w_shape[0]) * 2 if bias else None
+    compare(lambda *t: bigmodel.ops.linear_act(*t, activation=activation, backend=backend),
+            lambda *t: TORCH_ACT[activation](F.linear(*t)), (x, w) + ((b,) if bias else ()), dtype)
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("name", ["gelu", "relu"])
+def test_activation_zero_size(backend, dtype, name, monkeypatch):
+    _no_kernel(monkeypatch, backend, "activation_fwd", "activation_bwd")
+    x = torch.randn(4, 0, 3).to(dtype).requires_grad_(True)
+    y = getattr(bigmodel.ops, name)(x, backend=backend)
+    assert y.shape == x.shape
+    assert torch.autograd.grad(y, x, torch.ones_like(y))[0].shape == x.shape

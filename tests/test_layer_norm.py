@@ -294,3 +294,41 @@ def test_unknown_backend():
     x, w, b = _args()
     with pytest.raises(ValueError, match=r"backend: expected one of .*'triton'.*got 'tritonn'"):
         bigmodel.ops.layer_norm(x, (8,), w, b, backend="tritonn")
+
+
+# ------------------------------------------------------------------------------------------ found by the OpInfo run
+def test_torch_backend_fp64_statistics_are_fp64():
+    """In fp64 the pure-math backend keeps fp64 mean / rstd (they were rounded to fp32, so grad_w of a (1,)-shaped
+    input was 1.25e-7 where torch gives 7e-17); the fake impl agrees (opcheck)."""
+    x = torch.randn(1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, dtype=torch.float64, requires_grad=True)
+    y, mean, rstd = torch.ops.bigmodel.layer_norm(x, [1], w, b, 1e-5, "torch")
+    assert mean.dtype == rstd.dtype == torch.float64
+    g = torch.randn(1, dtype=torch.float64)
+    ours = torch.autograd.grad(y, (x, w, b), g)
+    theirs = torch.autograd.grad(F.layer_norm(x, (1,), w, b, 1e-5), (x, w, b), g)
+    for a, t in zip(ours, theirs):
+        assert (a - t).abs().max().item() < 1e-12  # fp64 noise; was 1.25e-7 with fp32 statistics
+    x2 = torch.randn(3, 2, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.bigmodel.layer_norm.default, (x2, [5], None, torch.randn(5, dtype=torch.float64),
+                                                                  1e-5, "torch"))
+    _y, mean, rstd = torch.ops.bigmodel.layer_norm(x2, [5], None, None, 1e-5, "torch")
+    torch.library.opcheck(torch.ops.bigmodel.layer_norm_backward.default,
+                          (torch.randn_like(x2), x2, [5], None, None, mean, rstd, "torch"))
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0, 3)], ids=str)
+def test_layer_norm_zero_rows(backend, dtype, shape, monkeypatch):
+    """No rows: empty y and dx, zero dweight / dbias, like torch, and no kernel runs."""
+    impl = bigmodel.backends.BACKENDS[backend]
+    for fn in ("layer_norm_fwd", "layer_norm_bwd"):
+        monkeypatch.setattr(impl, fn, lambda *a, _fn=fn: pytest.fail(f"{_fn} ran on empty data"))
+    x = torch.randn(shape).to(dtype).requires_grad_(True)
+    w = torch.randn(shape[-1]).to(dtype).requires_grad_(True)
+    b = torch.randn(shape[-1]).to(dtype).requires_grad_(True)
+    y = bigmodel.ops.layer_norm(x, shape[-1:], w, b, backend=backend)
+    assert y.shape == x.shape
+    dx, dw, db = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+    assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all() and dw.dtype == dtype

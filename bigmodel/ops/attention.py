@@ -65,7 +65,8 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
 def _broadcast(q, k, v, enable_gqa):
     """q, k, v broadcast as SDPA does (every dim but the last two; heads too, except that with enable_gqa the kv
     heads may divide the q heads), as stride-0 expanded views: nothing is copied, and autograd sums the gradients
-    of a broadcast input back. Returns (q, k, v, hq, hkv), each tensor (..., H, L, E) with equal leading dims."""
+    of a broadcast input back. (With several batch dims broadcast in different ways, folding them into the kernels'
+    one batch dim makes _as_4d copy the expanded input: correct, not free.) Returns (q, k, v, hq, hkv), each tensor (..., H, L, E) with equal leading dims."""
     nd = max(q.dim(), k.dim(), v.dim())
     if nd == 2:
         return q, k, v, 1, 1
