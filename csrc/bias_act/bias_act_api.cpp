@@ -28,12 +28,6 @@ DType check_matrix(const at::Tensor& t, const char* op, const char* name) {
   return dt;
 }
 
-void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
-                      const char* ref_name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name, "'s dtype (",
-              ref.scalar_type(), "); got ", t.scalar_type());
-}
-
 }  // namespace
 
 std::vector<at::Tensor> bias_act_fwd(const at::Tensor& z, const c10::optional<at::Tensor>& bias,
@@ -41,14 +35,8 @@ std::vector<at::Tensor> bias_act_fwd(const at::Tensor& z, const c10::optional<at
   const Activation act = parse_activation(activation, kFwd, /*allow_none=*/true);
   const DType dtype = check_matrix(z, kFwd, "z");
   const int64_t rows = z.size(0), cols = z.size(1);
-  if (bias.has_value()) {
-    check_same_dtype(*bias, z, kFwd, "bias", "z");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == cols, kFwd, ": bias must have shape (", cols,
-                ",) (z's column count); got ", bias->sizes());
-    TORCH_CHECK(bias->is_contiguous(), kFwd, ": bias must be contiguous; got strides ", bias->strides());
-  }
+  check_bias(bias, z, cols, kFwd, "z", "z's column count");
   check_cuda(z, kFwd, "z");
-  if (bias.has_value()) check_same_device(*bias, z, kFwd, "bias", "z");
 
   const c10::cuda::CUDAGuard guard(z.device());
   at::Tensor y = at::empty({rows, cols}, z.options());

@@ -27,6 +27,23 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
               ref.device());
 }
 
+inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
+                             const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name, "'s dtype (",
+              ref.scalar_type(), "); got ", t.scalar_type());
+}
+
+// An optional bias: (n,) contiguous, in ref's dtype and on ref's device; `what_n` says where n comes from.
+inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t n, const char* op,
+                       const char* ref_name, const char* what_n) {
+  if (!bias.has_value()) return;
+  check_same_dtype(*bias, ref, op, "bias", ref_name);
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape (", n, ",) (", what_n, "); got ",
+              bias->sizes());
+  TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous; got strides ", bias->strides());
+  check_same_device(*bias, ref, op, "bias", ref_name);
+}
+
 inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
   TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, "; got ", t.sizes());
 }

@@ -35,12 +35,6 @@ void check_2d(const at::Tensor& t, const char* op, const char* name, const char*
   TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D ", dims, "; got shape ", t.sizes());
 }
 
-void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
-                      const char* ref_name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name, "'s dtype (",
-              ref.scalar_type(), "); got ", t.scalar_type());
-}
-
 // cuBLASLt reads a matrix through one leading dimension: unit column stride and a row stride of at least the row
 // length (anything for a single row). Other layouts are copied once; row-strided views (slices) are not.
 at::Tensor gemm_operand(const at::Tensor& t) {
@@ -86,15 +80,9 @@ std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor&
   TORCH_CHECK(weight_in.dim() == 2 && weight_in.size(1) == k, kFwd, ": weight must have shape (N, ", k,
               ") (K = x's last dim); got ", weight_in.sizes());
   const int64_t n = weight_in.size(0);
-  if (bias.has_value()) {
-    check_same_dtype(*bias, x_in, kFwd, "bias", "x");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, kFwd, ": bias must have shape (", n,
-                ",) (N = weight's first dim); got ", bias->sizes());
-    TORCH_CHECK(bias->is_contiguous(), kFwd, ": bias must be contiguous; got strides ", bias->strides());
-  }
+  check_bias(bias, x_in, n, kFwd, "x", "N = weight's first dim");
   check_cuda(x_in, kFwd, "x");
   check_same_device(weight_in, x_in, kFwd, "weight", "x");
-  if (bias.has_value()) check_same_device(*bias, x_in, kFwd, "bias", "x");
 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool save_pre = act == Activation::kGelu || act == Activation::kGeluTanh;
