@@ -272,3 +272,52 @@ def test_subpackages_are_reachable_after_a_plain_import_and_load_lazily():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ the same, on a GPU
+@pytest.mark.cuda
+def test_cuda_backend_has_code_for_this_gpu():
+    from conftest import extension_or_skip
+
+    extension_or_skip("cuda_archs")
+    cuda_backend._device_arch_reasons.cache_clear()
+    assert BACKENDS["cuda"].device_reasons(torch.device("cuda", torch.cuda.current_device())) == []
+
+
+@pytest.mark.cuda
+def test_triton_attention_runs_70000_batches_on_a_gpu():
+    """Batch 70000 > CUDA's 65535 grid-axis limit: the folded grid runs it; spot-check batches against SDPA."""
+    q, k, v = (torch.randn(70000, 1, 16, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+               for _ in range(3))
+    out = bigmodel.ops.attention(q, k, v, is_causal=True, backend="triton")
+    out.float().square().sum().backward()
+    for b in (0, 65535, 69999):
+        qb, kb, vb = (t.detach()[b:b + 1].double().requires_grad_() for t in (q, k, v))
+        ref = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+        ref.square().sum().backward()
+        torch.testing.assert_close(out[b:b + 1].double(), ref, rtol=2e-2, atol=2e-2)
+        for got, want in ((q.grad, qb.grad), (k.grad, kb.grad), (v.grad, vb.grad)):
+            torch.testing.assert_close(got[b:b + 1].double(), want, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", ["layer_norm", "softmax"])
+def test_triton_row_kernels_past_2_31_rows_on_a_gpu(op):
+    """2^31 + 96 rows of 2 columns, the last 96 (all past 2^31) random: they are written where they belong."""
+    rows, cols = 2**31 + 96, 2
+    need = rows * cols * 2 * 2 + rows * 4 * 2  # x, y (fp16), mean / rstd (fp32)
+    if torch.cuda.mem_get_info()[0] < need + 2**30:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
+    x = torch.empty(rows, cols, device="cuda", dtype=torch.float16)
+    x[:, 0] = 1.0
+    x[:, 1] = -1.0
+    tail = torch.randn(96, cols, device="cuda", dtype=torch.float16)
+    x[-96:] = tail
+    if op == "layer_norm":
+        y = bigmodel.ops.layer_norm(x, (cols,), backend="triton")
+        want = torch.nn.functional.layer_norm(tail.float(), (cols,)).half()
+    else:
+        y = bigmodel.ops.softmax(x, dim=-1, backend="triton")
+        want = torch.softmax(tail.float(), dim=-1).half()
+    torch.testing.assert_close(y[-96:], want, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(y[:4], y[2**31 - 4:2**31], rtol=0, atol=0)  # the constant rows just below 2^31
