@@ -308,3 +308,21 @@ def test_torch_backend_rows_sum_to_one_at_large_scores(dtype, scale):
     if dtype == torch.float16:
         x = torch.full((1, 2, 4, 8), 256.0, dtype=dtype)
         assert (bigmodel.ops.attention(x, x, x, backend="torch") == 256).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS_CPU)
+@pytest.mark.parametrize("gqa", [True, False])
+def test_one_kv_head_reaches_the_backend_unexpanded(backend, gqa, monkeypatch):
+    """MQA (and SDPA's broadcast of a single kv head): the backend sees k / v with one head, read in place by the
+    grouped path, not expanded to Hq stride-0 heads (whose gradients would be summed per head after rounding)."""
+    impl = BACKENDS[backend]
+    seen = []
+    original = impl.attention_fwd
+    monkeypatch.setitem(vars(impl), "attention_fwd", lambda q, k, v, *rest: seen.append(k.shape) or
+                        original(q, k, v, *rest))
+    q = torch.randn(2, 6, 5, 16, requires_grad=True)
+    k, v = (torch.randn(2, 1, 7, 16, requires_grad=True) for _ in range(2))
+    out = bigmodel.ops.attention(q, k, v, enable_gqa=gqa, backend=backend)
+    ref = F.scaled_dot_product_attention(*(t.detach().double().requires_grad_() for t in (q, k, v)), enable_gqa=gqa)
+    assert seen == [torch.Size((2, 1, 7, 16))]
+    assert_close_by_rule("out", out, ref)

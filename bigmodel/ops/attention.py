@@ -66,7 +66,8 @@ def _broadcast(q, k, v, enable_gqa):
     """q, k, v broadcast as SDPA does (every dim but the last two; heads too, except that with enable_gqa the kv
     heads may divide the q heads), as stride-0 expanded views: nothing is copied, and autograd sums the gradients
     of a broadcast input back. (With several batch dims broadcast in different ways, folding them into the kernels'
-    one batch dim makes _as_4d copy the expanded input: correct, not free.) Returns (q, k, v, hq, hkv), each tensor (..., H, L, E) with equal leading dims."""
+    one batch dim makes _as_4d copy the expanded input: correct, not free.) Returns (q, k, v, hq, hkv), each tensor
+    (..., H, L, E) with equal leading dims."""
     nd = max(q.dim(), k.dim(), v.dim())
     if nd == 2:
         return q, k, v, 1, 1
@@ -78,8 +79,10 @@ def _broadcast(q, k, v, enable_gqa):
                          f"broadcast); got {hk} and {hv} (shapes {shapes})")
     hkv = torch.broadcast_shapes((hk,), (hv,))[0]
     if hq != hkv:
-        if hkv == 1 or (hq == 1 and not enable_gqa):
-            hq = hkv = torch.broadcast_shapes((hq,), (hkv,))[0]  # SDPA broadcasts a single head
+        if hkv == 1:  # one kv head serves every q head (SDPA's broadcast, and MQA): the kernels' grouped path
+            pass      # reads it in place; expanding K/V would give dK/dV Hq heads to sum, rounded per head
+        elif hq == 1 and not enable_gqa:
+            hq = hkv  # SDPA broadcasts q's single head
         elif not enable_gqa:
             raise ValueError(f"bigmodel.ops.{OP}: q has {hq} heads but k and v have {hkv}; pass enable_gqa=True for "
                              "grouped-query attention, or give them the same number of heads")
