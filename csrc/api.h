@@ -41,6 +41,8 @@ at::Tensor softmax_bwd(const at::Tensor& dy, const at::Tensor& y);
 // elementwise kernel).
 std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x, const at::Tensor& weight,
                                        const c10::optional<at::Tensor>& bias, const std::string& activation);
+// How many cuBLASLt GEMMs found no algorithm and took the fallback (GEMM + bias, then the elementwise kernel).
+int64_t linear_act_fallbacks();
 // dy (M, N) unit column stride; saved: the forward's pre (gelu*), its y (relu), unused (none).
 // Returns {dx (M, K), dweight (N, K), dbias (N,) (deterministic) or an empty tensor}.
 std::vector<at::Tensor> linear_act_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,

@@ -22,6 +22,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_bwd", &bigmodel::softmax_bwd, "dx = y * (dy - rowsum(dy * y))", py::arg("dy"), py::arg("y"));
   m.def("linear_act_fwd", &bigmodel::linear_act_fwd, "y = act(x W^T + b), one cuBLASLt GEMM + epilogue: (y, pre)",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("activation"));
+  m.def("linear_act_fallbacks", &bigmodel::linear_act_fallbacks,
+        "how many linear_act GEMMs cuBLASLt had no algorithm for (they ran GEMM + bias, then the activation)");
   m.def("linear_act_bwd", &bigmodel::linear_act_bwd, "linear_act backward: (dx, dweight, dbias)", py::arg("dy"),
         py::arg("x"), py::arg("weight"), py::arg("saved"), py::arg("activation"), py::arg("want_dbias"));
   // ---- end feed-forward / activation / softmax ----

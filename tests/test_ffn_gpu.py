@@ -199,7 +199,9 @@ def test_cublaslt_linear_act_launches_and_memory(ext, activation, kernels, outpu
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
+    fallbacks = ext.linear_act_fallbacks()
     (y, pre), launched = _cuda_kernels(lambda: ext.linear_act_fwd(x, w, b, activation))
+    assert ext.linear_act_fallbacks() == fallbacks, f"{activation}: cuBLASLt found no epilogue algorithm"
     assert len(launched) == kernels, f"{activation}: expected {kernels} GPU kernel(s), got {launched}"
     out_bytes = outputs * m * n * dtype.itemsize  # a multiple of the allocator's 512-byte rounding
     assert torch.cuda.memory_allocated() - before == out_bytes

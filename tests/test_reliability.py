@@ -119,10 +119,14 @@ def test_cuda_backend_states_the_gpus_capability_as_a_reason(monkeypatch, capabi
 def test_extension_reports_the_archs_it_was_built_for():
     from conftest import extension_or_skip
 
+    from bigmodel.cli import extension_status
+
     ext = extension_or_skip("cuda_archs")
-    spec = os.environ.get("BIGMODEL_CUDA_ARCHS", "80;90")
-    expected = sorted({int(a.strip().replace(".", "")) * 10 for a in spec.replace(",", ";").split(";") if a.strip()})
-    assert sorted(ext.cuda_archs()) == expected
+    status = extension_status()  # the cubins the .so holds, read with cuobjdump: an independent account
+    if "architectures unknown" in status:
+        pytest.skip(status)
+    cubins = sorted({int(a) for a in re.findall(r"sm_(\d+)", status)})
+    assert cubins and sorted(a // 10 for a in ext.cuda_archs()) == cubins, (ext.cuda_archs(), status)
 
 
 @pytest.mark.parametrize("capability, dtypes, runs", [

@@ -80,7 +80,8 @@ class TritonBackend(Backend):
         if device.type == "cpu" and self._interpreting():
             return []
         if device.type == "cuda":
-            return capability_reasons(_capability(device.index if device.index is not None else 0), ())
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return capability_reasons(_capability(index), ())
         return [f"inputs are on {device}; triton needs CUDA tensors (or TRITON_INTERPRET=1, set before "
                 "triton is imported, to run its kernels on the CPU)"]
 

@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <climits>
 
 #include "activation/activation.h"
@@ -59,16 +61,23 @@ void launch_act(const at::Tensor& in, at::Tensor& out, Activation act, DType dty
   check_launch(act_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), kFwd);
 }
 
-// true: the GEMM is enqueued; false: cuBLASLt has no algorithm for it (nothing was enqueued).
+std::atomic<int64_t> g_fallbacks{0};
+
+// true: the GEMM is enqueued; false: cuBLASLt has no algorithm for it (nothing was enqueued; counted).
 bool run_lt(const LtGemmParams& g) {
   const cublasStatus_t status = lt_linear(g);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    ++g_fallbacks;
+    return false;
+  }
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, kFwd, ": cublasLtMatmul failed: ", cublasLtGetStatusString(status),
               " (M=", g.m, ", N=", g.n, ", K=", g.k, ", ", dtype_name(g.dtype), ")");
   return true;
 }
 
 }  // namespace
+
+int64_t linear_act_fallbacks() { return g_fallbacks.load(); }
 
 std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor& weight_in,
                                        const c10::optional<at::Tensor>& bias, const std::string& activation) {
@@ -107,7 +116,11 @@ std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor&
   g.ldx = leading_dim(x);
   g.w = w.data_ptr();
   g.ldw = leading_dim(w);
-  g.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  // cuBLASLt has no alignment preference for the epilogue's bias and may pick a kernel that assumes 16 bytes: an
+  // offset view (b[1:]) is copied, N elements.
+  const at::Tensor b = !bias.has_value() ? at::Tensor()
+                       : reinterpret_cast<uintptr_t>(bias->data_ptr()) % 16 ? bias->clone() : *bias;
+  g.bias = b.defined() ? b.data_ptr() : nullptr;
   g.dtype = dtype;
   // TF32 only where torch's own fp32 GEMMs use it (torch.backends.cuda.matmul.allow_tf32; default off).
   g.allow_tf32 = at::globalContext().allowTF32CuBLAS();

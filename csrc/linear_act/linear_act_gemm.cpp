@@ -110,13 +110,17 @@ cublasStatus_t lt_linear(const LtGemmParams& p) {
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  // An error here (e.g. CUBLAS_STATUS_INVALID_VALUE for shapes the epilogue kernels do not cover) also just means
-  // "no algorithm": the caller has a fallback for every case.
+  // "No algorithm" (NOT_SUPPORTED, or INVALID_VALUE for shapes the epilogue kernels do not cover, e.g. a dim of 1)
+  // sends the caller to its fallback, which counts itself (linear_act_fallbacks) so GPU tests can tell; any other
+  // status is an error the caller raises.
   const cublasStatus_t h = cublasLtMatmulAlgoGetHeuristic(p.handle, op.get(), a.get(), b.get(), d.get(), d.get(),
                                                           pref.get(), 1, &result, &found);
-  if (h != CUBLAS_STATUS_SUCCESS || found == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
+  const bool none_found = h == CUBLAS_STATUS_SUCCESS && found == 0;
+  if (h == CUBLAS_STATUS_NOT_SUPPORTED || h == CUBLAS_STATUS_INVALID_VALUE || none_found) {
     return CUBLAS_STATUS_NOT_SUPPORTED;
   }
+  if (h != CUBLAS_STATUS_SUCCESS) return h;
+  if (result.state != CUBLAS_STATUS_SUCCESS) return result.state;
   const float alpha = 1.f, beta = 0.f;
   // C = D with beta = 0: C is never read.
   return cublasLtMatmul(p.handle, op.get(), &alpha, p.w, a.get(), p.x, b.get(), &beta, p.y, d.get(), p.y, d.get(),
