@@ -1,26 +1,46 @@
 """Backend registry: which implementation runs an op, and why the others cannot.
 
-Three backends: "cuda" (bigmodel._C), "triton" (bigmodel.kernels), "torch" (pure-torch reference).
-Each adapter answers `not_supported_reasons(op, **inputs) -> list[str]`; an empty list means it can run.
-The requested name comes from, in order: the call's `backend=` argument, `use_backend()` /
-`set_backend()`, the BIGMODEL_BACKEND environment variable, then "auto" (the op's priority list, fastest
-first, the reference last). A named backend that cannot run raises one BackendUnavailable listing every
-backend's reasons; nothing falls back silently.
+Four backends: "triton" (bigmodel.kernels), "cuda" (bigmodel._C), "torch" (PyTorch's own ops, with PyTorch's
+autograd: SDPA, F.layer_norm, ...) and "reference" (pure-math fp32 / fp64 implementations with hand-written
+backward formulas: the test oracle). Each adapter answers `not_supported_reasons(op, **inputs) -> list[str]`; an
+empty list means it can run. The requested name comes from, in order: the call's `backend=` argument,
+`use_backend()` / `set_backend()`, the BIGMODEL_BACKEND environment variable, then "auto".
+
+Auto is a static order today (measured auto comes later): on CUDA tensors the op's kernel priority with "torch"
+as the fallback (never the reference); attention puts "torch" first. On any other device (CPU) "torch", and the
+reference only where PyTorch cannot run the inputs; Triton under the interpreter runs only when asked by name.
+A fallback past the op's first choice is logged once at INFO on the "bigmodel" logger. A named backend that
+cannot run raises one BackendUnavailable listing every backend's reasons; nothing falls back silently.
+
+bigmodel.ops resolves the backend (`select`) before anything runs, in Python, so torch.compile traces the choice
+(no graph break): "torch" calls PyTorch's functional directly; the others call the `torch.ops.bigmodel.*` custom
+op with that concrete name (`kernel`).
 """
 import contextlib
+import logging
 import os
 
-from .base import Backend, BackendUnavailable
+import torch
+
+from .base import Backend, BackendUnavailable, trace_constant
 from .cuda import CudaBackend
-from .reference import TorchBackend
+from .pytorch import PyTorchBackend
+from .reference import ReferenceBackend
 from .triton import TritonBackend
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), TritonBackend(), TorchBackend())}
+log = logging.getLogger("bigmodel")
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), TritonBackend(), PyTorchBackend(),
+                                                    ReferenceBackend())}
 NAMES = tuple(BACKENDS) + ("auto",)
-# Auto order per op, fastest first; ops not listed use DEFAULT_PRIORITY.
+KERNEL_BACKENDS = ("cuda", "triton", "reference")  # the names a torch.ops.bigmodel custom op runs
+# Auto's static order on CUDA tensors, per op, first choice first; ops not listed use DEFAULT_PRIORITY. "torch"
+# ends every list (the fallback); attention starts with it (PyTorch's cuDNN / flash SDPA until measured otherwise).
 DEFAULT_PRIORITY = ("cuda", "triton", "torch")
 PRIORITY: dict[str, tuple[str, ...]] = {"layer_norm": ("triton", "cuda", "torch"),
-                                         "attention": ("triton", "cuda", "torch")}
+                                         "attention": ("torch", "triton", "cuda")}
+# Auto's order on every other device (CPU): PyTorch's op, and the reference only where PyTorch cannot run it.
+OTHER_DEVICE_PRIORITY = ("torch", "reference")
 
 _override: list = [None]  # set_backend / use_backend (a plain list so torch.compile reads it without a break)
 
@@ -57,16 +77,65 @@ def requested(backend=None) -> str:
     return check_name(env, "BIGMODEL_BACKEND") if env else "auto"
 
 
-def select(op: str, name: str, **inputs) -> Backend:
-    """The backend that runs `op` on these inputs; raises BackendUnavailable if none (or the named one) can."""
-    order = PRIORITY.get(op, DEFAULT_PRIORITY) if name == "auto" else (name,)
-    for candidate in order:
-        if not BACKENDS[candidate].not_supported_reasons(op, **inputs):
-            return BACKENDS[candidate]
-    reasons = {b: BACKENDS[b].not_supported_reasons(op, **inputs) for b in BACKENDS}
+def auto_order(op: str, **inputs) -> tuple[str, ...]:
+    """Auto's candidates for `op` on these inputs, first choice first (see the module docstring)."""
+    cuda = any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in inputs.values())
+    return PRIORITY.get(op, DEFAULT_PRIORITY) if cuda else OTHER_DEVICE_PRIORITY
+
+
+def _unavailable(op, name, inputs, names=None):
+    names = tuple(BACKENDS) if names is None else names
+    reasons = {b: BACKENDS[b].not_supported_reasons(op, **inputs) for b in names}
     lines = "\n".join(f"  {b}: {'; '.join(r) if r else 'can run these inputs'}" for b, r in reasons.items())
     asked = f"backend {name!r} cannot" if name != "auto" else "no backend can"
-    raise BackendUnavailable(f"bigmodel.ops.{op}: {asked} run these inputs.\n{lines}")
+    return BackendUnavailable(f"bigmodel.ops.{op}: {asked} run these inputs.\n{lines}")
+
+
+def select(op: str, name: str, **inputs) -> Backend:
+    """The backend that runs `op` on these inputs; raises BackendUnavailable if none (or the named one) can.
+    Runs in Python at trace time under torch.compile (no graph break)."""
+    if name != "auto":
+        if BACKENDS[name].not_supported_reasons(op, **inputs):
+            raise _unavailable(op, name, inputs)
+        return BACKENDS[name]
+    order = auto_order(op, **inputs)
+    skipped = []
+    for candidate in order:
+        reasons = BACKENDS[candidate].not_supported_reasons(op, **inputs)
+        if not reasons:
+            if skipped:
+                device = next(t.device for t in inputs.values() if isinstance(t, torch.Tensor))
+                why = "; ".join(f"{b}: {'; '.join(r)}" for b, r in skipped)
+                _log_once(f"bigmodel.ops.{op}: auto runs backend {candidate!r} on {device.type} tensors, "
+                          f"because {why}")
+            return BACKENDS[candidate]
+        skipped.append((candidate, reasons))
+    raise _unavailable(op, name, inputs)
+
+
+def kernel(op: str, name: str, **inputs) -> Backend:
+    """The custom ops' backend: `name` must be a concrete custom-op backend ("cuda", "triton", "reference") that can
+    run these inputs. bigmodel.ops chose it (`select`); the custom op only checks it again."""
+    if name not in KERNEL_BACKENDS:
+        raise ValueError(f"torch.ops.bigmodel.{op}: backend must be one of {', '.join(map(repr, KERNEL_BACKENDS))}; "
+                         f"got {name!r} (bigmodel.ops resolves 'auto' before the custom op, and calls PyTorch's own "
+                         "op directly for 'torch')")
+    if BACKENDS[name].not_supported_reasons(op, **inputs):
+        raise _unavailable(op, name, inputs)
+    return BACKENDS[name]
+
+
+_logged: set = set()
+
+
+@trace_constant
+def _log_once(message: str) -> bool:
+    """Log a fallback reason once per process (at INFO, logger "bigmodel"); under torch.compile it runs at trace
+    time."""
+    if message not in _logged:
+        _logged.add(message)
+        log.info(message)
+    return True
 
 
 def available_backends() -> dict[str, list[str]]:
@@ -74,5 +143,6 @@ def available_backends() -> dict[str, list[str]]:
     return {name: b.machine_reasons() for name, b in BACKENDS.items()}
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "available_backends", "requested", "select",
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "auto_order", "available_backends", "kernel", "requested",
+           "select",
            "set_backend", "use_backend"]

@@ -1,7 +1,24 @@
 """The adapter interface every backend implements."""
 import torch
+import torch._dynamo
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def trace_constant(fn):
+    """Mark a function of plain Python values (no tensors) whose result is plain data: torch.compile runs it for
+    real while tracing and keeps the result as a constant. The backend choice runs at trace time in Python (no
+    graph break), and what it asks of the machine (is triton importable, was _C built, a GPU's compute capability,
+    a kernel module's limits) is such a function; Dynamo cannot trace importlib."""
+    return torch._dynamo.assume_constant_result(fn)
+
+
+def mask_grad_reasons(attn_mask) -> list[str]:
+    """The custom-op backends give an attention mask no gradient; PyTorch's SDPA (backend "torch") does."""
+    if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+        return ["attn_mask requires grad, but the fused kernels give the mask no gradient (backend 'torch', "
+                "PyTorch's SDPA, does; or detach the mask)"]
+    return []
 
 
 class BackendUnavailable(RuntimeError):

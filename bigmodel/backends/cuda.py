@@ -4,7 +4,7 @@ import importlib
 
 import torch
 
-from .base import Backend
+from .base import Backend, mask_grad_reasons, trace_constant
 
 
 @functools.cache
@@ -46,6 +46,21 @@ def _device_arch_reasons(index: int) -> tuple[str, ...]:
     return tuple(arch_reasons(torch.cuda.get_device_capability(index), built))
 
 
+@trace_constant
+def _arch_reasons_of(index: int) -> tuple[str, ...]:
+    return tuple(_device_arch_reasons(index))
+
+
+@trace_constant
+def _machine_reasons() -> tuple[str, ...]:
+    ext, why = load_extension()
+    if ext is None:
+        return (why,)
+    if not torch.cuda.is_available():
+        return ("no CUDA GPU is visible (torch.cuda.is_available() is False)",)
+    return ()
+
+
 def _rows_cols_reasons(op, x, max_cols=None):
     reasons = []
     if x.size(0) > INT32_MAX:
@@ -59,17 +74,12 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def machine_reasons(self):
-        ext, why = load_extension()
-        if ext is None:
-            return [why]
-        if not torch.cuda.is_available():
-            return ["no CUDA GPU is visible (torch.cuda.is_available() is False)"]
-        return []
+        return list(_machine_reasons())
 
     def device_reasons(self, device):
         if device.type != "cuda":
             return [f"inputs are on {device}; the cuda backend needs CUDA tensors"]
-        return list(_device_arch_reasons(device.index if device.index is not None else torch.cuda.current_device()))
+        return list(_arch_reasons_of(device.index if device.index is not None else torch.cuda.current_device()))
 
     def layer_norm_reasons(self, input, **_):
         return _rows_cols_reasons("layer_norm", input, MAX_COLS)
@@ -112,7 +122,7 @@ class CudaBackend(Backend):
         if attn_mask is not None and key_padding(attn_mask) is None:
             reasons.append("attn_mask must be a boolean key-padding mask, i.e. vary only along batch and key "
                            "(shape (B, 1, 1, Lk)); float masks and per-query masks need triton")
-        return reasons
+        return reasons + mask_grad_reasons(attn_mask)
 
     def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
         o, lse = self._C.attention_fwd(q, k, v, key_padding(mask), is_causal, scale)

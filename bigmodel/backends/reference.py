@@ -1,19 +1,20 @@
-"""The "torch" backend: pure-torch implementations in fp32 (fp64 for fp64 inputs).
+"""The "reference" backend: pure-math implementations in fp32 (fp64 for fp64 inputs).
 
-It is the CPU fallback and the last entry of every auto list. It writes out each backward formula
-instead of calling autograd, so the tests check the math against torch's own autograd in fp64.
+It is the test oracle, never the fast path: auto never picks it on a GPU, and on other devices only where
+PyTorch's own op (the "torch" backend) cannot run the inputs. It writes out each backward formula instead of
+calling autograd, so the tests check the math against torch's own autograd in fp64.
 """
 import torch
 
-from .base import Backend
+from .base import Backend, mask_grad_reasons
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-class TorchBackend(Backend):
-    name = "torch"
+class ReferenceBackend(Backend):
+    name = "reference"
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
     # ---- layer_norm: x is (M, N); see kernels/layer_norm.py for the math
@@ -42,6 +43,9 @@ class TorchBackend(Backend):
 
     # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
     # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
+    def attention_reasons(self, attn_mask=None, **_):
+        return mask_grad_reasons(attn_mask)
+
     def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
         acc = _acc_dtype(q)
         p, lse = _attention_probs(q, k, mask, is_causal, scale, acc)

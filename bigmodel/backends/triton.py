@@ -10,7 +10,7 @@ import importlib
 
 import torch
 
-from .base import Backend
+from .base import Backend, mask_grad_reasons, trace_constant
 
 INT32_MAX = 2**31 - 1  # CUDA's grid axis 0 limit, and the reach of a 32-bit program index
 MIN_CAPABILITY = (7, 5)  # Triton 3.x compiles for sm_75 and newer
@@ -35,6 +35,53 @@ def _on_inputs_device(method):
 @functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+@trace_constant
+def _capability_of(index: int) -> tuple[int, int]:
+    return tuple(_capability(index))
+
+
+@trace_constant
+def _interpreting_now() -> bool:
+    return importlib.import_module("bigmodel.kernels._utils").INTERPRETING
+
+
+@trace_constant
+def _kernel_constant(op: str, name: str):
+    """A limit (an int) from bigmodel.kernels.<op>, readable while torch.compile traces the backend choice."""
+    return getattr(importlib.import_module(f"bigmodel.kernels.{op}"), name)
+
+
+@trace_constant
+def _machine_reasons() -> tuple[str, ...]:
+    try:
+        importlib.import_module("triton")
+    except ImportError as e:
+        return (f"triton is not installed ({e})",)
+    if not torch.cuda.is_available() and not _interpreting_now():
+        return ("no CUDA GPU is visible and Triton's CPU interpreter is off (set TRITON_INTERPRET=1 "
+                "before triton is imported to run its kernels on CPU tensors)",)
+    return ()
+
+
+def attention_limits_reasons(q, k) -> list[str]:
+    """kernels.attention.attention_limits_reasons, from its constants (traceable: no triton call)."""
+    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+    Hkv, Lk = k.shape[1], k.shape[2]
+    max_len, min_block = _kernel_constant("attention", "MAX_SEQ_LEN"), _kernel_constant("attention", "MIN_BLOCK")
+    max_programs = _kernel_constant("attention", "MAX_PROGRAMS")
+    reasons = []
+    for name, length in (("Lq", Lq), ("Lk", Lk)):
+        if length > max_len:
+            reasons.append(f"attention: sequence length {name} = {length} exceeds the Triton kernels' limit of "
+                           f"{max_len} (32-bit row indices)")
+    for what, length, heads in (("query", Lq, Hq), ("key", Lk, Hkv)):
+        programs = (length + min_block - 1) // min_block * heads * B
+        if programs > max_programs:
+            reasons.append(f"attention: batch {B} x {what} heads {heads} x {what} blocks of {min_block} "
+                           f"(length {length}) = {programs} programs exceeds CUDA's grid limit of {max_programs}")
+    return reasons
 
 
 def capability_reasons(capability: tuple[int, int], dtypes) -> list[str]:
@@ -63,25 +110,18 @@ class TritonBackend(Backend):
     name = "triton"
 
     def machine_reasons(self):
-        try:
-            importlib.import_module("triton")
-        except ImportError as e:
-            return [f"triton is not installed ({e})"]
-        if not torch.cuda.is_available() and not self._interpreting():
-            return ["no CUDA GPU is visible and Triton's CPU interpreter is off (set TRITON_INTERPRET=1 "
-                    "before triton is imported to run its kernels on CPU tensors)"]
-        return []
+        return list(_machine_reasons())
 
     @staticmethod
     def _interpreting() -> bool:
-        return importlib.import_module("bigmodel.kernels._utils").INTERPRETING
+        return _interpreting_now()
 
     def device_reasons(self, device):
         if device.type == "cpu" and self._interpreting():
             return []
         if device.type == "cuda":
             index = device.index if device.index is not None else torch.cuda.current_device()
-            return capability_reasons(_capability(index), ())
+            return capability_reasons(_capability_of(index), ())
         return [f"inputs are on {device}; triton needs CUDA tensors (or TRITON_INTERPRET=1, set before "
                 "triton is imported, to run its kernels on the CPU)"]
 
@@ -89,7 +129,8 @@ class TritonBackend(Backend):
         reasons = super().not_supported_reasons(op, **inputs)
         cuda = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.device.type == "cuda"]
         if cuda and not reasons:
-            reasons += capability_reasons(_capability(cuda[0].device.index), {t.dtype for t in cuda})
+            index = cuda[0].device.index if cuda[0].device.index is not None else torch.cuda.current_device()
+            reasons += capability_reasons(_capability_of(index), {t.dtype for t in cuda})
         return reasons
 
     @staticmethod
@@ -105,10 +146,10 @@ class TritonBackend(Backend):
         return self._kernels("layer_norm").layer_norm_bwd(dy, x, weight, bias, mean, rstd)
 
     def layer_norm_reasons(self, input, **_):
-        return _rows_reasons("layer_norm", input, input.size(-1) > self._kernels("layer_norm").MAX_FUSED_N)
+        return _rows_reasons("layer_norm", input, input.size(-1) > _kernel_constant("layer_norm", "MAX_FUSED_N"))
 
     def softmax_reasons(self, input, **_):
-        return _rows_reasons("softmax", input, input.size(-1) > self._kernels("softmax").MAX_FUSED_N)
+        return _rows_reasons("softmax", input, input.size(-1) > _kernel_constant("softmax", "MAX_FUSED_N"))
 
     def linear_act_reasons(self, input, weight, **_):
         if max(input.size(0), input.size(1), weight.size(0)) > INT32_MAX:
@@ -124,7 +165,7 @@ class TritonBackend(Backend):
             reasons.append(f"head dim {q.size(-1)} > {self.MAX_HEAD_DIM}")
         if v.size(-1) != q.size(-1):
             reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
-        return reasons + self._kernels("attention").attention_limits_reasons(q, k)
+        return reasons + attention_limits_reasons(q, k) + mask_grad_reasons(attn_mask)
 
     @_on_inputs_device
     def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):

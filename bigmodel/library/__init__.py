@@ -1,8 +1,9 @@
 """torch.library custom ops `bigmodel::<op>`: one opaque, fake-tensor-aware node per op for torch.compile.
 
-Each op takes the requested backend name as a string argument and picks the concrete backend when it
-runs (backends.select), so tracing never looks inside a kernel. Autograd is registered on the forward op
-and calls the `<op>_backward` custom op, which uses the same backend choice.
+Each op takes a concrete backend name ("triton", "cuda" or "reference") as a string argument: bigmodel.ops chose it
+(backends.select, in Python, at trace time under torch.compile) and the op only checks it (backends.kernel), so
+tracing never looks inside a kernel. The "torch" backend never comes here: bigmodel.ops calls PyTorch's own op.
+Autograd is registered on the forward op and calls the `<op>_backward` custom op with the same backend.
 """
 import functools
 import math

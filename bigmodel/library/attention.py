@@ -14,7 +14,8 @@ from . import autocast_off
 
 
 def _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal):
-    return backends.select("attention", backend, q=q, k=k, v=v, attn_mask=attn_mask, dropout_p=dropout_p,
+    mask = attn_mask.detach() if attn_mask is not None else None  # bigmodel.ops judged its requires_grad
+    return backends.kernel("attention", backend, q=q, k=k, v=v, attn_mask=mask, dropout_p=dropout_p,
                            is_causal=is_causal)
 
 

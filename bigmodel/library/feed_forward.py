@@ -20,7 +20,7 @@ SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh")
 @autocast_off
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
                backend: str) -> tuple[Tensor, Tensor]:
-    impl = backends.select("linear_act", backend, input=x, weight=weight, bias=bias)
+    impl = backends.kernel("linear_act", backend, input=x, weight=weight, bias=bias)
     if x.numel() == 0 or weight.numel() == 0:
         y, saved = _linear_act_empty_fwd(x, weight, bias, activation)
     else:
@@ -39,7 +39,7 @@ def _(x, weight, bias, activation, backend):
 def linear_act_backward(grad_y: Tensor, x: Tensor, weight: Tensor, saved: Tensor, y: Optional[Tensor],
                         activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dx, dweight, dbias); dbias is an empty tensor without a bias."""
-    impl = backends.select("linear_act", backend, input=x, weight=weight)
+    impl = backends.kernel("linear_act", backend, input=x, weight=weight)
     if x.numel() == 0 or weight.numel() == 0:
         dx, dw, db = _linear_act_empty_bwd(grad_y, x, weight, saved, y, activation, has_bias)
         return dx, dw, db if db is not None else _empty_grad(x)
@@ -114,7 +114,7 @@ linear_act.register_autograd(_linear_act_grad, setup_context=_linear_act_setup)
 @autocast_off
 def activation(x: Tensor, activation: str, backend: str) -> Tensor:
     """x contiguous, any shape; activation "gelu", "gelu_tanh" or "relu". No kernel runs on an empty x."""
-    impl = backends.select("activation", backend, input=x)
+    impl = backends.kernel("activation", backend, input=x)
     return torch.empty_like(x) if x.numel() == 0 else impl.activation_fwd(x, activation)
 
 
@@ -126,7 +126,7 @@ def _(x, activation, backend):
 @torch.library.custom_op("bigmodel::activation_backward", mutates_args=())
 @autocast_off
 def activation_backward(grad_y: Tensor, x: Tensor, activation: str, backend: str) -> Tensor:
-    impl = backends.select("activation", backend, input=x)
+    impl = backends.kernel("activation", backend, input=x)
     return torch.empty_like(x) if x.numel() == 0 else impl.activation_bwd(grad_y.contiguous(), x, activation)
 
 
@@ -155,7 +155,7 @@ activation.register_autograd(_activation_grad, setup_context=_activation_setup)
 def softmax(x: Tensor, backend: str) -> Tensor:
     """Softmax over the last dim of x (M, N) with unit last stride; returns (M, N) contiguous. No kernel runs when
     M or N is 0."""
-    impl = backends.select("softmax", backend, input=x)
+    impl = backends.kernel("softmax", backend, input=x)
     return x.new_empty(x.shape) if x.numel() == 0 else impl.softmax_fwd(x)
 
 
@@ -168,7 +168,7 @@ def _(x, backend):
 @autocast_off
 def softmax_backward(grad_y: Tensor, y: Tensor, backend: str) -> Tensor:
     """dx = y * (dy - rowsum(dy * y))."""
-    impl = backends.select("softmax", backend, input=y)
+    impl = backends.kernel("softmax", backend, input=y)
     if y.numel() == 0:
         return y.new_empty(y.shape)
     return impl.softmax_bwd(grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous(), y)

@@ -17,7 +17,7 @@ def layer_norm(x: Tensor, normalized_shape: list[int], weight: Optional[Tensor],
     which only the pure-math backend takes). No kernel runs on zero rows."""
     n = math.prod(normalized_shape)
     x2 = row_view(x, n)
-    impl = backends.select("layer_norm", backend, input=x2, weight=weight, bias=bias)
+    impl = backends.kernel("layer_norm", backend, input=x2, weight=weight, bias=bias)
     if x2.size(0) == 0:
         stat = x.new_empty(0, dtype=stats_dtype(x))
         return x.new_empty(x.shape), stat, torch.empty_like(stat)
@@ -46,7 +46,7 @@ def layer_norm_backward(grad_out: Tensor, x: Tensor, normalized_shape: list[int]
     """Returns (dx, dweight, dbias); a missing parameter's gradient is an empty tensor."""
     n = math.prod(normalized_shape)
     x2 = row_view(x, n)
-    impl = backends.select("layer_norm", backend, input=x2, weight=weight, bias=bias)
+    impl = backends.kernel("layer_norm", backend, input=x2, weight=weight, bias=bias)
     if x2.size(0) == 0:  # zero rows: dx is empty, dweight / dbias sum nothing
         dw = torch.zeros_like(weight) if weight is not None else _empty_grad(x)
         db = torch.zeros_like(bias) if bias is not None else _empty_grad(x)

@@ -1,4 +1,6 @@
 """Input validation shared by the public ops: errors name the argument, what was expected, what arrived."""
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -45,3 +47,10 @@ def autocast_inputs(*tensors):
         return tensors
     dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
+def rows_like(t: torch.Tensor, n: int, rows: int) -> torch.Tensor:
+    """A stand-in with t's dtype and device shaped as the (rows, n) matrix the row kernels see, for the backends'
+    not_supported_reasons (they read sizes, dtype and device only): a stride-0 expanded view of one element, so
+    judging a non-contiguous input copies nothing."""
+    return t.new_empty(1, 1).expand(rows, n)

@@ -1,4 +1,5 @@
 """bigmodel.ops.gelu, relu and softmax: torch's semantics on the fused kernels."""
+import math
 import numbers
 
 import torch
@@ -22,8 +23,10 @@ def relu(input, *, backend=None):
 
 def _activation(op, x, name, backend):
     _checks.check_tensor(op, "input", x)
-    y = torch.ops.bigmodel.activation(x.contiguous(), name, backends.requested(backend))
-    return y
+    impl = backends.select("activation", backends.requested(backend), input=x)
+    if impl.name == "torch":
+        return impl.activation(x, name)
+    return torch.ops.bigmodel.activation(x.contiguous(), name, impl.name)
 
 
 def softmax(input, dim=-1, *, backend=None):
@@ -32,6 +35,11 @@ def softmax(input, dim=-1, *, backend=None):
     if not isinstance(dim, numbers.Integral) or not -max(input.dim(), 1) <= dim < max(input.dim(), 1):
         raise ValueError(f"bigmodel.ops.softmax: dim must be an int in [{-max(input.dim(), 1)}, "
                          f"{max(input.dim(), 1) - 1}] for an input of shape {tuple(input.shape)}; got {dim!r}")
+    n = input.size(dim) if input.dim() else 1
+    rows = input.numel() // n if n else math.prod(s for i, s in enumerate(input.shape) if i != dim % input.dim())
+    impl = backends.select("softmax", backends.requested(backend), input=_checks.rows_like(input, n, rows))
+    if impl.name == "torch":
+        return impl.softmax(input, dim)
     x = input.movedim(dim, -1) if input.dim() else input.reshape(1)  # a view: no copy when dim is already last
-    y = torch.ops.bigmodel.softmax(row_view(x, x.size(-1)), backends.requested(backend)).view(x.shape)
+    y = torch.ops.bigmodel.softmax(row_view(x, x.size(-1)), impl.name).view(x.shape)
     return y.movedim(-1, dim) if input.dim() else y.reshape(())

@@ -23,10 +23,12 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     dropout_p: applied whenever > 0, like the functional SDPA (pass 0.0 in eval); the seed comes from torch's
     CPU generator, and the backward regenerates the same mask.
 
-    Rows in which every key is masked give output 0 and gradient 0. (PyTorch's SDPA gives NaN there for
-    additive -inf masks and on some backends.) Statistics (max, log-sum-exp) are kept in fp32 for every dtype;
+    Rows in which every key is masked give output 0 and gradient 0 on the kernels and the reference. (Backend
+    "torch" is PyTorch's SDPA: 0 too on CPU; some of its CUDA kernels may give NaN there. See backends/pytorch.py.)
+    A mask that requires grad gets its gradient from backend "torch" (auto takes it); the kernels refuse it. Statistics (max, log-sum-exp) are kept in fp32 for every dtype;
     fp32 inputs use full-precision (not TF32) dot products. Under torch.autocast the inputs are cast to the autocast
-    dtype, as for SDPA. `backend`: "triton", "cuda", "torch" or "auto".
+    dtype, as for SDPA. `backend`: "triton", "cuda",
+    "torch" (PyTorch's SDPA), "reference" or "auto" ("torch" first, for now).
     """
     q, k, v, attn_mask = _checks.autocast_inputs(q, k, v, attn_mask)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -56,9 +58,15 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     name = backends.requested(backend)
 
     batch, lq, lk = q.shape[:-3], q.size(-2), k.size(-2)
-    q4, k4, v4 = (_as_4d(t) for t in (q, k, v))
     mask4 = _mask_4d(attn_mask, is_causal, (*batch, hq, lq, lk), q)
-    out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale, name)
+    q4, k4, v4 = (_as_4d(t, copy=False) for t in (q, k, v))
+    impl = backends.select(OP, name, q=q4, k=k4, v=v4, attn_mask=mask4, dropout_p=float(dropout_p),
+                           is_causal=bool(is_causal))
+    if impl.name == "torch":  # PyTorch's SDPA on the validated, broadcast inputs (its autograd, its kernels)
+        return impl.attention(q, k, v, attn_mask, float(dropout_p), bool(is_causal), scale, hq != hkv)
+    q4, k4, v4 = (_as_4d(t) for t in (q, k, v))
+    out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale,
+                                                    impl.name)
     return out.view(*q.shape[:-1], v.size(-1))
 
 
@@ -100,9 +108,13 @@ def _broadcast(q, k, v, enable_gqa):
     return q, k, v, hq, hkv
 
 
-def _as_4d(t):
-    """(..., H, L, E) -> (B, H, L, E) with unit last stride (a view when one exists)."""
+def _as_4d(t, copy=True):
+    """(..., H, L, E) -> (B, H, L, E) with unit last stride (a view when one exists). copy=False: a stride-0
+    stand-in of that shape (for the backends' not_supported_reasons, which read sizes only) where no view exists."""
     shape = (1, 1, *t.shape) if t.dim() == 2 else (-1, *t.shape[-3:])
+    if not copy:
+        return t.new_empty((1,) * 4).expand((1, 1, *t.shape) if t.dim() == 2 else (math.prod(t.shape[:-3]),
+                                                                                    *t.shape[-3:]))
     t4 = t.reshape(shape)
     return t4 if t4.stride(-1) == 1 or t4.size(-1) == 1 else t4.contiguous()
 
@@ -118,9 +130,6 @@ def _mask_4d(mask, is_causal, full_shape, q):
     if mask.dtype not in (torch.bool, q.dtype):
         raise TypeError(f"bigmodel.ops.{OP}: attn_mask must be bool (True = attend) or q's dtype {q.dtype} "
                         f"(additive); got {mask.dtype}")
-    if mask.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"bigmodel.ops.{OP}: attn_mask requires grad, but the fused kernels give the mask no "
-                         "gradient; detach it (or use F.scaled_dot_product_attention for a learned bias)")
     try:
         expanded = mask.expand(full_shape)
     except RuntimeError:

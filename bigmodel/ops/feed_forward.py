@@ -1,4 +1,6 @@
 """bigmodel.ops.linear_act and bigmodel.ops.feed_forward: GEMM + bias + activation in one fused op."""
+import math
+
 import torch
 
 from .. import backends
@@ -50,8 +52,12 @@ def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
 
 
 def _linear_act(x, weight, bias, act, backend_name):
+    rows = _checks.rows_like(x, x.size(-1), x.numel() // x.size(-1) if x.size(-1) else math.prod(x.shape[:-1]))
+    impl = backends.select("linear_act", backend_name, input=rows, weight=weight, bias=bias)
+    if impl.name == "torch":
+        return impl.linear_act(x, weight, bias, act)
     y, _saved = torch.ops.bigmodel.linear_act(row_view(x, x.size(-1)), weight.contiguous(),
-                                              bias.contiguous() if bias is not None else None, act, backend_name)
+                                              bias.contiguous() if bias is not None else None, act, impl.name)
     return y.view(*x.shape[:-1], weight.size(0))
 
 

@@ -1,4 +1,5 @@
 """bigmodel.ops.layer_norm: F.layer_norm's semantics on the fused kernels."""
+import math
 import numbers
 
 import torch
@@ -9,10 +10,10 @@ from . import _checks
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend=None):
     """Same as `torch.nn.functional.layer_norm`; statistics are computed in fp32 for every dtype (fp64 for fp64
-    input, which the pure-math backend runs).
+    input, which the reference and torch backends run).
 
     weight / bias may have the input's dtype or float32 (mixed precision: fp32 parameters, 16-bit
-    activations); the output has the input's dtype. `backend`: "triton", "cuda", "torch" or "auto".
+    activations); the output has the input's dtype. `backend`: "triton", "cuda", "torch", "reference" or "auto".
     """
     op = "layer_norm"
     _checks.check_tensor(op, "input", input)
@@ -34,6 +35,10 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     _checks.check_same_device(op, "input", input, weight=weight, bias=bias)
     if not isinstance(eps, numbers.Real) or eps < 0:
         raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")
-    y, _mean, _rstd = torch.ops.bigmodel.layer_norm(input, list(shape), weight, bias, float(eps),
-                                                     backends.requested(backend))
+    n = math.prod(shape)
+    impl = backends.select(op, backends.requested(backend), input=_checks.rows_like(input, n, input.numel() // n),
+                           weight=weight, bias=bias)
+    if impl.name == "torch":
+        return impl.layer_norm(input, shape, weight, bias, float(eps))
+    y, _mean, _rstd = torch.ops.bigmodel.layer_norm(input, list(shape), weight, bias, float(eps), impl.name)
     return y

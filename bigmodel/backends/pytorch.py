@@ -1,0 +1,78 @@
+"""The "torch" backend: PyTorch's own implementation of every op, with PyTorch's autograd.
+
+F.scaled_dot_product_attention (PyTorch picks its flash / cuDNN / efficient / math kernel), F.layer_norm,
+torch.softmax, F.gelu / F.relu, F.linear followed by the activation. Where PyTorch has no fused op, it is the plain
+composition of PyTorch ops a user would write. It runs on every device and dtype PyTorch runs the op on (CPU and
+fp64 included), it is the baseline every kernel must beat, and auto's fallback wherever no kernel can run.
+
+Unlike the other backends it is not called through a `torch.ops.bigmodel.*` custom op: bigmodel.ops calls these
+methods directly (after its own validation), so autograd, autocast and torch.compile see PyTorch's own ops. The
+methods take the public ops' arguments after validation, not the kernels' flattened (rows, cols) form.
+
+Where PyTorch's op differs from bigmodel's semantics:
+- attention dropout: SDPA draws its own mask from PyTorch's generator of the inputs' device; the distribution is
+  the same (keep with probability 1 - p, scaled by 1 / (1 - p)), the mask is not the kernels' mask for a seed.
+- fully masked attention rows (no visible key): bigmodel's kernels give output 0 and gradient 0. SDPA's CPU and
+  math paths do too (PyTorch >= 2.5 uses a "safe" softmax there); its fused CUDA kernels can give NaN for such rows
+  on some versions. Ask for backend="triton" (or "cuda") where rows may be fully masked on a GPU. With no keys at
+  all (Lk = 0) this backend returns 0, as the kernels do.
+- an attn_mask that requires grad gets its gradient here (SDPA differentiates it); the kernels give none, so
+  their adapters refuse such a mask and auto takes this backend.
+"""
+import torch
+import torch.nn.functional as F
+
+from .base import Backend
+
+ALL_FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def activate(z, activation):
+    """act(z) for the kernels' activation names: "gelu" (erf), "gelu_tanh", "relu", "none"."""
+    if activation == "gelu":
+        return F.gelu(z)
+    if activation == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    if activation == "relu":
+        return F.relu(z)
+    return z
+
+
+class PyTorchBackend(Backend):
+    name = "torch"
+    dtypes = ALL_FLOAT
+    OPS = ("attention", "layer_norm", "softmax", "activation", "linear_act")
+
+    def not_supported_reasons(self, op, **inputs):
+        if op not in self.OPS:
+            return [f"torch has no {op} implementation in bigmodel"]
+        reasons = []
+        for k, t in inputs.items():
+            if isinstance(t, torch.Tensor) and t.dtype != torch.bool and t.dtype not in self.dtypes:
+                reasons.append(f"{k} has dtype {str(t.dtype).replace('torch.', '')}; PyTorch's op takes floating "
+                               "point inputs here")
+        return reasons
+
+    # ---- attention: q (..., Hq, Lq, D), k / v (..., Hkv, Lk, D|Dv), broadcast to one batch shape by bigmodel.ops;
+    # Hkv divides Hq (gqa: Hkv != Hq); attn_mask broadcastable to (..., Hq, Lq, Lk), bool or additive, or None.
+    def attention(self, q, k, v, attn_mask, dropout_p, is_causal, scale, gqa):
+        if k.size(-2) == 0:  # no keys: every row is fully masked, output 0 (SDPA would give NaN / garbage rows)
+            zero = (q.sum() + k.sum() + v.sum()) * 0  # keeps the graph: gradients are zeros, not None
+            return zero + q.new_zeros(*q.shape[:-1], v.size(-1))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale, enable_gqa=gqa)
+
+    def layer_norm(self, x, normalized_shape, weight, bias, eps):
+        if x.dtype == torch.float64:  # fp32 parameters with an fp64 input: PyTorch's CPU kernel wants one dtype
+            weight = weight.to(x.dtype) if weight is not None else None
+            bias = bias.to(x.dtype) if bias is not None else None
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+    def softmax(self, x, dim):
+        return torch.softmax(x, dim)
+
+    def activation(self, x, activation):
+        return activate(x, activation)
+
+    def linear_act(self, x, weight, bias, activation):
+        return activate(F.linear(x, weight, bias), activation)
