@@ -32,7 +32,7 @@ import torch
 
 from . import cases, timing
 
-REFERENCE = "torch"
+REFERENCE = "torch"  # the speed baseline: provider "torch", PyTorch's own ops (= backend "torch")
 HIGHLIGHT = ("triton", "cuda", "bigmodel", "bigmodel-triton", "bigmodel-cuda")  # bigmodel's own: thicker lines
 # Plot colours (indices into tab10) that stay the same in every run; bigmodel-<backend> takes its backend's colour.
 # Other providers take the remaining colours in order.

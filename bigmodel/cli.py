@@ -108,7 +108,10 @@ def cmd_info(args, out: Output) -> int:
             for name, reasons in bigmodel.available_backends().items()]
     out.table("backends", ["backend", "usable here", "why not"], rows)
     order = ", ".join(f"{op}: {' > '.join(names)}" for op, names in backends.PRIORITY.items())
-    out.print(f"auto order: {order}; other ops: {' > '.join(backends.DEFAULT_PRIORITY)}")
+    out.print(f"auto (static order, not yet measured) on CUDA tensors: {order}; other ops: "
+              f"{' > '.join(backends.DEFAULT_PRIORITY)}")
+    out.print(f"auto on other devices (CPU): {' > '.join(backends.OTHER_DEVICE_PRIORITY)} (reference only where "
+              "PyTorch cannot run the inputs; triton only when asked by name)")
     return 0
 
 

@@ -73,15 +73,17 @@ def interpreter():
 
 @pytest.fixture
 def spy():
-    """Records, in order, which backend's layer_norm_fwd / layer_norm_bwd ran: [(backend, fn), ...]."""
+    """Records, in order, which backend's layer_norm_fwd / layer_norm_bwd ran: [(backend, fn), ...]. Backend "torch"
+    (PyTorch's F.layer_norm, its own autograd) records its forward as ("torch", "layer_norm_fwd") and no backward."""
     from bigmodel.backends import BACKENDS
 
     calls, patched = [], []
     for name, impl in BACKENDS.items():
-        for fn in ("layer_norm_fwd", "layer_norm_bwd"):
+        fns = ("layer_norm",) if name == "torch" else ("layer_norm_fwd", "layer_norm_bwd")
+        for fn in fns:
             original = getattr(impl, fn)
 
-            def wrapper(*args, _name=name, _fn=fn, _original=original):
+            def wrapper(*args, _name=name, _fn="layer_norm_fwd" if fn == "layer_norm" else fn, _original=original):
                 calls.append((_name, _fn))
                 return _original(*args)
 

@@ -44,11 +44,11 @@ requires_interpreter = pytest.mark.skipif(not triton_interpreting(), reason=INTE
 
 # The CPU backends of every op test: the reference, and Triton under the interpreter (fp32 / fp16; bf16 tl.dot does
 # not work in the interpreter, so bf16 runs on the reference here and on both kernel backends in the GPU tests).
-BACKENDS_CPU = ["torch", pytest.param("triton", marks=requires_interpreter)]
+BACKENDS_CPU = ["reference", pytest.param("triton", marks=requires_interpreter)]
 BACKEND_DTYPES = [
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float16, id="torch-fp16"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
+    pytest.param("reference", torch.float32, id="reference-fp32"),
+    pytest.param("reference", torch.float16, id="reference-fp16"),
+    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
     pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
     pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
 ]

@@ -1,4 +1,4 @@
-"""bigmodel.ops.attention on CPU: SDPA's semantics, on the reference backend ("torch") and the Triton kernels under
+"""bigmodel.ops.attention on CPU: SDPA's semantics, on the reference backend ("reference") and the Triton kernels under
 the interpreter ("triton" on CPU tensors), forward and all three gradients against fp64 SDPA by DESIGN.md's rule.
 The kernel-level shape sweep is in test_attention_kernels.py; this file covers what the op promises: input ranks,
 masks of every kind and broadcast, causal alignment, GQA, scale, fully masked rows, strides and dropout."""
@@ -53,7 +53,7 @@ def test_2d_input(backend):
 
 
 def test_reference_takes_a_different_value_head_dim():
-    run("torch", *qkv((2,), 2, 2, 9, 12, 16, torch.float32, dv=24))
+    run("reference", *qkv((2,), 2, 2, 9, 12, 16, torch.float32, dv=24))
 
 
 # ------------------------------------------------------------------------------------------ causal, scale, GQA
@@ -165,7 +165,7 @@ def keep_mask(backend, q, k, p, seed):
     return out != 0, out
 
 
-@pytest.mark.parametrize("backend,dtype", [pytest.param("torch", torch.float32, id="torch-fp32"),
+@pytest.mark.parametrize("backend,dtype", [pytest.param("reference", torch.float32, id="reference-fp32"),
                                            pytest.param("triton", torch.float32, id="triton-fp32",
                                                         marks=requires_interpreter),
                                            pytest.param("triton", torch.float16, id="triton-fp16",

@@ -8,7 +8,7 @@ import bigmodel.backends as backends
 from bigmodel.backends import BACKENDS, BackendUnavailable
 from numerics import randn_input, requires_interpreter, triton_interpreting
 
-NAMES = ("cuda", "triton", "torch")
+NAMES = ("cuda", "triton", "torch", "reference")
 
 
 @pytest.fixture(autouse=True)
@@ -38,32 +38,32 @@ def test_argument_beats_everything(spy, monkeypatch):
     monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
     bigmodel.set_backend("triton")
     with bigmodel.use_backend("triton"):
-        ln(backend="torch")
-    assert ran(spy) == ["torch"]
+        ln(backend="reference")
+    assert ran(spy) == ["reference"]
 
 
 @requires_interpreter
 def test_use_backend_beats_set_backend_and_env(spy, monkeypatch):
     monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
     bigmodel.set_backend("triton")
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         ln()
     ln()  # back to set_backend's choice
-    assert ran(spy) == ["torch", "triton"]
+    assert ran(spy) == ["reference", "triton"]
 
 
 @requires_interpreter
 def test_set_backend_beats_env(spy, monkeypatch):
     monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
-    bigmodel.set_backend("torch")
+    bigmodel.set_backend("reference")
     ln()
     bigmodel.set_backend(None)  # None restores BIGMODEL_BACKEND / auto
     ln()
-    assert ran(spy) == ["torch", "triton"]
+    assert ran(spy) == ["reference", "triton"]
 
 
 @requires_interpreter
-@pytest.mark.parametrize("env", ["torch", "triton"])
+@pytest.mark.parametrize("env", ["reference", "triton"])
 def test_env_beats_auto(spy, monkeypatch, env):
     monkeypatch.setenv("BIGMODEL_BACKEND", env)
     ln()
@@ -72,11 +72,11 @@ def test_env_beats_auto(spy, monkeypatch, env):
 
 @requires_interpreter
 def test_env_read_at_call_time(spy, monkeypatch):
-    monkeypatch.setenv("BIGMODEL_BACKEND", "torch")
+    monkeypatch.setenv("BIGMODEL_BACKEND", "reference")
     ln()
     monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
     ln()
-    assert ran(spy) == ["torch", "triton"]
+    assert ran(spy) == ["reference", "triton"]
 
 
 def test_env_auto_means_auto(spy, monkeypatch):
@@ -85,27 +85,35 @@ def test_env_auto_means_auto(spy, monkeypatch):
     assert ran(spy) == [backends.select("layer_norm", "auto", input=randn_input(2, 16)).name]
 
 
-@requires_interpreter
-def test_auto_prefers_triton_for_layer_norm_on_cpu_with_interpreter(spy):
-    ln()
-    assert ran(spy) == ["triton"]
+def test_auto_on_cpu_picks_torch_even_with_the_interpreter(spy):
+    """On CPU tensors auto runs PyTorch's own op; Triton under the interpreter only when asked by name."""
+    x = randn_input(4, 16).requires_grad_(True)
+    y = ln(x)
+    y.sum().backward()
+    assert spy == [("torch", "layer_norm_fwd")]  # PyTorch's autograd ran the backward: no bigmodel backward
+    assert y.grad_fn.name() == "NativeLayerNormBackward0"
+    for op, inputs in (("attention", dict(q=randn_input(1, 2, 4, 8), k=randn_input(1, 2, 4, 8),
+                                          v=randn_input(1, 2, 4, 8))),
+                       ("softmax", dict(input=randn_input(4, 8))), ("activation", dict(input=randn_input(4, 8))),
+                       ("linear_act", dict(input=randn_input(4, 8), weight=randn_input(3, 8)))):
+        assert backends.select(op, "auto", **inputs).name == "torch", op
 
 
 @requires_interpreter
 def test_backward_uses_the_forward_backend(spy):
     x = randn_input(4, 16).requires_grad_(True)
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         y = ln(x)
     y.sum().backward()  # outside the context: the backend chosen for the forward is recorded on the node
-    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
+    assert spy == [("reference", "layer_norm_fwd"), ("reference", "layer_norm_bwd")]
 
 
 @requires_interpreter
 def test_nn_module_backend_kw(spy):
-    m = bigmodel.nn.LayerNorm(16, backend="torch")
+    m = bigmodel.nn.LayerNorm(16, backend="reference")
     with bigmodel.use_backend("triton"):
         m(randn_input(4, 16))
-    assert ran(spy) == ["torch"]
+    assert ran(spy) == ["reference"]
 
 
 # ------------------------------------------------------------------------------------------ use_backend
@@ -114,21 +122,21 @@ def test_use_backend_nests_and_restores(monkeypatch):
     bigmodel.set_backend(None)
     with bigmodel.use_backend("triton"):
         assert backends.requested() == "triton"
-        with bigmodel.use_backend("torch"):
-            assert backends.requested() == "torch"
+        with bigmodel.use_backend("reference"):
+            assert backends.requested() == "reference"
             with bigmodel.use_backend("auto"):
                 assert backends.requested() == "auto"
-            assert backends.requested() == "torch"
+            assert backends.requested() == "reference"
         assert backends.requested() == "triton"
     assert backends._override[0] is None
 
 
 def test_use_backend_restores_on_exception():
-    bigmodel.set_backend("torch")
+    bigmodel.set_backend("reference")
     with pytest.raises(RuntimeError, match="boom"):
         with bigmodel.use_backend("triton"):
             raise RuntimeError("boom")
-    assert backends.requested() == "torch"
+    assert backends.requested() == "reference"
 
 
 def test_requested_precedence_without_running(monkeypatch):
@@ -139,8 +147,8 @@ def test_requested_precedence_without_running(monkeypatch):
     assert backends.requested() == "cuda"
     bigmodel.set_backend("triton")
     assert backends.requested() == "triton"
-    with bigmodel.use_backend("torch"):
-        assert backends.requested() == "torch"
+    with bigmodel.use_backend("reference"):
+        assert backends.requested() == "reference"
         assert backends.requested("cuda") == "cuda"
     monkeypatch.setenv("BIGMODEL_BACKEND", "")  # empty means unset
     bigmodel.set_backend(None)
@@ -148,7 +156,7 @@ def test_requested_precedence_without_running(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ bad names
-VALID = r"'cuda', 'triton', 'torch', 'auto'"
+VALID = r"'cuda', 'triton', 'torch', 'reference', 'auto'"
 
 
 @pytest.mark.parametrize("bad", ["Triton", "tritonn", "", "gpu", 3])
@@ -230,17 +238,81 @@ def test_setting_triton_interpret_late_does_not_fool_the_backend(interpreter_off
         ln(backend="triton")
 
 
-def test_auto_on_cpu_without_interpreter_falls_back_to_torch(spy, interpreter_off):
+def test_auto_on_cpu_without_interpreter_runs_torch(spy, interpreter_off):
     x = randn_input(4, 16).requires_grad_(True)
     y = ln(x)
     y.sum().backward()
-    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
+    assert spy == [("torch", "layer_norm_fwd")]
 
 
 @pytest.mark.parametrize("backend", [None, "auto"])
 def test_float64_under_auto_runs_on_torch(spy, backend):
     ln(randn_input(4, 16, dtype=torch.float64), backend=backend)
     assert ran(spy) == ["torch"]
+
+
+def test_auto_on_cpu_takes_the_reference_only_where_torch_cannot(spy, monkeypatch, caplog):
+    monkeypatch.setitem(vars(BACKENDS["torch"]), "not_supported_reasons", lambda op, **inputs: ["pretend: no op"])
+    with caplog.at_level("INFO", logger="bigmodel"):
+        ln()
+    assert ran(spy) == ["reference"]
+    assert any("auto runs backend 'reference'" in r.message and "torch: pretend: no op" in r.message
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["triton", "reference", "torch"])
+def test_explicit_backend_bypasses_auto(spy, name):
+    if name == "triton" and not triton_interpreting():
+        pytest.skip("needs the Triton interpreter")
+    ln(backend=name)
+    assert ran(spy) == [name]
+
+
+# ------------------------------------------------------------------------------------------ auto on CUDA tensors
+class _FakeCudaTensor:
+    """Stands in for a CUDA tensor in the selection logic (no GPU here): only device, dtype and sizes are read."""
+
+    def __init__(self, *shape, dtype=torch.float16):
+        self.shape, self.dtype, self.device, self.requires_grad = torch.Size(shape), dtype, torch.device("cuda", 0), False
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
+@pytest.fixture
+def cuda_inputs(monkeypatch):
+    """Selection on 'CUDA' inputs with every kernel backend able to run (reasons patched per test)."""
+    for name in ("cuda", "triton", "torch", "reference"):
+        monkeypatch.setitem(vars(BACKENDS[name]), "not_supported_reasons", lambda op, **inputs: [])
+    return dict(input=_FakeCudaTensor(4, 16))
+
+
+def test_auto_on_cuda_keeps_the_kernel_order(cuda_inputs):
+    assert backends.select("layer_norm", "auto", **cuda_inputs).name == "triton"
+    assert backends.select("softmax", "auto", **cuda_inputs).name == "cuda"
+    assert backends.select("attention", "auto", q=cuda_inputs["input"]).name == "torch"  # torch first for attention
+
+
+def test_auto_on_cuda_falls_back_to_torch_with_a_logged_reason(cuda_inputs, monkeypatch, caplog):
+    monkeypatch.setitem(vars(BACKENDS["triton"]), "not_supported_reasons", lambda op, **i: ["pretend: triton says no"])
+    monkeypatch.setitem(vars(BACKENDS["cuda"]), "not_supported_reasons", lambda op, **i: ["pretend: cuda says no"])
+    backends._logged.clear()
+    with caplog.at_level("INFO", logger="bigmodel"):
+        for _ in range(3):
+            assert backends.select("layer_norm", "auto", **cuda_inputs).name == "torch"  # never the reference
+    logged = [r for r in caplog.records if r.name == "bigmodel" and r.levelname == "INFO"]
+    assert len(logged) == 1, [r.message for r in logged]  # once, not per call
+    msg = logged[0].message
+    assert "bigmodel.ops.layer_norm" in msg and "'torch'" in msg and "cuda tensors" in msg
+    assert "triton: pretend: triton says no" in msg and "cuda: pretend: cuda says no" in msg
+
+
+def test_auto_on_cuda_never_takes_the_reference(cuda_inputs, monkeypatch):
+    for name in ("triton", "cuda", "torch"):
+        monkeypatch.setitem(vars(BACKENDS[name]), "not_supported_reasons", lambda op, **i: ["pretend: no"])
+    with pytest.raises(BackendUnavailable, match="no backend can run"):
+        backends.select("layer_norm", "auto", **cuda_inputs)
+    assert "reference" not in backends.auto_order("layer_norm", **cuda_inputs)
 
 
 @requires_interpreter  # otherwise the machine-level reason (no GPU, no interpreter) is all triton reports
@@ -261,7 +333,8 @@ def test_available_backends():
     assert isinstance(av, dict) and set(av) == set(NAMES)
     for name, reasons in av.items():
         assert isinstance(reasons, list) and all(isinstance(r, str) and r for r in reasons), (name, reasons)
-    assert av["torch"] == []
+    assert av["reference"] == [] and av["torch"] == []
+    assert set(av) == {"cuda", "triton", "torch", "reference"}
     if torch.cuda.is_available() or triton_interpreting():
         assert av["triton"] == []  # triton is installed in the test environment
     else:

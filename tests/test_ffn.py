@@ -1,4 +1,4 @@
-"""bigmodel.ops.linear_act / feed_forward / gelu / relu / softmax on CPU: the reference backend ("torch") and the
+"""bigmodel.ops.linear_act / feed_forward / gelu / relu / softmax on CPU: the reference backend ("reference") and the
 Triton kernels under the interpreter, forward and every gradient against the torch.nn.functional compositions in
 fp64 by DESIGN.md's rule; bad input; the custom ops (opcheck, torch.compile(fullgraph=True)); and the nn modules as
 drop-ins. The kernel-level sweep is in test_ffn_kernels.py."""
@@ -221,7 +221,7 @@ def test_patch_swaps_activations():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU("tanh"), torch.nn.ReLU(), torch.nn.Softmax(-1))
     x = torch.randn(3, 8)
     expected = model(x)
-    bigmodel.patch(model, backend="torch")
+    bigmodel.patch(model, backend="reference")
     assert [type(m) for m in model][1:] == [bigmodel.nn.GELU, bigmodel.nn.ReLU, bigmodel.nn.Softmax]
     assert model[1].approximate == "tanh" and model[3].dim == -1
     assert model.bigmodel_patched == {"GELU": 1, "ReLU": 1, "Softmax": 1}
@@ -229,7 +229,7 @@ def test_patch_swaps_activations():
 
 
 def test_autocast_runs_linear_act_in_the_autocast_dtype():
-    lin = bigmodel.nn.Linear(16, 32, activation="gelu", backend="torch")
+    lin = bigmodel.nn.Linear(16, 32, activation="gelu", backend="reference")
     x = torch.randn(4, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = lin(x)

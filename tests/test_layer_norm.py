@@ -1,4 +1,4 @@
-"""bigmodel.ops.layer_norm on CPU: the reference backend ("torch") and the Triton kernels under the
+"""bigmodel.ops.layer_norm on CPU: the reference backend ("reference") and the Triton kernels under the
 interpreter ("triton" on CPU tensors), forward and every gradient, against F.layer_norm in fp64 with
 autograd, under DESIGN.md's rule (tests/numerics.py). Interpreter shapes are kept small."""
 import pytest
@@ -198,7 +198,7 @@ def test_torch_backend_fp64():
     """fp64 inputs run on the reference in fp64: agrees with F.layer_norm to fp64 precision."""
     x = randn_input(6, 50, dtype=torch.float64)
     w, b = params(50, torch.float64)
-    y = bigmodel.ops.layer_norm(x, (50,), w, b, backend="torch")
+    y = bigmodel.ops.layer_norm(x, (50,), w, b, backend="reference")
     ref = F.layer_norm(x, (50,), w, b)
     assert (y - ref).abs().max().item() <= 1e-12 * ref.abs().max().item()
 
@@ -206,7 +206,7 @@ def test_torch_backend_fp64():
 def test_forward_no_grad_inputs():
     x = randn_input(4, 33)
     w, b = params(33, torch.float32)
-    y = bigmodel.ops.layer_norm(x, (33,), w, b, backend="torch")
+    y = bigmodel.ops.layer_norm(x, (33,), w, b, backend="reference")
     assert not y.requires_grad
     assert_close_by_rule("y", y, F.layer_norm(x.double(), (33,), w.double(), b.double()))
 
@@ -303,7 +303,7 @@ def test_torch_backend_fp64_statistics_are_fp64():
     x = torch.randn(1, dtype=torch.float64, requires_grad=True)
     w = torch.randn(1, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, dtype=torch.float64, requires_grad=True)
-    y, mean, rstd = torch.ops.bigmodel.layer_norm(x, [1], w, b, 1e-5, "torch")
+    y, mean, rstd = torch.ops.bigmodel.layer_norm(x, [1], w, b, 1e-5, "reference")
     assert mean.dtype == rstd.dtype == torch.float64
     g = torch.randn(1, dtype=torch.float64)
     ours = torch.autograd.grad(y, (x, w, b), g)
@@ -312,10 +312,10 @@ def test_torch_backend_fp64_statistics_are_fp64():
         assert (a - t).abs().max().item() < 1e-12  # fp64 noise; was 1.25e-7 with fp32 statistics
     x2 = torch.randn(3, 2, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.bigmodel.layer_norm.default, (x2, [5], None, torch.randn(5, dtype=torch.float64),
-                                                                  1e-5, "torch"))
-    _y, mean, rstd = torch.ops.bigmodel.layer_norm(x2, [5], None, None, 1e-5, "torch")
+                                                                  1e-5, "reference"))
+    _y, mean, rstd = torch.ops.bigmodel.layer_norm(x2, [5], None, None, 1e-5, "reference")
     torch.library.opcheck(torch.ops.bigmodel.layer_norm_backward.default,
-                          (torch.randn_like(x2), x2, [5], None, None, mean, rstd, "torch"))
+                          (torch.randn_like(x2), x2, [5], None, None, mean, rstd, "reference"))
 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)

@@ -58,10 +58,10 @@ def test_opcheck_backward(backend, affine, shape, normalized):
 
 def test_backward_op_shapes_for_missing_params():
     x = randn_input(4, 16)
-    _y, mean, rstd = torch.ops.bigmodel.layer_norm(x, [16], None, None, 1e-5, "torch")
+    _y, mean, rstd = torch.ops.bigmodel.layer_norm(x, [16], None, None, 1e-5, "reference")
     assert mean.shape == (4,) and rstd.shape == (4,) and mean.dtype == rstd.dtype == torch.float32
     dx, dw, db = torch.ops.bigmodel.layer_norm_backward(torch.randn(4, 16), x, [16], None, None, mean, rstd,
-                                                        "torch")
+                                                        "reference")
     assert dx.shape == (4, 16) and dw.numel() == 0 and db.numel() == 0
 
 
@@ -74,7 +74,7 @@ def test_ops_layer_norm_is_one_custom_op_node():
         return gm.forward
 
     def f(x, w, b):
-        return bigmodel.ops.layer_norm(x, (32,), w, b, backend="torch")
+        return bigmodel.ops.layer_norm(x, (32,), w, b, backend="reference")
 
     torch.compile(f, backend=capture, fullgraph=True)(randn_input(4, 32), torch.ones(32), torch.zeros(32))
     assert len(graphs) == 1
@@ -156,13 +156,13 @@ def test_compile_nn_layer_norm_aot_eager(backend):
 
 def test_compile_inductor_ops_and_module():
     """The default backend (inductor): the custom op stays opaque, the surrounding math is generated."""
-    eager, compiled = _eager_and_compiled(_fn("torch"), _args(), "inductor")
+    eager, compiled = _eager_and_compiled(_fn("reference"), _args(), "inductor")
     # Inductor may fuse the surrounding `* 2 + 1` differently: compare by the numerics rule, not bitwise.
     assert_close_by_rule("y", compiled[0], eager[0].double())
     for name, a, c in zip(("dx", "dweight", "dbias"), eager[1], compiled[1]):
         assert_close_by_rule(name, c, a.double(), kind="grad")
 
-    m = torch.nn.Sequential(torch.nn.Linear(64, 64), bigmodel.nn.LayerNorm(64, backend="torch"))
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), bigmodel.nn.LayerNorm(64, backend="reference"))
     x = randn_input(4, 64)
     ref = m(x)
     out = torch.compile(m, fullgraph=True)(x)
@@ -193,11 +193,11 @@ def test_compile_inside_use_backend(spy, monkeypatch):
     monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
     f = torch.compile(_fn(None), backend="aot_eager", fullgraph=True)
     args = _args()
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         y = f(*args)
     y.sum().backward()
-    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
-    with bigmodel.use_backend("torch"):
+    assert spy == [("reference", "layer_norm_fwd"), ("reference", "layer_norm_bwd")]
+    with bigmodel.use_backend("reference"):
         eager = _fn(None)(*[a.detach() for a in args])
     assert torch.equal(y.detach(), eager)
 
@@ -208,22 +208,22 @@ def test_compile_follows_use_backend_changes(spy, monkeypatch):
     monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
     f = torch.compile(_fn(None), backend="aot_eager", fullgraph=True)
     x, w, b = (a.detach() for a in _args())
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         f(x, w, b)
     with bigmodel.use_backend("triton"):
         f(x, w, b)
     f(x, w, b)  # auto: triton under the interpreter
-    assert [name for name, _ in spy] == ["torch", "triton", "triton"]
+    assert [name for name, _ in spy] == ["reference", "triton", "triton"]
 
 
 @requires_interpreter
 def test_compile_with_env_backend(spy, monkeypatch):
-    monkeypatch.setenv("BIGMODEL_BACKEND", "torch")
+    monkeypatch.setenv("BIGMODEL_BACKEND", "reference")
     f = torch.compile(_fn(None), backend="aot_eager", fullgraph=True)
     args = _args()
     y = f(*args)
     y.sum().backward()
-    assert spy == [("torch", "layer_norm_fwd"), ("torch", "layer_norm_bwd")]
+    assert spy == [("reference", "layer_norm_fwd"), ("reference", "layer_norm_bwd")]
 
 
 @requires_interpreter
@@ -231,28 +231,28 @@ def test_compile_follows_env_changes(spy, monkeypatch):
     """Changing BIGMODEL_BACKEND between calls of a compiled function is honoured (as in eager)."""
     f = torch.compile(_fn(None), backend="aot_eager", fullgraph=True)
     x, w, b = (a.detach() for a in _args())
-    monkeypatch.setenv("BIGMODEL_BACKEND", "torch")
+    monkeypatch.setenv("BIGMODEL_BACKEND", "reference")
     f(x, w, b)
     monkeypatch.setenv("BIGMODEL_BACKEND", "triton")
     f(x, w, b)
-    assert [name for name, _ in spy] == ["torch", "triton"]
+    assert [name for name, _ in spy] == ["reference", "triton"]
 
 
 def test_compile_nn_module_inside_use_backend_and_env(monkeypatch):
-    monkeypatch.setenv("BIGMODEL_BACKEND", "torch")
+    monkeypatch.setenv("BIGMODEL_BACKEND", "reference")
     m = bigmodel.nn.LayerNorm(64)
     x = randn_input(4, 64)
     eager = m(x)
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), eager)
     monkeypatch.delenv("BIGMODEL_BACKEND")
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         assert torch.equal(compiled(x), eager)
 
 
 def test_compile_dynamic_shapes():
-    f = torch.compile(_fn("torch"), backend="aot_eager", fullgraph=True, dynamic=True)
+    f = torch.compile(_fn("reference"), backend="aot_eager", fullgraph=True, dynamic=True)
     for rows in (3, 7):
         x = randn_input(rows, 64)
         w, b = torch.ones(64), torch.zeros(64)
-        assert torch.equal(f(x, w, b), _fn("torch")(x, w, b))
+        assert torch.equal(f(x, w, b), _fn("reference")(x, w, b))

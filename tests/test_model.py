@@ -24,7 +24,7 @@ def _one_thread():
 
 
 def small_config(**overrides):
-    base = dict(vocab_size=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=32, backend="torch")
+    base = dict(vocab_size=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=32, backend="reference")
     return TransformerConfig(**{**base, **overrides})
 
 
@@ -104,7 +104,7 @@ def test_bert_base_preset_on_meta():
 
 
 def test_tiny_preset_runs():
-    model = Transformer(TransformerConfig.from_preset("tiny", backend="torch"))
+    model = Transformer(TransformerConfig.from_preset("tiny", backend="reference"))
     logits = model(tokens(model.config, 2, 128))
     assert logits.shape == (2, 128, 256)
 
@@ -186,7 +186,7 @@ def test_right_padding_leaves_real_tokens_unchanged(causal):
 
 
 def test_self_attention_matches_sdpa():
-    attn = bigmodel.nn.SelfAttention(32, n_heads=4, n_kv_heads=2, backend="torch")
+    attn = bigmodel.nn.SelfAttention(32, n_heads=4, n_kv_heads=2, backend="reference")
     x = torch.randn(2, 6, 32)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
     q, k, v = attn.qkv_proj(x).split([32, 16, 16], dim=-1)
@@ -228,15 +228,15 @@ def greedy_without_cache(model, ids, new_tokens):
 
 
 @pytest.mark.parametrize("backend,batch,variant", [
-    ("torch", 1, "gpt"), ("torch", 3, "gqa"), ("torch", 2, "mqa-untied"), ("torch", 2, "sinusoidal"),
-    ("torch", 2, "post-norm"), pytest.param("triton", 2, "gqa", marks=requires_interpreter)])
+    ("reference", 1, "gpt"), ("reference", 3, "gqa"), ("reference", 2, "mqa-untied"), ("reference", 2, "sinusoidal"),
+    ("reference", 2, "post-norm"), pytest.param("triton", 2, "gqa", marks=requires_interpreter)])
 def test_generate_with_cache_equals_full_recompute(backend, batch, variant):
     model = scramble(Transformer(small_config(backend=backend, **VARIANTS[variant]))).eval()
     prompt = tokens(model.config, batch, 5)
-    new = 6 if backend == "torch" else 3  # the interpreter is slow
+    new = 6 if backend == "reference" else 3  # the interpreter is slow
     expected = greedy_without_cache(model, prompt, new)
     assert torch.equal(model.generate(prompt, new, temperature=0.0), expected)
-    if backend == "torch":
+    if backend == "reference":
         assert torch.equal(model.generate(prompt, new, top_k=1), expected)
     assert len(set(expected[:, 5:].flatten().tolist())) > 1  # not a degenerate constant continuation
 
@@ -317,8 +317,8 @@ def test_triton_agrees_with_fp64_torch(variant):
     ids, targets = tokens(model.config, 2, 12), tokens(model.config, 2, 12)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 9:] = False
-    ref_logits, ref_grads = run_step(model.double().set_backend("torch"), ids, mask, targets)
-    torch_logits, torch_grads = run_step(model.float().set_backend("torch"), ids, mask, targets)
+    ref_logits, ref_grads = run_step(model.double().set_backend("reference"), ids, mask, targets)
+    torch_logits, torch_grads = run_step(model.float().set_backend("reference"), ids, mask, targets)
     logits, grads = run_step(model.set_backend("triton"), ids, mask, targets)
     assert_close_by_rule("logits", logits, ref_logits, torch_logits, "output")
     for name in ref_grads:
@@ -375,8 +375,8 @@ def test_gpu_backends_agree_bf16_gpt2_width():
     model = Transformer(config).cuda().bfloat16()  # bf16 weights first: the fp64 run uses the same values
     ids = torch.randint(0, config.vocab_size, (2, 1024), device="cuda")
     targets = torch.randint(0, config.vocab_size, (2, 1024), device="cuda")
-    ref_logits, ref_grads = run_step(model.double().set_backend("torch"), ids, None, targets)
-    lowp_logits, lowp_grads = run_step(model.bfloat16().set_backend("torch"), ids, None, targets)
+    ref_logits, ref_grads = run_step(model.double().set_backend("reference"), ids, None, targets)
+    lowp_logits, lowp_grads = run_step(model.bfloat16().set_backend("reference"), ids, None, targets)
     assert gpu_backends(), bigmodel.available_backends()
     for backend in gpu_backends():
         logits, grads = run_step(model.set_backend(backend), ids, None, targets)

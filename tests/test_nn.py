@@ -44,9 +44,9 @@ def test_same_constructor_as_torch(kwargs):
 
 
 def test_positional_constructor_and_backend_kw():
-    m = bigmodel.nn.LayerNorm(16, 1e-3, True, False, None, torch.float32, backend="torch")
-    assert m.eps == 1e-3 and m.bias is None and m.backend == "torch"
-    assert "backend='torch'" in repr(m)
+    m = bigmodel.nn.LayerNorm(16, 1e-3, True, False, None, torch.float32, backend="reference")
+    assert m.eps == 1e-3 and m.bias is None and m.backend == "reference"
+    assert "backend='reference'" in repr(m)
     assert "backend" not in repr(bigmodel.nn.LayerNorm(16))
 
 
@@ -75,7 +75,7 @@ def test_loads_torch_state_dict_and_matches(backend, kwargs):
 
 
 def test_state_dict_loads_into_torch_layer_norm():
-    ours = _randomize(bigmodel.nn.LayerNorm((4, 8), backend="torch"))
+    ours = _randomize(bigmodel.nn.LayerNorm((4, 8), backend="reference"))
     theirs = torch.nn.LayerNorm((4, 8))
     theirs.load_state_dict(ours.state_dict(), strict=True)
     for k, v in ours.state_dict().items():
@@ -86,7 +86,7 @@ def test_state_dict_loads_into_torch_layer_norm():
 
 def test_fp16_module_matches_torch_rule():
     theirs = _randomize(torch.nn.LayerNorm(64)).half()
-    ours = bigmodel.nn.LayerNorm(64, dtype=torch.float16, backend="torch")
+    ours = bigmodel.nn.LayerNorm(64, dtype=torch.float16, backend="reference")
     ours.load_state_dict(theirs.state_dict())
     x = randn_input(4, 64, dtype=torch.float16)
     ref = copy.deepcopy(theirs).double()(x.double())
@@ -129,7 +129,7 @@ def _layer_norm_names(model, cls):
     return [n for n, m in model.named_modules() if type(m) is cls]
 
 
-@pytest.mark.parametrize("backend", [None, "torch", pytest.param("triton", marks=requires_interpreter)])
+@pytest.mark.parametrize("backend", [None, "reference", pytest.param("triton", marks=requires_interpreter)])
 def test_patch_replaces_nested_layer_norms(backend, monkeypatch):
     monkeypatch.delenv("BIGMODEL_BACKEND", raising=False)
     model = _randomize_all(Model())
@@ -183,7 +183,7 @@ def test_patch_eval_model_stays_eval():
 def test_patch_sequential_and_optimizer_still_works():
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bigmodel.patch(model, backend="torch")
+    bigmodel.patch(model, backend="reference")
     assert type(model[1]) is bigmodel.nn.LayerNorm
     w_before = model[1].weight.detach().clone()
     model(randn_input(8, 16)).pow(2).sum().backward()

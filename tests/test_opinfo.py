@@ -82,12 +82,13 @@ from bigmodel.backends import BackendUnavailable  # noqa: E402
 from numerics import REF_FLOOR, assert_close_by_rule, requires_interpreter  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- what runs where
-# The CPU backends and their dtypes, in one place. "torch" is today's pure-math backend (bigmodel/backends/reference.py);
-# when it is renamed "reference", change the key here. Triton runs under the interpreter, fp32 / fp16 only (bf16
-# tl.dot is broken in the interpreter; bf16 kernels are covered by the cuda-marked tests), and has no fp64 kernels.
-REFERENCE = "torch"
+# The CPU backends and their dtypes, in one place. "reference" is the pure-math backend (bigmodel/backends/reference.py);
+# "torch" is PyTorch's own op (bigmodel/backends/pytorch.py), which every OpInfo here matches by construction.
+# Triton runs under the interpreter, fp32 / fp16 only (bf16 tl.dot is broken in the interpreter; bf16 kernels are covered by the cuda-marked tests), and has no fp64 kernels.
+REFERENCE = "reference"
 BACKEND_DTYPES = {
     REFERENCE: (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+    "torch": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "triton": (torch.float32, torch.float16),
 }
 BACKEND_MARKS = {"triton": [requires_interpreter]}
@@ -191,11 +192,12 @@ def expectation(name, op, backend, dtype, sample) -> Expect:
         if kw.get("dropout_p", 0.0) > 0:
             return Expect("shapes", "dropout_p > 0: stochastic")
         mask = kw.get("attn_mask")
-        if isinstance(mask, torch.Tensor) and mask.requires_grad:
-            # bigmodel gives attn_mask no gradient and says so; q/k/v are compared with the mask detached
-            return Expect("reject", "attn_mask requires grad", (ValueError,), r"attn_mask requires grad",
+        if isinstance(mask, torch.Tensor) and mask.requires_grad and backend != "torch":
+            # the kernels give attn_mask no gradient and say so (SDPA, backend "torch", does); q/k/v are compared
+            # with the mask detached
+            return Expect("reject", "attn_mask requires grad", (BackendUnavailable,), r"attn_mask requires grad",
                           detach=("attn_mask",))
-        if backend != REFERENCE and dtype in (torch.float16, torch.bfloat16) and _q_is_broadcast(sample):
+        if backend not in (REFERENCE, "torch") and dtype in (torch.float16, torch.bfloat16) and _q_is_broadcast(sample):
             return Expect("compare", xfail=XFAIL_BROADCAST_DQ)
     return Expect("compare")
 

@@ -24,7 +24,7 @@ import bigmodel
 from numerics import (BACKEND_DTYPES, BACKENDS_CPU, assert_close_by_rule, attention_case, check_attention_case,
                       check_layer_norm_case, layer_norm_case, requires_interpreter)
 
-REFERENCE = "torch"  # the pure-math backend (renamed "reference" by the next issue: change it here)
+REFERENCE = "reference"  # the pure-math backend
 INTERPRETER_MAX_SCORES = 40_000  # Triton under the interpreter runs one program at a time: bigger Lq x Lk: REFERENCE
 TOO_SLOW = (f"Lq x Lk > {INTERPRETER_MAX_SCORES}: too slow for the Triton interpreter (runs on the pure-math backend "
             "here; the cuda-marked tests cover the kernels at real lengths)")

@@ -71,7 +71,7 @@ def test_triton_on_the_second_gpu_while_the_first_is_current():
     torch.manual_seed(seed)
     ours = dict(_run_every_op("cuda:1", "triton"))
     torch.manual_seed(seed)
-    ref = dict(_run_every_op("cpu", "torch"))
+    ref = dict(_run_every_op("cpu", "reference"))
     assert torch.cuda.current_device() == 0
     for op in ref:
         for got, want in zip(ours[op], ref[op]):

@@ -22,7 +22,7 @@ from bigmodel import train as tr
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, STOP = 30, 15
-ARGS = ["--backend", "torch", "--override", "d_model=64,n_layers=2,n_heads=2", "--seq-len", "32",
+ARGS = ["--backend", "reference", "--override", "d_model=64,n_layers=2,n_heads=2", "--seq-len", "32",
         "--batch-size", "8", "--steps", str(STEPS), "--lr", "3e-3", "--eval-every", "10", "--eval-batches", "2",
         "--log-every", "5", "--sample", "0", "--seed", "7"]
 

@@ -68,7 +68,7 @@ def test_patch_leaves_outputs_unchanged_and_reports(name, expected, caplog):
     with torch.no_grad():
         before = main_output(model(ids, attention_mask=mask))
     with caplog.at_level(logging.INFO, logger="bigmodel"):
-        assert bigmodel.patch(model, backend="torch") is model
+        assert bigmodel.patch(model, backend="reference") is model
     assert model.bigmodel_patched == expected
     assert any("bigmodel.patch: replaced" in r.message for r in caplog.records)
     kinds = {type(m) for m in model.modules()}
@@ -85,7 +85,7 @@ def _registered():
     assert bm_hf.register() == "bigmodel"
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=requires_interpreter)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "padding"])
 def test_attn_implementation_matches_sdpa(backend, name, padded):
@@ -105,7 +105,7 @@ def test_attn_implementation_is_what_runs(monkeypatch):
     calls = []
     original = bm_hf.ops.attention
     monkeypatch.setattr(bm_hf.ops, "attention", lambda *a, **k: calls.append(1) or original(*a, **k))
-    with bigmodel.use_backend("torch"), torch.no_grad():
+    with bigmodel.use_backend("reference"), torch.no_grad():
         build("llama", "bigmodel")(torch.randint(1, VOCAB, (1, 5)))
     assert len(calls) == 2  # one per layer
 
@@ -115,7 +115,7 @@ def test_generate_matches_sdpa(name):
     ref, ours = build(name, "sdpa"), build(name, "bigmodel")
     ours.load_state_dict(ref.state_dict())
     ids, mask = inputs(padded=False)
-    with bigmodel.use_backend("torch"):
+    with bigmodel.use_backend("reference"):
         got = ours.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=6, do_sample=False)
     expected = ref.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=6, do_sample=False)
     assert torch.equal(got, expected)
@@ -133,7 +133,7 @@ def test_training_step_gradients_match_sdpa():
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        with bigmodel.use_backend("torch"):
+        with bigmodel.use_backend("reference"):
             model(ids, attention_mask=mask, labels=ids).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n, g in grads[0].items():

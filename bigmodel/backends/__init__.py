@@ -79,8 +79,13 @@ def requested(backend=None) -> str:
 
 def auto_order(op: str, **inputs) -> tuple[str, ...]:
     """Auto's candidates for `op` on these inputs, first choice first (see the module docstring)."""
-    cuda = any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in inputs.values())
+    cuda = any(_device_type(t) == "cuda" for t in inputs.values())
     return PRIORITY.get(op, DEFAULT_PRIORITY) if cuda else OTHER_DEVICE_PRIORITY
+
+
+def _device_type(t):
+    """The device type of a tensor input, None for the other inputs (flags, None)."""
+    return t.device.type if isinstance(t, torch.Tensor) or hasattr(t, "device") else None
 
 
 def _unavailable(op, name, inputs, names=None):
@@ -104,9 +109,9 @@ def select(op: str, name: str, **inputs) -> Backend:
         reasons = BACKENDS[candidate].not_supported_reasons(op, **inputs)
         if not reasons:
             if skipped:
-                device = next(t.device for t in inputs.values() if isinstance(t, torch.Tensor))
+                device = next(_device_type(t) for t in inputs.values() if _device_type(t) is not None)
                 why = "; ".join(f"{b}: {'; '.join(r)}" for b, r in skipped)
-                _log_once(f"bigmodel.ops.{op}: auto runs backend {candidate!r} on {device.type} tensors, "
+                _log_once(f"bigmodel.ops.{op}: auto runs backend {candidate!r} on {device} tensors, "
                           f"because {why}")
             return BACKENDS[candidate]
         skipped.append((candidate, reasons))

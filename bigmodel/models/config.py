@@ -22,7 +22,7 @@ class TransformerConfig:
     positional: "learned" position embeddings (GPT-2, BERT) or fixed "sinusoidal" ones (Vaswani et al.).
     dropout: on the embeddings, the attention probabilities, the attention output and the MLP's hidden layer.
     tied_embeddings: the LM head reuses the token embedding matrix.
-    backend: for every bigmodel module of the model: "triton", "cuda", "torch", "auto" or None (the process-wide
+    backend: for every bigmodel module of the model: "triton", "cuda", "torch", "reference", "auto" or None (the process-wide
         choice; see bigmodel.backends).
     """
 

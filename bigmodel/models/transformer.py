@@ -177,7 +177,7 @@ class Transformer(torch.nn.Module):
         return ids
 
     def set_backend(self, name):
-        """Run every bigmodel module of the model on backend `name` ("triton", "cuda", "torch", "auto" or None)."""
+        """Run every bigmodel module of the model on backend `name` ("triton", "cuda", "torch", "reference", "auto" or None)."""
         if name is not None:
             backends.check_name(name)
         self.config.backend = name

@@ -1,5 +1,5 @@
 """Public functional API, shaped like torch.nn.functional. Every op takes a keyword `backend=`
-("triton", "cuda", "torch" or "auto"); see bigmodel.backends for how one is chosen."""
+("triton", "cuda", "torch", "reference" or "auto"); see bigmodel.backends for how one is chosen."""
 from .activation import gelu, relu, softmax
 from .attention import attention
 from .feed_forward import feed_forward, linear_act

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--save-every", type=int, default=S, help="steps between checkpoints (default: only at the end)")
     p.add_argument("--seed", type=int, default=S, help=f"model init and data order (default: {D.seed})")
     p.add_argument("--device", default=S, help="cpu or cuda (default: cuda when a GPU is visible)")
-    p.add_argument("--backend", default=S, choices=("torch", "triton", "cuda", "auto"),
+    p.add_argument("--backend", default=S, choices=("torch", "reference", "triton", "cuda", "auto"),
                    help="bigmodel backend for every op of the model (default: the process-wide choice)")
     p.add_argument("--parallel", default=S, choices=PARALLEL,
                    help="data parallelism under torchrun (default: auto = ddp with several processes)")

@@ -43,7 +43,7 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (one is always written at the end when out is set)
     seed: int = 0
     device: str | None = None  # None = cuda if available, else cpu
-    backend: str | None = None  # "torch", "triton", "cuda", "auto"; None = the process-wide choice
+    backend: str | None = None  # "torch", "reference", "triton", "cuda", "auto"; None = the process-wide choice
     parallel: str = "auto"  # auto = ddp under torchrun with several processes, none otherwise
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     out: str | None = None  # checkpoint + metrics.jsonl folder
