@@ -37,7 +37,7 @@ def qkv(*shape, dtype=torch.float32, requires_grad=False):
     (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.float16))), r"attn_mask must be bool .* q's dtype torch.float32"),
     (lambda q, k, v: (q, k, v, dict(attn_mask=torch.ones(6, 7, dtype=torch.bool), is_causal=True)), r"either attn_mask or is_causal"),
     (lambda q, k, v: (q, k, v, dict(attn_mask=torch.zeros(6, 7, requires_grad=True), backend="reference")),
-     r"backend 'reference' cannot run.*attn_mask requires grad"),
+     r"(?s)backend 'reference' cannot run.*attn_mask requires grad"),
     (lambda q, k, v: (q, k, v, dict(dropout_p=1.0)), r"dropout_p must be a float in \[0, 1\); got 1.0"),
     (lambda q, k, v: (q, k, v, dict(dropout_p=-0.1)), r"dropout_p must be a float in \[0, 1\)"),
     (lambda q, k, v: (q, k, v, dict(scale=float("nan"))), r"scale must be a finite float"),
