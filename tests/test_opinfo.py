@@ -266,9 +266,16 @@ def _check_fp64(name, mine, ref, kind):
                                            f"{err / scale:.3e} >= {FP64_RTOL[kind]:g} (max abs error {err:.3e})")
 
 
-def _check(name, mine, ref64, lowp, kind):
+def _check(name, mine, ref64, lowp, kind, backend=None):
     assert mine.dtype == lowp.dtype, f"{name}: dtype {mine.dtype}, torch gives {lowp.dtype}"
     assert mine.shape == lowp.shape, f"{name}: shape {tuple(mine.shape)}, torch gives {tuple(lowp.shape)}"
+    if backend == "torch" and mine.dtype != torch.float64:
+        # PyTorch's own op: held to "no worse than plain PyTorch" in every dtype (DESIGN's fp32 rule is for our
+        # kernels; PyTorch's fp32 misses it on some samples, e.g. LayerNorm's gradient over one-element rows)
+        err = lambda t: (t.double() - ref64).abs().max().item() if t.numel() else 0.0  # noqa: E731
+        assert err(mine) <= 2 * err(lowp) + 1e-12, (f"{name} ({kind}, {mine.dtype}): error vs fp64 {err(mine):.3e}, "
+                                                    f"plain PyTorch's {err(lowp):.3e}")
+        return
     if mine.dtype == torch.float64:
         _check_fp64(name, mine, ref64, kind)
     else:
@@ -316,6 +323,6 @@ def test_opinfo_sample(name, op, backend, dtype, index, record_property):
     grad_out = torch.randn(lowp.shape, generator=torch.Generator().manual_seed(index)).to(lowp.dtype)
     g_ours, g_lowp, g_ref = (_grads(o, lv, grad_out) for o, lv in ((out, leaves), (lowp, lowp_leaves),
                                                                    (ref64, ref_leaves)))
-    _check("output", out.detach(), ref64.detach(), lowp.detach(), "output")
+    _check("output", out.detach(), ref64.detach(), lowp.detach(), "output", backend)
     for path in g_ours:
-        _check(f"grad of {path}", g_ours[path], g_ref[path], g_lowp[path], "grad")
+        _check(f"grad of {path}", g_ours[path], g_ref[path], g_lowp[path], "grad", backend)

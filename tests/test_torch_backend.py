@@ -37,8 +37,8 @@ def _cases(dtype):
          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), (q, k, v)),
         ("attention-mask-scale", lambda q, k, v: bigmodel.ops.attention(q, k, v, attn_mask=mask, scale=0.3,
                                                                         backend="torch"),
-         # one kv head broadcast over 4 query heads: SDPA's grouped path (its dk / dv sum in its own order)
-         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True),
+         # one kv head broadcast over 4 query heads: SDPA gets the inputs as given and broadcasts them itself
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3),
          (q, k[:, :1], v[:, :1])),
         ("layer_norm", lambda x, w, b: bigmodel.ops.layer_norm(x, (16,), w, b, 1e-4, backend="torch"),
          lambda x, w, b: F.layer_norm(x, (16,), w, b, 1e-4), (x, w, b)),

@@ -49,6 +49,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     if k.size(-2) != v.size(-2):
         raise ValueError(f"bigmodel.ops.{OP}: k and v must have the same length (dim -2); got shapes k "
                          f"{tuple(k.shape)}, v {tuple(v.shape)}")
+    given = (q, k, v)  # as the caller gave them (after autocast): what SDPA gets on backend "torch"
     q, k, v, hq, hkv = _broadcast(q, k, v, enable_gqa)
     if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"bigmodel.ops.{OP}: dropout_p must be a float in [0, 1); got {dropout_p!r}")
@@ -62,8 +63,9 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     q4, k4, v4 = (_as_4d(t, copy=False) for t in (q, k, v))
     impl = backends.select(OP, name, q=q4, k=k4, v=v4, attn_mask=mask4, dropout_p=float(dropout_p),
                            is_causal=bool(is_causal))
-    if impl.name == "torch":  # PyTorch's SDPA on the validated, broadcast inputs (its autograd, its kernels)
-        return impl.attention(q, k, v, attn_mask, float(dropout_p), bool(is_causal), scale, hq != hkv)
+    if impl.name == "torch":  # PyTorch's SDPA on the validated inputs as given (it broadcasts them itself, and sums a
+        # broadcast input's gradient in fp32), with its autograd and its kernels
+        return impl.attention(*given, attn_mask, float(dropout_p), bool(is_causal), scale, bool(enable_gqa))
     q4, k4, v4 = (_as_4d(t) for t in (q, k, v))
     out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale,
                                                     impl.name)
