@@ -7,6 +7,7 @@ calling autograd, so the tests check the math against torch's own autograd in fp
 import torch
 
 from .base import Backend, mask_grad_reasons
+from .pytorch import activate as _act  # act(z) by name; the derivatives below are written out
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -141,17 +142,6 @@ def _dropout_keep(p, dropout_p, seed):
     gen.manual_seed(int(seed))
     keep = torch.rand(p.shape, generator=gen, device=p.device) >= dropout_p
     return keep.to(p.dtype) / (1.0 - dropout_p)
-
-
-# Activation names: "gelu" (erf), "gelu_tanh", "relu", "none".
-def _act(z, activation):
-    if activation == "gelu":
-        return torch.nn.functional.gelu(z)
-    if activation == "gelu_tanh":
-        return torch.nn.functional.gelu(z, approximate="tanh")
-    if activation == "relu":
-        return torch.relu(z)
-    return z
 
 
 def _act_grad(z, activation):
