@@ -111,5 +111,5 @@ def _cuda_extensions():
 
 
 ext_modules, cmdclass = _cuda_extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"bigmodel": ["data/*.txt", "data/README.md"]},
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"bigmodel": ["data/*.txt", "data/README.md", "backends/autotune_seed.json"]},
       ext_modules=ext_modules, cmdclass=cmdclass)

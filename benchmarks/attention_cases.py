@@ -17,6 +17,8 @@ Providers:
   flex            FlexAttention, torch.compile'd (a causal BlockMask when causal); GPU only with
                   BIGMODEL_BENCH_FULL=1 (it compiles per shape, ~10-20 s each); on CPU forward only (no backward)
   triton, cuda    bigmodel.ops.attention(..., backend=...)
+  auto            bigmodel.ops.attention with backend "auto": its measured choice among torch, triton and cuda (made
+                  on the first call, outside the timings; the row's note says which it ran)
 Rates are TFLOP/s with FlashAttention's count: forward 4 * B * H * L^2 * D, halved when causal; backward 2.5x
 forward, fwd+bwd 3.5x. max err vs reference: bigmodel's pure-math backend on the same inputs, within
 MATERIALISE_LIMIT_GIB (it writes out the scores). rel_err: against torch's SDPA on the same inputs upcast to fp32
@@ -27,12 +29,12 @@ report.py adds, per shape, the speed-up over the best SDPA backend (torch and ev
 Order (the GPU suite must fit one 600 s device call together with the build and the tests; `bigmodel bench` stops
 starting cases at --max-seconds): cases run most important first, by tier across all ops (cases.all_cases), and the
 report sorts them back by shape.
-  tier 0  torch, sdpa-flash, sdpa-cudnn, triton, cuda; fwd and fwd+bwd; L 1k, 4k, 16k   (DESIGN.md's targets)
+  tier 0  torch, sdpa-flash, sdpa-cudnn, triton, cuda, auto; fwd and fwd+bwd; L 1k, 4k, 16k   (DESIGN.md's targets)
   tier 1  the same providers: bwd, and L 512, 2k, 8k
   tier 2  sdpa-efficient, sdpa-math, eager
   tier 3  flex (compiles)
-Each tier runs for the first dtype asked for, then the next. GPU, bf16: 648 cases; estimated for an H100 (not
-measured yet, ~0.5 s a case): tier 0 = 120 cases, ~60 s; all of it ~250 s (516 cases run: flex and sdpa-math /
+Each tier runs for the first dtype asked for, then the next. GPU, bf16: 720 cases; estimated for an H100 (not
+measured yet, ~0.5 s a case): tier 0 = 144 cases, ~75 s; all of it ~300 s (588 cases run: flex and sdpa-math /
 eager beyond the limit are instant skips); BIGMODEL_BENCH_FULL=1 adds flex (72 cases, 24 compiles), ~400 s more.
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ from .cases import Case, InputSet, OpBench, Prepared, Unavailable, compiled, n_i
 
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
-CORE = ("torch", "sdpa-flash", "sdpa-cudnn", "triton", "cuda")  # what DESIGN.md's targets compare
+CORE = ("torch", "sdpa-flash", "sdpa-cudnn", "triton", "cuda", "auto")  # what DESIGN.md's targets compare
 MATERIALISE_LIMIT_GIB = 4  # sdpa-math / eager: largest L x L score matrix (B * H * L^2 fp32) they are given
 TOKENS, MODEL_DIM = 16384, 2048  # GPU sizes: B * L and H * D
 HEADLINE_LENGTHS = (1024, 4096, 16384)  # tier 0 (and --quick)
@@ -88,7 +90,7 @@ def sdpa_reasons(provider: str):
 class AttentionBench(OpBench):
     name = "attention"
     providers = ("torch", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "eager", "flex", "triton",
-                 "cuda")
+                 "cuda", "auto")
     compiling = ("flex",)  # compiled: its compile failures are reported as skipped, as torch.compile's are
     # report.py: speed-up columns against the fastest of these providers, and the plot's layout
     baselines = {"best_sdpa": ("torch", *SDPA_BACKENDS), "sdpa_flash": ("sdpa-flash",)}

@@ -222,8 +222,11 @@ def first_call(provider: str, build: Callable[[], Prepared]) -> Prepared:
     """Build the case and run it once (compilation, autotuning, lazy init stay out of the timings).
     A torch.compile failure is Unavailable (reported as skipped, with the error); other errors propagate."""
     try:
+        bigmodel.backends.autotune.LAST.clear()
         prepared = build()
         prepared.call(0)
+        if provider == "auto":
+            prepared.extra["note"] = auto_note()
     except Unavailable:
         raise
     except Exception as e:
@@ -236,10 +239,24 @@ def first_call(provider: str, build: Callable[[], Prepared]) -> Prepared:
 
 # ------------------------------------------------------------------------------------------ builders
 def require_backend(backend: str, op: str, **inputs) -> None:
-    """Unavailable (with the backend's own reasons) unless bigmodel's `backend` can run `op` on these inputs."""
+    """Unavailable (with the backend's own reasons) unless bigmodel's `backend` can run `op` on these inputs
+    ("auto": unless no backend can)."""
+    if backend == "auto":
+        try:
+            bigmodel.backends.select(op, "auto", **inputs)
+        except bigmodel.backends.BackendUnavailable as e:
+            raise Unavailable(str(e)) from e
+        return
     reasons = backend_reasons(backend, op, **inputs)
     if reasons:
         raise Unavailable("; ".join(reasons))
+
+
+def auto_note() -> str:
+    """What auto chose during a case's first call (it measures then, outside the timings)."""
+    chosen = dict.fromkeys(f"{winner} ({key.split(' | ')[0]})" for key, winner in
+                           bigmodel.backends.autotune.LAST.values())
+    return "auto ran " + ", ".join(chosen) if chosen else "auto: no choice recorded"
 
 
 def require_memory(case: Case, nbytes: int, fraction: float = 0.8) -> None:
@@ -340,7 +357,7 @@ class OpBench:
 # ------------------------------------------------------------------------------------------ layer_norm
 class LayerNormBench(OpBench):
     name = "layer_norm"
-    providers = ("torch", "torch.compile", "triton", "cuda")
+    providers = ("torch", "torch.compile", "triton", "cuda", "auto")
     eps = 1e-5
 
     def sizes(self, device: str, quick: bool) -> list[tuple]:

@@ -60,7 +60,7 @@ class LinearActBench(OpBench):
 
     name = "linear_act"
     layers = 1
-    providers = ("torch", "addmm_activation", "torch.compile", "cublas", CPU_GEMM, "triton", "cuda")
+    providers = ("torch", "addmm_activation", "torch.compile", "cublas", CPU_GEMM, "triton", "cuda", "auto")
     # report.py: a "vs cuBLAS" column (DESIGN.md: GEMM part >= 90% of cuBLAS); on a CPU "vs torch.matmul (CPU)"
     baselines = {"cublas": ("cublas",), "matmul_cpu": (CPU_GEMM,)}
     plot_panels = ("activation",)  # the relu size gets its own panel, not a point on the gelu lines
@@ -191,7 +191,7 @@ class FeedForwardBench(LinearActBench):
 class PointwiseBench(OpBench):
     """A row-wise or elementwise op of one (rows, cols) input: eager(x) against bigmodel's fused(x, backend)."""
 
-    providers = ("torch", "torch.compile", "triton", "cuda")
+    providers = ("torch", "torch.compile", "triton", "cuda", "auto")
 
     def __init__(self, name: str, eager: Callable, fused: Callable, backend_op: str, gpu_sizes, gpu_quick,
                  headline_modes=(), cpu_sizes=((64, 1024),)):

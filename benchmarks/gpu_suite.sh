@@ -7,13 +7,16 @@
 #   build         nvidia-smi, then MAX_JOBS=16 BIGMODEL_CUDA_ARCHS=<this GPU> pip install --no-build-isolation
 #                 --no-deps -e .  (if that fails: again without the CUDA extension, so Triton still runs)
 #   tests         python -m pytest -m cuda tests
-#   bench         python -m bigmodel bench --out $OUT $BENCH_ARGS   (the GPU suite: the numbers to commit)
+#   bench         python -m bigmodel bench --out $OUT $BENCH_ARGS   (the GPU suite: the numbers to commit); its
+#                 "auto" rows make measured auto time its candidates, in a fresh cache (BIGMODEL_CACHE_DIR under
+#                 /tmp), copied to $OUT/autotune-*.json: commit it, then `python benchmarks/seed_table.py` seeds
+#                 the dispatch table from it
 #   pytest-bench  pytest-benchmark over benchmarks/, quick sizes, the cases matching PYBENCH_K (default
 #                 "fwd+bwd and triton": one path per bench_*.py file, ~25 cases; it shows the suites run on a GPU,
-#                 the numbers to commit come from bench)
+#                 the numbers to commit come from bench; its table goes to bench.log)
 # Files in $OUT - the device tool brings back at most 8, so exactly these 8:
 #   build.log (nvidia-smi + versions + pip -v output), tests.log, tests.xml (junit), bench.log,
-#   <date>-<gpu>.json / .md / .png (commit under benchmarks/results/), pytest-benchmark.json
+#   <date>-<gpu>.json / .md / .png (commit under benchmarks/results/), autotune-<versions>.json (auto's choices)
 # The end of stdout is a short summary: the benchmark table, then each step's status.
 #
 # Knobs: STEPS (default "build tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
@@ -108,10 +111,13 @@ if wants bench; then
   budget=$((budget < 60 ? 60 : budget))
   banner "bench: bigmodel bench --out \$OUT ${BENCH_ARGS:-} (${budget}s)"
   rc=0
+  export BIGMODEL_CACHE_DIR=/tmp/bigmodel-gpu-suite-cache
+  rm -rf "$BIGMODEL_CACHE_DIR"
   # shellcheck disable=SC2086  # BENCH_ARGS: several words
   timeout -s INT -k 20 "$budget" "$PY" -m bigmodel bench --out "$OUT" --max-seconds $((budget - 40)) ${BENCH_ARGS:-} \
     > "$OUT/bench.log" 2>&1 || rc=$?
   STATUS[bench]=$rc
+  cp "$BIGMODEL_CACHE_DIR"/autotune-*.json "$OUT"/ 2>/dev/null || echo "no autotune cache was written"
   grep -E "^\[.*(error|ERROR)|failed|Traceback" "$OUT/bench.log" | tail -n 10 || true
   tail -n 3 "$OUT/bench.log"
 fi
@@ -121,7 +127,7 @@ if wants pytest-bench; then
   rc=0
   BIGMODEL_BENCH_QUICK=$PYBENCH_QUICK timeout -s INT -k 20 "$(cap "$PYBENCH_S")" \
     "$PY" -m pytest benchmarks -q -p no:cacheprovider ${PYBENCH_K:+-k "$PYBENCH_K"} \
-    --benchmark-json="$OUT/pytest-benchmark.json" --benchmark-columns=median,iqr,rounds >> "$OUT/bench.log" 2>&1 \
+    --benchmark-columns=median,iqr,rounds >> "$OUT/bench.log" 2>&1 \
     || rc=$?
   STATUS[pytest-bench]=$rc
   tail -n 3 "$OUT/bench.log"
@@ -129,7 +135,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------- summary
 banner "summary"
-REPORT=$(ls "$OUT"/*.json 2>/dev/null | grep -v pytest-benchmark | head -n 1 || true)
+REPORT=$(ls "$OUT"/*.json 2>/dev/null | grep -v autotune- | head -n 1 || true)
 if [[ -n "$REPORT" ]]; then
   "$PY" -m benchmarks.report --summary "$REPORT" || true
 else

@@ -5,7 +5,8 @@ not performance numbers). Rates (METRICS): tokens/s for a training step, TFLOP/s
 and % of copy bandwidth for memory-bound ops. Speed-ups are against eager torch measured in the same run; an op
 whose builder in cases.OPS names `baselines` (attention: the best SDPA backend, SDPA's flash backend; linear_act
 and feed_forward: cuBLAS without epilogue, on a CPU torch.matmul (CPU); train_step: torch.compile) also gets
-`speedup_vs_<name>` against the fastest of those providers. Correctness: every row that ran has rel_err (against
+`speedup_vs_<name>` against the fastest of those providers; an op with an "auto" provider (bigmodel's measured
+choice) gets speedup_vs_best_backend, against the fastest of torch, triton and cuda. Correctness: every row that ran has rel_err (against
 eager torch: the pass / fail check) and max_err_vs_reference (MAX_ERR: the largest |difference| from bigmodel's
 pure-math backend on the same inputs, outputs and gradients). A CPU run under Triton's interpreter says so first.
 A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give its plot axis and panels; other
@@ -38,7 +39,10 @@ HIGHLIGHT = ("triton", "cuda", "bigmodel", "bigmodel-triton", "bigmodel-cuda")  
 # Other providers take the remaining colours in order.
 FIXED_COLORS = {"torch": 0, "torch.compile": 1, "cuda": 2, "triton": 3, "bigmodel": 4,
                 "bigmodel-cuda": 2, "bigmodel-triton": 3}
-EXTRA_COLUMNS = {"best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash",  # speed-up column titles
+# The auto row's yardstick: the fastest of the backends auto chooses among, same shape and run (about 1.00x or more:
+# auto is never slower than the best backend beyond noise).
+AUTO_BASELINE = {"best_backend": ("torch", "triton", "cuda")}
+EXTRA_COLUMNS = {"best_backend": "vs fastest backend", "best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash",  # speed-up column titles
                  "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS", "matmul_cpu": "vs torch.matmul (CPU)"}
 # What a row's rate is, first present wins: a training step's tokens/s, a GEMM's TFLOP/s, a memory-bound op's GB/s.
 METRICS = (("tokens_per_s", "tokens/s"), ("tflops", "TFLOP/s"), ("gbps", "GB/s"))
@@ -126,6 +130,8 @@ def baselines(op: str, rows: list[dict] | None = None) -> dict:
     the op's own baselines that have a provider among them (linear_act: cuBLAS on a GPU, torch.matmul (CPU) on a
     CPU)."""
     own = builder_attr(op, "baselines", {})
+    if "auto" in builder_attr(op, "providers", ()):
+        own = {**AUTO_BASELINE, **own}
     if rows is not None:
         listed = {r["provider"] for r in rows if r["op"] == op}
         own = {name: providers for name, providers in own.items() if listed & set(providers)}

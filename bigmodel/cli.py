@@ -1,6 +1,8 @@
 """The `bigmodel` command (also `python -m bigmodel`).
 
-    bigmodel info                      versions, device, and which backends can run here (and why not)
+    bigmodel info                      versions, device, which backends can run here (and why not), auto's choices
+    bigmodel tune [--ops attention] [--modes fwd,fwd+bwd] [--dtype bf16] [--quick] [--shape seqlen=8192,...]
+                                       fill measured auto's cache for the benchmark cases (or the shapes given)
     bigmodel bench [--ops layer_norm] [--modes fwd,bwd,fwd+bwd] [--dtype bf16] [--out bench-out] [--quick]
                    [--no-interpret]    time every provider side by side; writes <out>/<stem>.json, .md, .png
     bigmodel train [--preset tiny] [--data FILE] [--steps N] [--out DIR [--resume]] [--parallel ddp|fsdp]
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -107,12 +110,45 @@ def cmd_info(args, out: Output) -> int:
     rows = [[name, "yes" if not reasons else "no", "; ".join(reasons) or "-"]
             for name, reasons in bigmodel.available_backends().items()]
     out.table("backends", ["backend", "usable here", "why not"], rows)
-    order = ", ".join(f"{op}: {' > '.join(names)}" for op, names in backends.PRIORITY.items())
-    out.print(f"auto (static order, not yet measured) on CUDA tensors: {order}; other ops: "
-              f"{' > '.join(backends.DEFAULT_PRIORITY)}")
-    out.print(f"auto on other devices (CPU): {' > '.join(backends.OTHER_DEVICE_PRIORITY)} (reference only where "
-              "PyTorch cannot run the inputs; triton only when asked by name)")
+    print_auto(out)
     return 0
+
+
+def print_auto(out: Output):
+    """How auto decides here, and its recorded choices (this machine's cache, then the shipped seed table)."""
+    from bigmodel import backends
+    from bigmodel.backends import autotune
+
+    order = ", ".join(f"{op}: {' > '.join(names)}" for op, names in backends.PRIORITY.items())
+    timed = {"off": "times nothing (the static priority decides)", "cuda": "times CUDA inputs on their first call",
+             "all": "times CUDA and CPU inputs on their first call (CPU: every backend that can run them)"}
+    out.print(f"auto: {autotune.ENV}={os.environ.get(autotune.ENV, 'unset')}"
+              f"{' (deterministic algorithms on)' if autotune.policy() == 'off' and _deterministic() else ''}: "
+              f"{timed[autotune.policy()]}; ties within {autotune.TIE:.0%} go to the static priority")
+    out.print(f"  static priority on CUDA tensors: {order}; other ops: {' > '.join(backends.DEFAULT_PRIORITY)}")
+    out.print(f"  on other devices (CPU): {' > '.join(backends.OTHER_DEVICE_PRIORITY)} (reference only where PyTorch "
+              f"cannot run the inputs; triton only when asked by name, or with {autotune.ENV}=all)")
+    path = autotune.cache_path()
+    known = autotune.entries()
+    out.print(f"  cache: {path} ({'exists' if path.exists() else 'not written yet'}); seed table: "
+              f"{sum(e['source'] == 'seed' for e in known.values())} entries ({autotune.SEED_FILE.name})")
+    if not known:
+        out.print("  no recorded choices yet (`bigmodel tune` fills the cache)")
+        return
+    rows = [[key, e["winner"], ", ".join(f"{b} {_ms(t)}" for b, t in e["times_ms"].items()), e["source"]]
+            for key, e in sorted(known.items())]
+    out.table("auto's choices (CPU timings are not performance numbers)" if any(" | cpu | " in k for k in known)
+              else "auto's choices", ["key", "winner", "times (ms, median)", "source"], rows)
+
+
+def _ms(t) -> str:
+    return "n/a" if t is None else f"{t:.4g}"
+
+
+def _deterministic() -> bool:
+    import torch
+
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def extension_status() -> str:
@@ -292,6 +328,66 @@ def print_results(out: Output, rows: list[dict], env: dict):
         out.print(f"skipped {provider} ({len(where)} cases): {reason}")
 
 
+# ------------------------------------------------------------------------------------------ tune
+def cmd_tune(args, out: Output, argv: list[str] | None = None) -> int:
+    """`bigmodel tune`: run each benchmark case's "auto" provider once (its first call measures the backends)."""
+    if argv is not None:
+        import torch
+
+        env = interpreter_environment(args, os.environ, torch.cuda.is_available())
+        if env is not None:
+            reexecute(argv, env)
+    from bigmodel.backends import autotune
+
+    cases = load_benchmarks()[0]
+    device = args.device or cases.default_device()
+    if not autotune.measures(device):
+        why = (f"{autotune.ENV}=0 or deterministic algorithms" if autotune.policy() == "off" else
+               f"on {device} tensors auto runs PyTorch's op without timing; set {autotune.ENV}=all to time every "
+               "backend that can run them (Triton under its interpreter, the reference)")
+        raise SystemExit(f"bigmodel tune: auto does not time {device} inputs here ({why})")
+    try:
+        todo = [c for c in cases.all_cases(_csv(args.ops), tuple(_csv(args.modes) or ("fwd", "fwd+bwd")),
+                                           _csv(args.dtype), device, args.quick) if c.provider == "auto"]
+        todo = tune_shapes(cases, todo, args.shape) if args.shape else todo
+    except ValueError as e:
+        raise SystemExit(f"bigmodel tune: {e}")
+    if not todo:
+        raise SystemExit("bigmodel tune: no case matches these options")
+    out.print(f"bigmodel tune: {len(todo)} cases on {device}; cache {autotune.cache_path()}", style="bold")
+    failed = 0
+    for i, case in enumerate(todo, 1):
+        try:
+            prepared = cases.prepare(case)
+            line = prepared.extra.get("note", "")
+        except cases.Unavailable as e:
+            line = f"skipped: {e}"
+        except Exception as e:  # a backend failing while timed: reported, the other cases still run
+            failed += 1
+            line = f"ERROR: {type(e).__name__}: {str(e)[:300]}"
+        out.print(f"[{i}/{len(todo)}] {case.op} {case.mode} {case.dtype} {case.shape_str}: {line}")
+    print_auto(out)
+    return 1 if failed else 0
+
+
+def tune_shapes(cases, todo: list, specs: list[str]) -> list:
+    """The cases of `todo`'s ops, modes and dtypes at the shapes given as NAME=VALUE,... (names of the op's case
+    shape; a name not given keeps the op's first size)."""
+    every = []
+    for op in dict.fromkeys(c.op for c in todo):
+        first = next(c for c in todo if c.op == op)
+        names = [n for n, _ in first.shape]
+        for spec in specs:
+            given = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise ValueError(f"--shape {spec!r}: {op} has no size named {', '.join(unknown)} (its sizes: "
+                                 f"{', '.join(names)})")
+            shape = tuple((n, int(given[n]) if given.get(n, "").isdigit() else given.get(n, v)) for n, v in first.shape)
+            every += [dataclasses.replace(c, shape=shape) for c in todo if c.op == op and c.shape == first.shape]
+    return every
+
+
 # ------------------------------------------------------------------------------------------ train
 def cmd_train(args, out: Output) -> int:
     from bigmodel import train
@@ -318,6 +414,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-interpret", action="store_true",
                    help="on a CPU, do not re-run under TRITON_INTERPRET=1 (Triton's CPU interpreter, which `bench` "
                         "otherwise turns on by itself when TRITON_INTERPRET is unset): the triton rows are skipped")
+    t = sub.add_parser("tune", help="fill measured auto's cache: time every backend on the benchmark cases' shapes",
+                       description="Run each benchmark case's 'auto' provider once: its first call times every "
+                                   "backend that can run the case and records the fastest in the cache that "
+                                   "`bigmodel info` shows.")
+    t.add_argument("--ops", help="comma-separated ops (default: all)")
+    t.add_argument("--modes", help="comma-separated, from fwd,bwd,fwd+bwd (default: fwd,fwd+bwd = inference and "
+                                   "training)")
+    t.add_argument("--dtype", help="comma-separated, from bf16,fp16,fp32 (default: bf16 on GPU, fp32 on CPU)")
+    t.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible")
+    t.add_argument("--quick", action="store_true", help="the benchmark's --quick sizes")
+    t.add_argument("--shape", action="append", help="NAME=VALUE,... in the op's case sizes (e.g. "
+                                                    "seqlen=8192,headdim=128), instead of the preset; repeatable")
+    t.add_argument("--no-interpret", action="store_true", help="on a CPU, do not re-run under TRITON_INTERPRET=1")
     from bigmodel import train
 
     t = sub.add_parser("train", help="train a model on bytes (one process, or DDP / FSDP under torchrun)",
@@ -335,6 +444,8 @@ def main(argv=None) -> int:
         return cmd_info(args, out)
     if args.command == "bench":
         return cmd_bench(args, out, sys.argv[1:] if argv is None else None)
+    if args.command == "tune":
+        return cmd_tune(args, out, sys.argv[1:] if argv is None else None)
     if args.command == "train":
         return cmd_train(args, out)
     parser().print_help()

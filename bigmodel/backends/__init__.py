@@ -6,11 +6,15 @@ backward formulas: the test oracle). Each adapter answers `not_supported_reasons
 empty list means it can run. The requested name comes from, in order: the call's `backend=` argument,
 `use_backend()` / `set_backend()`, the BIGMODEL_BACKEND environment variable, then "auto".
 
-Auto is a static order today (measured auto comes later): on CUDA tensors the op's kernel priority with "torch"
-as the fallback (never the reference); attention puts "torch" first. On any other device (CPU) "torch", and the
-reference only where PyTorch cannot run the inputs; Triton under the interpreter runs only when asked by name.
-A fallback past the op's first choice is logged once at INFO on the "bigmodel" logger. A named backend that
-cannot run raises one BackendUnavailable listing every backend's reasons; nothing falls back silently.
+Auto, on CUDA tensors, is measured (backends/autotune.py): among the backends that can run the inputs (the
+op's PRIORITY, "torch" always among them; never the reference), the first call for a key (op, mode, device, dtype,
+power-of-two size buckets, flags) times each and keeps the fastest; ties within noise go to the static priority,
+which also decides when timing is off (BIGMODEL_AUTOTUNE=0, deterministic algorithms, under torch.compile with no
+recorded choice). On any other device (CPU) auto runs "torch", and the reference only where PyTorch cannot run the
+inputs; Triton under the interpreter runs only when asked by name (or with BIGMODEL_AUTOTUNE=all, which times
+every backend that can run CPU inputs). A fallback past the op's first choice is logged once at INFO on the
+"bigmodel" logger. A named backend that cannot run raises one BackendUnavailable listing every backend's reasons;
+nothing falls back silently.
 
 bigmodel.ops resolves the backend (`select`) before anything runs, in Python, so torch.compile traces the choice
 (no graph break): "torch" calls PyTorch's functional directly; the others call the `torch.ops.bigmodel.*` custom
@@ -22,6 +26,7 @@ import os
 
 import torch
 
+from . import autotune
 from .base import Backend, BackendUnavailable, trace_constant
 from .cuda import CudaBackend
 from .pytorch import PyTorchBackend
@@ -39,8 +44,10 @@ KERNEL_BACKENDS = ("cuda", "triton", "reference")  # the names a torch.ops.bigmo
 DEFAULT_PRIORITY = ("cuda", "triton", "torch")
 PRIORITY: dict[str, tuple[str, ...]] = {"layer_norm": ("triton", "cuda", "torch"),
                                          "attention": ("torch", "triton", "cuda")}
-# Auto's order on every other device (CPU): PyTorch's op, and the reference only where PyTorch cannot run it.
+# Auto's order on every other device (CPU): PyTorch's op, and the reference only where PyTorch cannot run it;
+# with BIGMODEL_AUTOTUNE=all every backend that can run the inputs is timed, in this order of priority.
 OTHER_DEVICE_PRIORITY = ("torch", "reference")
+OTHER_DEVICE_MEASURED = ("torch", "triton", "reference")
 
 _override: list = [None]  # set_backend / use_backend (a plain list so torch.compile reads it without a break)
 
@@ -78,9 +85,11 @@ def requested(backend=None) -> str:
 
 
 def auto_order(op: str, **inputs) -> tuple[str, ...]:
-    """Auto's candidates for `op` on these inputs, first choice first (see the module docstring)."""
-    cuda = any(_device_type(t) == "cuda" for t in inputs.values())
-    return PRIORITY.get(op, DEFAULT_PRIORITY) if cuda else OTHER_DEVICE_PRIORITY
+    """Auto's candidates for `op` on these inputs, first choice (the static priority) first."""
+    device = next((_device_type(t) for t in inputs.values() if _device_type(t) is not None), "cpu")
+    if device == "cuda":
+        return PRIORITY.get(op, DEFAULT_PRIORITY)
+    return OTHER_DEVICE_MEASURED if autotune.measures(device) else OTHER_DEVICE_PRIORITY
 
 
 def _device_type(t):
@@ -96,26 +105,30 @@ def _unavailable(op, name, inputs, names=None):
     return BackendUnavailable(f"bigmodel.ops.{op}: {asked} run these inputs.\n{lines}")
 
 
-def select(op: str, name: str, **inputs) -> Backend:
+def select(op: str, name: str, *, training: bool = False, trial=None, **inputs) -> Backend:
     """The backend that runs `op` on these inputs; raises BackendUnavailable if none (or the named one) can.
-    Runs in Python at trace time under torch.compile (no graph break)."""
+    Runs in Python at trace time under torch.compile (no graph break; no timing there).
+
+    Under auto, `training` (grad enabled and an input requires grad) is part of the measured key, and
+    `trial(backend, fresh)` runs the public op on `backend` with fresh(t) in place of each tensor t: what
+    autotune times for a key seen the first time (without it, the recorded choice or the static priority)."""
     if name != "auto":
         if BACKENDS[name].not_supported_reasons(op, **inputs):
             raise _unavailable(op, name, inputs)
         return BACKENDS[name]
     order = auto_order(op, **inputs)
-    skipped = []
-    for candidate in order:
-        reasons = BACKENDS[candidate].not_supported_reasons(op, **inputs)
-        if not reasons:
-            if skipped:
-                device = next(_device_type(t) for t in inputs.values() if _device_type(t) is not None)
-                why = "; ".join(f"{b}: {'; '.join(r)}" for b, r in skipped)
-                _log_once(f"bigmodel.ops.{op}: auto runs backend {candidate!r} on {device} tensors, "
-                          f"because {why}")
-            return BACKENDS[candidate]
-        skipped.append((candidate, reasons))
-    raise _unavailable(op, name, inputs)
+    reasons = {candidate: BACKENDS[candidate].not_supported_reasons(op, **inputs) for candidate in order}
+    runnable = tuple(candidate for candidate in order if not reasons[candidate])
+    if not runnable:
+        raise _unavailable(op, name, inputs)
+    device = next(_device_type(t) for t in inputs.values() if _device_type(t) is not None)
+    measured = autotune.measures(device)
+    winner = autotune.choose(op, runnable, inputs, training, trial) if measured else runnable[0]
+    passed = order[:order.index(runnable[0])]  # the static first choices that cannot run these inputs
+    if passed:
+        why = "; ".join(f"{b}: {'; '.join(reasons[b])}" for b in passed)
+        _log_once(f"bigmodel.ops.{op}: auto runs backend {winner!r} on {device} tensors, because {why}")
+    return BACKENDS[winner]
 
 
 def kernel(op: str, name: str, **inputs) -> Backend:
@@ -148,6 +161,6 @@ def available_backends() -> dict[str, list[str]]:
     return {name: b.machine_reasons() for name, b in BACKENDS.items()}
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "auto_order", "available_backends", "kernel", "requested",
-           "select",
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "auto_order", "autotune", "available_backends", "kernel",
+           "requested", "select",
            "set_backend", "use_backend"]

@@ -49,6 +49,11 @@ def autocast_inputs(*tensors):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
 
 
+def needs_grad(*tensors) -> bool:
+    """Training mode for auto's measured key: grad is enabled and some input requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def rows_like(t: torch.Tensor, n: int, rows: int) -> torch.Tensor:
     """A stand-in with t's dtype and device shaped as the (rows, n) matrix the row kernels see, for the backends'
     not_supported_reasons (they read sizes, dtype and device only): a stride-0 expanded view of one element, so

@@ -23,7 +23,8 @@ def relu(input, *, backend=None):
 
 def _activation(op, x, name, backend):
     _checks.check_tensor(op, "input", x)
-    impl = backends.select("activation", backends.requested(backend), input=x)
+    impl = backends.select("activation", backends.requested(backend), training=_checks.needs_grad(x),
+                           trial=lambda b, fresh: _activation(op, fresh(x), name, b), input=x)
     if impl.name == "torch":
         return impl.activation(x, name)
     return torch.ops.bigmodel.activation(x.contiguous(), name, impl.name)
@@ -37,7 +38,9 @@ def softmax(input, dim=-1, *, backend=None):
                          f"{max(input.dim(), 1) - 1}] for an input of shape {tuple(input.shape)}; got {dim!r}")
     n = input.size(dim) if input.dim() else 1
     rows = input.numel() // n if n else math.prod(s for i, s in enumerate(input.shape) if i != dim % input.dim())
-    impl = backends.select("softmax", backends.requested(backend), input=_checks.rows_like(input, n, rows))
+    impl = backends.select("softmax", backends.requested(backend), training=_checks.needs_grad(input),
+                           trial=lambda b, fresh: softmax(fresh(input), dim, backend=b),
+                           input=_checks.rows_like(input, n, rows))
     if impl.name == "torch":
         return impl.softmax(input, dim)
     x = input.movedim(dim, -1) if input.dim() else input.reshape(1)  # a view: no copy when dim is already last

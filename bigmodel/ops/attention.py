@@ -61,8 +61,11 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     batch, lq, lk = q.shape[:-3], q.size(-2), k.size(-2)
     mask4 = _mask_4d(attn_mask, is_causal, (*batch, hq, lq, lk), q)
     q4, k4, v4 = (_as_4d(t, copy=False) for t in (q, k, v))
-    impl = backends.select(OP, name, q=q4, k=k4, v=v4, attn_mask=mask4, dropout_p=float(dropout_p),
-                           is_causal=bool(is_causal))
+    def trial(backend, fresh):  # what auto times, the first time it meets such inputs
+        return attention(*map(fresh, given), attn_mask, dropout_p, is_causal, scale, enable_gqa, backend=backend)
+
+    impl = backends.select(OP, name, training=_checks.needs_grad(*given, attn_mask), trial=trial, q=q4, k=k4, v=v4,
+                           attn_mask=mask4, dropout_p=float(dropout_p), is_causal=bool(is_causal))
     if impl.name == "torch":  # PyTorch's SDPA on the validated inputs as given (it broadcasts them itself, and sums a
         # broadcast input's gradient in fp32), with its autograd and its kernels
         return impl.attention(*given, attn_mask, float(dropout_p), bool(is_causal), scale, bool(enable_gqa))

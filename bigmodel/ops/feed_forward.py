@@ -53,7 +53,9 @@ def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
 
 def _linear_act(x, weight, bias, act, backend_name):
     rows = _checks.rows_like(x, x.size(-1), x.numel() // x.size(-1) if x.size(-1) else math.prod(x.shape[:-1]))
-    impl = backends.select("linear_act", backend_name, input=rows, weight=weight, bias=bias)
+    impl = backends.select("linear_act", backend_name, training=_checks.needs_grad(x, weight, bias),
+                           trial=lambda b, fresh: _linear_act(fresh(x), fresh(weight), fresh(bias), act, b),
+                           input=rows, weight=weight, bias=bias)
     if impl.name == "torch":
         return impl.linear_act(x, weight, bias, act)
     y, _saved = torch.ops.bigmodel.linear_act(row_view(x, x.size(-1)), weight.contiguous(),

@@ -36,8 +36,11 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     if not isinstance(eps, numbers.Real) or eps < 0:
         raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")
     n = math.prod(shape)
-    impl = backends.select(op, backends.requested(backend), input=_checks.rows_like(input, n, input.numel() // n),
-                           weight=weight, bias=bias)
+    def trial(name, fresh):  # what auto times, the first time it meets such inputs
+        return layer_norm(fresh(input), shape, fresh(weight), fresh(bias), eps, backend=name)
+
+    impl = backends.select(op, backends.requested(backend), training=_checks.needs_grad(input, weight, bias),
+                           trial=trial, input=_checks.rows_like(input, n, input.numel() // n), weight=weight, bias=bias)
     if impl.name == "torch":
         return impl.layer_norm(input, shape, weight, bias, float(eps))
     y, _mean, _rstd = torch.ops.bigmodel.layer_norm(input, list(shape), weight, bias, float(eps), impl.name)
