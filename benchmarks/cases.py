@@ -254,8 +254,8 @@ def require_backend(backend: str, op: str, **inputs) -> None:
 
 def auto_note() -> str:
     """What auto chose during a case's first call (it measures then, outside the timings)."""
-    chosen = dict.fromkeys(f"{winner} ({key.split(' | ')[0]})" for key, winner in
-                           bigmodel.backends.autotune.LAST.values())
+    chosen = dict.fromkeys(f"{winner} ({key.split(' | ')[0] if key else op})" for op, (key, winner) in
+                           bigmodel.backends.autotune.LAST.items())
     return "auto ran " + ", ".join(chosen) if chosen else "auto: no choice recorded"
 
 

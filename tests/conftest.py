@@ -60,6 +60,15 @@ def _reset_backend_override():
 
 
 @pytest.fixture(autouse=True)
+def _forget_auto_decisions():
+    """Auto memoises its choice per exact input signature; tests patch backends' reasons, so each starts afresh."""
+    mod = sys.modules.get("bigmodel.backends.autotune")
+    if mod is not None:
+        mod.DECISIONS.clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _free_cuda_memory(request):
     """After each cuda-marked test, hand cached GPU memory back (the fp64 references at real sizes are large)."""
     yield

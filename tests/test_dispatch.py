@@ -293,7 +293,9 @@ def test_auto_on_cuda_keeps_the_kernel_order(cuda_inputs):
     assert backends.select("attention", "auto", q=cuda_inputs["input"]).name == "torch"  # torch first for attention
 
 
-def test_auto_on_cuda_falls_back_to_torch_with_a_logged_reason(cuda_inputs, monkeypatch, caplog):
+@pytest.mark.parametrize("autotune", ["0", "1"])  # static priority, and measured auto (nothing it could time)
+def test_auto_on_cuda_falls_back_to_torch_with_a_logged_reason(cuda_inputs, monkeypatch, caplog, autotune):
+    monkeypatch.setenv("BIGMODEL_AUTOTUNE", autotune)
     monkeypatch.setitem(vars(BACKENDS["triton"]), "not_supported_reasons", lambda op, **i: ["pretend: triton says no"])
     monkeypatch.setitem(vars(BACKENDS["cuda"]), "not_supported_reasons", lambda op, **i: ["pretend: cuda says no"])
     backends._logged.clear()
@@ -307,7 +309,9 @@ def test_auto_on_cuda_falls_back_to_torch_with_a_logged_reason(cuda_inputs, monk
     assert "triton: pretend: triton says no" in msg and "cuda: pretend: cuda says no" in msg
 
 
-def test_auto_on_cuda_never_takes_the_reference(cuda_inputs, monkeypatch):
+@pytest.mark.parametrize("autotune", ["0", "1"])
+def test_auto_on_cuda_never_takes_the_reference(cuda_inputs, monkeypatch, autotune):
+    monkeypatch.setenv("BIGMODEL_AUTOTUNE", autotune)
     for name in ("triton", "cuda", "torch"):
         monkeypatch.setitem(vars(BACKENDS[name]), "not_supported_reasons", lambda op, **i: ["pretend: no"])
     with pytest.raises(BackendUnavailable, match="no backend can run"):

@@ -116,14 +116,21 @@ def select(op: str, name: str, *, training: bool = False, trial=None, **inputs) 
         if BACKENDS[name].not_supported_reasons(op, **inputs):
             raise _unavailable(op, name, inputs)
         return BACKENDS[name]
+    memo = None if torch.compiler.is_compiling() else autotune.signature(op, training, inputs)
+    if memo is not None and memo in autotune.DECISIONS:  # judged before: same sizes, dtypes, flags, modes
+        autotune.LAST[op] = autotune.DECISIONS[memo]
+        return BACKENDS[autotune.DECISIONS[memo][1]]
     order = auto_order(op, **inputs)
     reasons = {candidate: BACKENDS[candidate].not_supported_reasons(op, **inputs) for candidate in order}
     runnable = tuple(candidate for candidate in order if not reasons[candidate])
     if not runnable:
         raise _unavailable(op, name, inputs)
     device = next(_device_type(t) for t in inputs.values() if _device_type(t) is not None)
-    measured = autotune.measures(device)
-    winner = autotune.choose(op, runnable, inputs, training, trial) if measured else runnable[0]
+    winner, settled, key = autotune.choose(op, runnable, inputs, training, trial) if autotune.measures(device) \
+        else (runnable[0], True, None)
+    autotune.LAST[op] = (key, winner)
+    if memo is not None and settled:
+        autotune.DECISIONS[memo] = (key, winner)
     passed = order[:order.index(runnable[0])]  # the static first choices that cannot run these inputs
     if passed:
         why = "; ".join(f"{b}: {'; '.join(reasons[b])}" for b in passed)

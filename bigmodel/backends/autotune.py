@@ -2,7 +2,9 @@
 
 The key: op, mode ("train" = forward + backward, when grad is enabled and an input requires grad; else "infer"),
 device (name and compute capability), and per input its dtype and sizes (rounded up to a power of two, the last dim
-exact: head dim, hidden size) and broadcast dims (stride 0), and the flags (is_causal, dropout_p > 0, ...).
+exact: head dim, hidden size), the attention mask's kind (bool / additive / none) and broadcast dims (stride 0),
+and the flags (is_causal, dropout_p > 0, ...). (The other inputs reach the backends as stride-0 stand-ins of their
+sizes, so their strides say nothing.)
 
 The first call for a key (eagerly, outside torch.compile and CUDA-graph capture) runs each candidate on fresh random
 inputs of the same sizes, strides, dtypes and requires_grad (a private generator; the caller's RNG state is restored,
@@ -47,9 +49,12 @@ SEED_FILE = Path(__file__).with_name("autotune_seed.json")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
                torch.bool: "bool"}
 
-LAST: dict = {}  # op -> (key, winner) of the latest auto choice in this process (`bigmodel bench` notes it)
+BROADCAST_KEYED = ("attn_mask",)  # inputs whose stride-0 (broadcast) dims are part of the key
+DECISIONS: dict = {}  # exact input signature -> auto's settled choice (eager calls skip re-judging: select)
+LAST: dict = {}  # op -> (key or None, winner) of the latest auto choice in this process (`bigmodel bench` notes it)
 _memory: dict = {}  # key -> entry {"winner", "times_ms", "source"}; filled from the file on first use
 _state = {"loaded": False, "write_failed": False}
+_seeds: dict = {}
 _logged: set = set()
 
 
@@ -93,7 +98,7 @@ def describe(inputs: dict) -> tuple:
         if value is None:
             parts.append((name, "-"))
         elif hasattr(value, "shape") and hasattr(value, "dtype"):
-            stride = value.stride() if hasattr(value, "stride") else (1,) * len(value.shape)
+            stride = value.stride() if name in BROADCAST_KEYED and hasattr(value, "stride") else (1,) * len(value.shape)
             dims = tuple(int(s) if i == len(value.shape) - 1 else _bucket(s) for i, s in enumerate(value.shape))
             broadcast = tuple(i for i, (s, st) in enumerate(zip(value.shape, stride)) if st == 0 and s > 1)
             dtype = DTYPE_NAMES[value.dtype] if value.dtype in DTYPE_NAMES else str(value.dtype)
@@ -174,7 +179,11 @@ def _load() -> None:
 
 
 def seeds() -> dict:
-    return {k: {**e, "source": "seed"} for k, e in _read_entries(SEED_FILE, None).items()}
+    """The shipped seed table (read once per SEED_FILE path)."""
+    if _seeds.get("path") != SEED_FILE:
+        _seeds.update(path=SEED_FILE, entries={k: {**e, "source": "seed"}
+                                                for k, e in _read_entries(SEED_FILE, None).items()})
+    return _seeds["entries"]
 
 
 def entries() -> dict:
@@ -186,6 +195,8 @@ def entries() -> dict:
 def reset_memory() -> None:
     """Forget this process's choices (the cache file is re-read on next use); for tests and `bigmodel tune`."""
     _memory.clear()
+    _seeds.clear()
+    DECISIONS.clear()
     _state["loaded"] = False
     LAST.clear()
 
@@ -314,19 +325,32 @@ def measure(op: str, key: str, candidates, trial, training: bool, device) -> str
     return winner
 
 
-def choose(op: str, candidates, inputs: dict, training: bool, trial) -> str:
-    """The winner among `candidates` (runnable, static order): recorded, else measured, else the first."""
+def choose(op: str, candidates, inputs: dict, training: bool, trial) -> tuple[str, bool, str | None]:
+    """(winner, settled, key): the winner among `candidates` (runnable, static order): recorded, else measured, else
+    the first (not settled: a later call that can time will); key None when there was nothing to choose."""
     if len(candidates) == 1:
-        return candidates[0]
+        return candidates[0], True, None
     device = next(t.device for t in inputs.values() if hasattr(t, "device"))
     key = make_key(op, training, device_label(device.type, device.index), describe(inputs))
-    winner = cached_choice(key)
+    winner, settled = cached_choice(key), True
     if winner not in candidates:
         can_time = (trial is not None and not torch.compiler.is_compiling()
                     and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()))
         winner = measure(op, key, candidates, trial, training, device) if can_time else candidates[0]
-    LAST[op] = (key, winner)
-    return winner
+        settled = can_time
+    return winner, settled, key
+
+
+def signature(op: str, training: bool, inputs: dict) -> tuple:
+    """Everything a backend's reasons and auto's key read of the inputs, exactly (the DECISIONS key)."""
+    parts = [op, training, torch.is_grad_enabled(), policy()]
+    for name, v in inputs.items():
+        if hasattr(v, "shape") and hasattr(v, "dtype"):
+            parts.append((name, tuple(v.shape), v.dtype, v.device, v.stride() if hasattr(v, "stride") else None,
+                          bool(getattr(v, "requires_grad", False))))
+        else:
+            parts.append((name, v))
+    return tuple(parts)
 
 
 def _log_once(message: str) -> None:

@@ -84,13 +84,13 @@ def _broadcast(q, k, v, enable_gqa):
     nd = max(q.dim(), k.dim(), v.dim())
     if nd == 2:
         return q, k, v, 1, 1
-    q, k, v = (t.view((1,) * (nd - t.dim()) + tuple(t.shape)) for t in (q, k, v))
+    q, k, v = (t if t.dim() == nd else t.view((1,) * (nd - t.dim()) + tuple(t.shape)) for t in (q, k, v))
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     hq, hk, hv = q.size(-3), k.size(-3), v.size(-3)
     if hk != hv and 1 not in (hk, hv):
         raise ValueError(f"bigmodel.ops.{OP}: k and v must have the same number of heads (or one of them 1, "
                          f"broadcast); got {hk} and {hv} (shapes {shapes})")
-    hkv = torch.broadcast_shapes((hk,), (hv,))[0]
+    hkv = _broadcast_shape((hk,), (hv,))[0]
     if hq != hkv:
         if hkv == 1:  # one kv head serves every q head (SDPA's broadcast, and MQA): the kernels' grouped path
             pass      # reads it in place; expanding K/V would give dK/dV Hq heads to sum, rounded per head
@@ -102,15 +102,28 @@ def _broadcast(q, k, v, enable_gqa):
         elif hkv == 0 or hq % hkv:
             raise ValueError(f"bigmodel.ops.{OP}: enable_gqa needs k/v heads to divide q heads; got q {hq} heads, "
                              f"k/v {hkv}")
-    try:
-        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
-    except RuntimeError:
+    batch = _broadcast_shape(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    if batch is None:
         raise ValueError(f"bigmodel.ops.{OP}: the leading (batch) dims of q, k and v must be broadcastable (as in "
-                         f"SDPA); got shapes {shapes}") from None
-    q = q.expand(*batch, hq, *q.shape[-2:])
-    k = k.expand(*batch, hkv, *k.shape[-2:])
-    v = v.expand(*batch, hkv, *v.shape[-2:])
+                         f"SDPA); got shapes {shapes}")
+    q, k, v = (_expand(t, (*batch, h, *t.shape[-2:])) for t, h in ((q, hq), (k, hkv), (v, hkv)))
     return q, k, v, hq, hkv
+
+
+def _broadcast_shape(*shapes):
+    """torch.broadcast_shapes of equal-length shapes, None when they do not broadcast (plain Python: torch's own
+    takes ~25 us a call, the whole of a small op's budget)."""
+    out = []
+    for dims in zip(*shapes):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _expand(t, shape):
+    return t if tuple(t.shape) == shape else t.expand(shape)
 
 
 def _as_4d(t, copy=True):
