@@ -130,3 +130,50 @@ def test_bench_on_a_cpu_runs_triton_under_the_interpreter_with_its_error(tmp_pat
     md = (tmp_path / "t.md").read_text()
     assert "max err vs reference" in md and "interpreted kernels" in md and "vs torch.matmul (CPU)" in md
     assert "max err vs reference" in proc.stdout
+
+
+def test_tune_fills_the_cache_that_info_shows(tmp_path):
+    """`bigmodel tune` on a CPU with BIGMODEL_AUTOTUNE=all (Triton under the interpreter, re-executed as bench is):
+    every backend that can run each case is timed, and a fresh `bigmodel info` prints the recorded choices."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(BIGMODEL_AUTOTUNE="all", BIGMODEL_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "bigmodel", "tune", "--ops", "softmax", "--quick"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (cache,) = tmp_path.glob("autotune-*.json")
+    entries = json.loads(cache.read_text())["entries"]
+    assert {k.split(" | ")[0] for k in entries} == {"softmax infer", "softmax train"}
+    assert all(set(e["times_ms"]) == {"torch", "triton", "reference"} for e in entries.values())
+    info = subprocess.run([sys.executable, "-m", "bigmodel", "info"], capture_output=True, text=True, timeout=300,
+                          env={**env, "COLUMNS": "250"})
+    assert info.returncode == 0, info.stderr[-3000:]
+    assert str(cache) in info.stdout and "auto's choices" in info.stdout and "CPU timings" in info.stdout
+    for key, entry in entries.items():
+        assert key.split(" | ")[0] in info.stdout and entry["winner"] in info.stdout
+
+
+def test_tune_refuses_when_auto_times_nothing_here(monkeypatch):
+    monkeypatch.setenv("BIGMODEL_AUTOTUNE", "1")
+    with pytest.raises(SystemExit, match="auto does not time cpu inputs here.*BIGMODEL_AUTOTUNE=all"):
+        cli.main(["tune", "--device", "cpu", "--ops", "softmax"])
+
+
+def test_tune_shapes_replace_the_preset():
+    cases = cli.load_benchmarks()[0]
+    todo = [c for c in cases.all_cases(["attention"], ("fwd",), None, "cpu", True) if c.provider == "auto"]
+    (case,) = cli.tune_shapes(cases, todo, ["seqlen=256,mask=none"])
+    assert case.params == {**todo[0].params, "seqlen": 256, "mask": "none"}
+    with pytest.raises(ValueError, match="no size named seq_len"):
+        cli.tune_shapes(cases, todo, ["seq_len=256"])
+
+
+def test_bench_auto_row_says_what_it_ran(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bigmodel", "bench", "--ops", "layer_norm", "--modes", "fwd",
+                           "--providers", "torch,auto", "--quick", "--device", "cpu", "--out", str(tmp_path),
+                           "--stem", "t", "--no-interpret"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "t.json").read_text())["results"]
+    (auto,) = [r for r in rows if r["provider"] == "auto"]
+    assert auto["status"] == "ok" and auto["note"] == "auto ran torch (layer_norm)"  # CPU: PyTorch's op
+    assert auto["speedup_vs_best_backend"] is not None
+    assert "vs fastest backend" in (tmp_path / "t.md").read_text()
