@@ -135,7 +135,8 @@ def print_auto(out: Output):
     if not known:
         out.print("  no recorded choices yet (`bigmodel tune` fills the cache)")
         return
-    rows = [[key, e["winner"], ", ".join(f"{b} {_ms(t)}" for b, t in e["times_ms"].items()), e["source"]]
+    rows = [[key, e["winner"], ", ".join(f"{b} {_ms(t)}" for b, t in e["times_ms"].items())
+             + "".join(f"; {b} failed: {why}" for b, why in e.get("errors", {}).items()), e["source"]]
             for key, e in sorted(known.items())]
     out.table("auto's choices (CPU timings are not performance numbers)" if any(" | cpu | " in k for k in known)
               else "auto's choices", ["key", "winner", "times (ms, median)", "source"], rows)

@@ -328,3 +328,18 @@ def test_auto_attention_at_4k_bf16_is_within_5_percent_of_the_best(monkeypatch, 
         auto_ms = do_bench(run("auto"), rep=200)
     best = min(times.values())
     assert auto_ms <= 1.05 * best, f"auto {auto_ms:.3f} ms ({autotune.LAST['attention']}) vs {times}"
+
+
+@requires_interpreter
+def test_a_backend_failing_while_timed_is_logged_and_not_taken(tuning, monkeypatch, caplog):
+    def broken(self, *args):
+        raise RuntimeError("pretend: the kernel failed")
+
+    monkeypatch.setattr(type(BACKENDS["triton"]), "layer_norm_fwd", broken)
+    with caplog.at_level(logging.WARNING, logger="bigmodel"), torch.no_grad():
+        y = ln(randn_input(8, 64))
+    assert torch.isfinite(y).all()
+    key, entry = only_entry(tuning)
+    assert entry["winner"] != "triton" and entry["times_ms"]["triton"] is None
+    assert "pretend: the kernel failed" in entry["errors"]["triton"]
+    assert any(r.levelname == "WARNING" and "'triton' failed while being timed" in r.message for r in caplog.records)

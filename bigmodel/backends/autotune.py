@@ -296,14 +296,14 @@ def _time_ms(run, device) -> float:
 def pick(times: dict, order) -> str:
     """The fastest; an earlier candidate of the static order within TIE of it wins the tie."""
     best = min(times.values())
-    if not math.isfinite(best):
+    if not math.isfinite(best):  # nothing could be timed: the static priority
         return order[0]
     return next(name for name in order if name in times and times[name] <= best * (1 + TIE))
 
 
 def measure(op: str, key: str, candidates, trial, training: bool, device) -> str:
     """Time every candidate (static order) with `trial(backend, fresh)`, record and log the winner."""
-    times = {}
+    times, errors = {}, {}
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -311,15 +311,16 @@ def measure(op: str, key: str, candidates, trial, training: bool, device) -> str
         for name in candidates:
             try:
                 times[name] = _time_ms(_runner(trial, name, Fresh(generator), training), device)
-            except torch.OutOfMemoryError as e:  # too big to run twice: that candidate is not timed
-                times[name] = math.inf
-                log.warning(f"bigmodel auto: {op}: out of memory while timing backend {name!r} ({e}); not taken")
-            except Exception as e:
-                raise RuntimeError(f"bigmodel auto: backend {name!r} failed while being timed for {key}: "
-                                   f"{type(e).__name__}: {e}") from e
+            except Exception as e:  # out of memory (the inputs twice), or a kernel that fails on these inputs:
+                # not taken, said loudly (a WARNING, and in the cache entry that `bigmodel info` shows), as Triton's
+                # autotuner drops a config that cannot run; the call itself goes on on a backend that works
+                times[name], errors[name] = math.inf, f"{type(e).__name__}: {str(e).strip()[:300]}"
+                log.warning(f"bigmodel auto: backend {name!r} failed while being timed for {key}; not taken: "
+                            f"{errors[name]}")
     winner = pick(times, candidates)
-    _store(key, {"winner": winner, "times_ms": {k: round(v, 6) if math.isfinite(v) else None
-                                                for k, v in times.items()}, "source": "measured"})
+    entry = {"winner": winner, "times_ms": {k: round(v, 6) if math.isfinite(v) else None for k, v in times.items()},
+             "source": "measured"}
+    _store(key, {**entry, "errors": errors} if errors else entry)
     shown = ", ".join(f"{k} {v:.4g} ms" for k, v in times.items())
     log.info(f"bigmodel auto: {key}: {shown} -> {winner!r}")
     return winner
