@@ -116,25 +116,30 @@ def _block_head_batch(L, H, LONGEST_FIRST: tl.constexpr, FOLDED: tl.constexpr, B
 
 
 @triton.jit
-def _mask_scores(s, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale,
-                 MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, ON_BOUNDARY: tl.constexpr):
-    """Apply the user mask and, on tiles that straddle the causal diagonal or the key tail, hide j > i and
-    j >= Lk. s: unscaled scores q.k (scale > 0, so the caller's later scaling keeps -inf and the float bias is
-    added as bias / scale); rows / cols: query / key indices broadcastable to s (either orientation).
-    The mask tile is mask_lines (pointers along the program's fixed axis) + mask_offsets (along the loop axis),
-    formed here in each iteration: a loop-invariant 2-D pointer tile would pin two registers per element."""
-    if MASK_KIND != 0:
-        in_bounds = (rows < Lq) & (cols < Lk)
-        if MASK_KIND == 1:
-            s = tl.where(tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0) != 0, s, float("-inf"))
-        else:
-            s += tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0.0).to(tl.float32) * (1.0 / scale)
-    if ON_BOUNDARY:
-        if IS_CAUSAL:  # j <= min(i, Lk - 1): the diagonal and the key tail in one comparison per score
-            s = tl.where(cols <= tl.minimum(rows, Lk - 1), s, float("-inf"))
-        else:
-            s = tl.where(cols < Lk, s, float("-inf"))
-    return s
+def _scores(a, b_t, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale, MASK_KIND: tl.constexpr):
+    """Unscaled scores a @ b_t with the user mask folded in as the dot's initial accumulator: 0 / -inf for a boolean
+    mask, bias / scale for a float one (scale > 0, so the caller's later scaling keeps -inf and restores the bias).
+    Writing the mask into the scores after the dot made ptxas serialise the wgmmas on sm_90 (C7515); as the
+    accumulator it is part of the MMA. rows / cols: query / key indices broadcastable to the tile (either
+    orientation); the mask tile is mask_lines (pointers along the program's fixed axis) + mask_offsets (along the
+    loop axis), formed here in each iteration: a loop-invariant 2-D pointer tile would pin two registers per
+    element."""
+    if MASK_KIND == 0:
+        return tl.dot(a, b_t, input_precision="ieee")
+    in_bounds = (rows < Lq) & (cols < Lk)
+    if MASK_KIND == 1:
+        bias = tl.where(tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0) != 0, 0.0, float("-inf"))
+    else:
+        bias = tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0.0).to(tl.float32) * (1.0 / scale)
+    return tl.dot(a, b_t, bias, input_precision="ieee")
+
+
+@triton.jit
+def _boundary(s, rows, cols, Lk, IS_CAUSAL: tl.constexpr):
+    """On tiles that straddle the causal diagonal or the key tail: hide j > i and j >= Lk."""
+    if IS_CAUSAL:  # j <= min(i, Lk - 1): the diagonal and the key tail in one comparison per score
+        return tl.where(cols <= tl.minimum(rows, Lk - 1), s, float("-inf"))
+    return tl.where(cols < Lk, s, float("-inf"))
 
 
 @triton.jit
@@ -148,18 +153,22 @@ def _dropout_keep(seed, b, h, Hq, rows, cols, dropout_p):
 # --------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
-               b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, lo, hi,
+               b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
                MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-               ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online-softmax update of one query block over the key blocks [lo, hi). *_ptrs address key block 0."""
-    for start_n in range(lo, hi, BLOCK_N):
+               ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of one query block over the key blocks [0, hi). *_ptrs address key block 0.
+    One loop: the blocks from `interior` on (the causal diagonal, the key tail) get their boundary mask in a branch
+    of it. Two loops in sequence (interior, then boundary) made ptxas serialise every wgmma on sm_90 (note C7515:
+    the accumulator chain crossed from one loop into the next through non-wgmma instructions)."""
+    for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         cols_ok = cols < Lk
         start = tl.cast(start_n, tl.int64)
         k = _load_rows(k_ptrs, start * stride_kn, cols_ok, d_ok, ALIGNED)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        s = _mask_scores(s, rows[:, None], cols[None, :], mask_rows[:, None], (cols.to(tl.int64) * stride_mn)[None, :],
-                         Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        s = _scores(q, tl.trans(k), rows[:, None], cols[None, :], mask_rows[:, None],
+                    (cols.to(tl.int64) * stride_mn)[None, :], Lq, Lk, scale, MASK_KIND)
+        if start_n >= interior:
+            s = _boundary(s, rows[:, None], cols[None, :], Lk, IS_CAUSAL)
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.exp2(s * qk_scale - m_safe[:, None])  # one FMA per score
@@ -217,11 +226,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
-                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, 0, interior,
-                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED, BLOCK_N)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
-                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, interior, hi,
-                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED, BLOCK_N)
+                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
+                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED, BLOCK_N)
 
     empty = l_i == 0.0  # no visible key: O = 0, lse = +inf
     l_safe = tl.where(empty, 1.0, l_i)
@@ -258,12 +264,14 @@ def _attn_bwd_delta_kernel(O, DO, Delta, stride_dob, stride_doh, stride_dom, Hq,
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
                 stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed,
-                lo, hi,
+                lo, hi, interior,
                 MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_M: tl.constexpr):
+                ALIGNED: tl.constexpr, BLOCK_M: tl.constexpr):
     """Accumulate dK, dV of one key block over the query blocks [lo, hi) of one query head (*_ptrs address
-    query block 0). Tiles are kept transposed (keys x queries) so that both updates are plain dots.
-    Query rows past Lq load q = dO = 0 and lse = +inf and add exactly 0; key rows past Lk are never stored."""
+    query block 0); the blocks before `interior` straddle the causal diagonal and are masked (one loop with a
+    branch, as _fwd_tiles: two loops serialised the wgmmas). Tiles are kept transposed (keys x queries) so that
+    both updates are plain dots. Query rows past Lq load q = dO = 0 and lse = +inf and add exactly 0; key rows past
+    Lk are never stored."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
         rows_ok = rows < Lq
@@ -272,9 +280,11 @@ def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, co
         do = _load_rows(do_ptrs, start * stride_dom, rows_ok, d_ok, ALIGNED)
         lse = tl.load(lse_ptr + rows, mask=rows_ok, other=float("inf")) * LOG2E
         delta = tl.load(delta_ptr + rows, mask=rows_ok, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision="ieee")
-        s_t = _mask_scores(s_t, rows[None, :], cols[:, None], mask_cols[:, None],
-                           (rows.to(tl.int64) * stride_mm)[None, :], Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        s_t = _scores(k, tl.trans(q), rows[None, :], cols[:, None], mask_cols[:, None],
+                      (rows.to(tl.int64) * stride_mm)[None, :], Lq, Lk, scale, MASK_KIND)
+        if IS_CAUSAL:  # (not causal: no query block straddles anything; key rows past Lk are never stored)
+            if start_m < interior:
+                s_t = _boundary(s_t, rows[None, :], cols[:, None], Lk, IS_CAUSAL)
         p_t = tl.exp2(s_t * qk_scale - lse[None, :])
         dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
         if HAS_DROPOUT:
@@ -334,11 +344,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Mask,
         mask_cols = Mask + b * stride_mb + h * stride_mh + cols.to(tl.int64) * stride_mn
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
                              stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p,
-                             dropout_scale, seed, lo, interior, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED,
-                             BLOCK_M)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_cols, cols, offs_m, d_ok,
-                             stride_qm, stride_dom, stride_mm, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p,
-                             dropout_scale, seed, interior, Lq, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED,
+                             dropout_scale, seed, lo, Lq, interior, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED,
                              BLOCK_M)
 
     out_offsets = ((b * Hkv + hkv) * Lk + start_n64) * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
@@ -348,19 +354,21 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Mask,
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
-              b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, lo, hi,
+              b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, hi, interior,
               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-              ON_BOUNDARY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Accumulate dQ of one query block over the key blocks [lo, hi) (*_ptrs address key block 0)."""
-    for start_n in range(lo, hi, BLOCK_N):
+              ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dQ of one query block over the key blocks [0, hi) (*_ptrs address key block 0), those from
+    `interior` on with the boundary mask (one loop, as _fwd_tiles)."""
+    for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         cols_ok = cols < Lk
         start = tl.cast(start_n, tl.int64)
         k = _load_rows(k_ptrs, start * stride_kn, cols_ok, d_ok, ALIGNED)
         v = _load_rows(v_ptrs, start * stride_vn, cols_ok, d_ok, ALIGNED)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        s = _mask_scores(s, rows[:, None], cols[None, :], mask_rows[:, None], (cols.to(tl.int64) * stride_mn)[None, :],
-                         Lq, Lk, scale, MASK_KIND, IS_CAUSAL, ON_BOUNDARY)
+        s = _scores(q, tl.trans(k), rows[:, None], cols[None, :], mask_rows[:, None],
+                    (cols.to(tl.int64) * stride_mn)[None, :], Lq, Lk, scale, MASK_KIND)
+        if start_n >= interior:
+            s = _boundary(s, rows[:, None], cols[None, :], Lk, IS_CAUSAL)
         p = tl.exp2(s * qk_scale - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision="ieee")
         if HAS_DROPOUT:
@@ -407,11 +415,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask,
     interior, hi = _key_ranges(start_m, Lk, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
-                   stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, 0, interior,
-                   MASK_KIND, IS_CAUSAL, HAS_DROPOUT, False, ALIGNED, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
-                   stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, interior, hi,
-                   MASK_KIND, IS_CAUSAL, HAS_DROPOUT, True, ALIGNED, BLOCK_N)
+                   stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, hi, interior,
+                   MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED, BLOCK_N)
     _store_rows(DQ + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :],
                 (dq * scale).to(DQ.dtype.element_ty), rows_ok, d_ok, ALIGNED)
 
@@ -448,7 +453,7 @@ CONFIGS = {
     "fp32": {  # "ieee" dots on CUDA cores, any variant
         "fwd": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
         "dq": {64: [(16, 32, 8, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
-        "dkdv": {64: [(16, 32, 8, 1)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
+        "dkdv": {64: [(16, 16, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
     },
 }
 SM90_EXTRA = {  # larger tiles that only sm_90's wgmma path (operands in shared memory) keeps spill-free
@@ -459,13 +464,21 @@ SM90_EXTRA = {  # larger tiles that only sm_90's wgmma path (operands in shared 
 # Below sm_90 these entries replace CONFIGS': the CONFIGS ones left a stack frame (8-112 B, 255 registers) on sm_80
 # under triton 3.6, the oldest supported, though not under 3.8; sm_90 keeps them (wgmma reads its operands from
 # shared memory). The fp32 dq / dkdv D=64 and SM90_EXTRA dkdv D=128 entries changed for the same reason on sm_90:
-# (16, 32, 4, 2) -> (16, 32, 8, 2), (16, 32, 8, 2) -> (16, 32, 8, 1), (32, 128, 8, 2) -> (16, 128, 8, 2).
+# (16, 32, 4, 2) -> (16, 32, 8, 2), (16, 32, 8, 2) -> (16, 16, 8, 2), (32, 128, 8, 2) -> (16, 128, 8, 2).
 SM80_CONFIGS = {
-    "plain": {"dkdv": {64: [(32, 128, 8, 2), (16, 128, 8, 3)]}},  # for (32, 128, 8, 3), (64, 64, 8, 2)
-    "causal": {"dkdv": {64: [(16, 64, 4, 2)]}},  # for (32, 128, 8, 3)
+    # dq D=128: the one-loop kernels (a branch for the boundary tiles) left 16-40 B stack frames at (128, 32, 8, 3)
+    "plain": {"dkdv": {64: [(32, 128, 8, 2), (16, 128, 8, 3)]},  # for (32, 128, 8, 3), (64, 64, 8, 2)
+              "dq": {128: [(64, 64, 8, 3), (64, 32, 8, 3)]}},  # for (128, 32, 8, 3), (64, 64, 8, 3)
+    "causal": {"dkdv": {64: [(16, 64, 4, 2)]}, "dq": {128: [(64, 64, 8, 3), (64, 32, 8, 3)]}},  # for (32, 128, 8, 3)
     "heavy": {"dkdv": {64: [(16, 32, 8, 2)], 128: [(32, 32, 8, 3)]}},  # for (16, 128, 8, 3); (16, 64, 8, 3) dropped
     "unaligned": {"dkdv": {64: [(16, 32, 8, 2)]}},  # for (16, 32, 4, 2)
-    "fp32": {"dkdv": {64: [(16, 16, 8, 2)]}},  # for (16, 32, 8, 1), which sm_90 needs in place of (16, 32, 8, 2)
+}
+# On sm_90 these entries replace CONFIGS': a 64-row tile over 8 warps splits each MMA's N between the two warpgroups
+# (m64n16 / m64n32 wgmmas) and ptxas serialised them (C7515); 128 rows give each warpgroup its own 64 rows.
+SM90_CONFIGS = {
+    "plain": {"dq": {128: [(128, 32, 8, 3)], 256: [(64, 32, 4, 2)]}},  # for (.., (64, 64, 8, 3)), (64, 32, 8, 2)
+    "heavy": {"fwd": {64: [(128, 64, 8, 3), (128, 32, 8, 3)]},  # for (64, 64, 8, 3), ..
+              "dq": {64: [(128, 32, 8, 3)], 128: [(128, 32, 8, 3)]}},  # for (64, 32, 8, 3)
 }
 # Under the interpreter: one small config per kernel; BLOCK_M != BLOCK_N so the diagonal logic is exercised.
 INTERPRETER_CONFIGS = {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
@@ -504,10 +517,10 @@ def shared_memory_estimate(kind: str, cfg, block_d: int, elt_size: int, variant:
 
 def arch_configs(kind: str, dim: int, variant: str, arch: int):
     """The table entries for compute capability `arch`, before the shared-memory check: CONFIGS (replaced below
-    sm_90 where SM80_CONFIGS has an entry), plus SM90_EXTRA on sm_90+."""
-    if arch >= 90:
-        return CONFIGS[variant][kind][dim] + SM90_EXTRA.get(variant, {}).get(kind, {}).get(dim, [])
-    return SM80_CONFIGS.get(variant, {}).get(kind, {}).get(dim) or CONFIGS[variant][kind][dim]
+    sm_90 where SM80_CONFIGS has an entry, on sm_90+ where SM90_CONFIGS has one), plus SM90_EXTRA on sm_90+."""
+    override = (SM90_CONFIGS if arch >= 90 else SM80_CONFIGS).get(variant, {}).get(kind, {}).get(dim)
+    base = override or CONFIGS[variant][kind][dim]
+    return base + SM90_EXTRA.get(variant, {}).get(kind, {}).get(dim, []) if arch >= 90 else base
 
 
 def candidate_configs(kind: str, block_d: int, variant: str, dtype: torch.dtype, arch: int, smem_limit: int):
@@ -527,7 +540,7 @@ def _device_arch_and_smem(index: int):
 
 def _autotuned(kernel, kind: str):
     """kernel under triton.autotune over every table entry, pruned per call to candidate_configs(...)."""
-    entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values(), *SM80_CONFIGS.values())
+    entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values(), *SM80_CONFIGS.values(), *SM90_CONFIGS.values())
                for cfgs in table.get(kind, {}).values() for c in cfgs}
     configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in sorted(entries)]
 
@@ -753,7 +766,7 @@ def compile_specs():
     fp16 = torch.float16
     for arch in (80, 90):
         def table(variant, kind, dim):  # the arch's entries without SM90_EXTRA (added with their own tag)
-            override = SM80_CONFIGS.get(variant, {}).get(kind, {}).get(dim) if arch < 90 else None
+            override = (SM90_CONFIGS if arch >= 90 else SM80_CONFIGS).get(variant, {}).get(kind, {}).get(dim)
             return override or CONFIGS[variant][kind][dim]
 
         for head_dim in (64, 128, 80, 256):
