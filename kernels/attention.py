@@ -448,7 +448,7 @@ CONFIGS = {
     "unaligned": {  # fp16 / bf16 rows not on 16-byte boundaries: scalar loads, no cp.async pipeline
         "fwd": {64: [(32, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
         "dq": {64: [(16, 32, 4, 2)], 128: [(32, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
-        "dkdv": {64: [(16, 32, 4, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
+        "dkdv": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 16, 8, 2)]},
     },
     "fp32": {  # "ieee" dots on CUDA cores, any variant
         "fwd": {64: [(16, 32, 8, 2)], 128: [(16, 32, 8, 2)], 256: [(16, 32, 8, 2)]},
@@ -471,7 +471,6 @@ SM80_CONFIGS = {
               "dq": {128: [(64, 64, 8, 3), (64, 32, 8, 3)]}},  # for (128, 32, 8, 3), (64, 64, 8, 3)
     "causal": {"dkdv": {64: [(16, 64, 4, 2)]}, "dq": {128: [(64, 64, 8, 3), (64, 32, 8, 3)]}},  # for (32, 128, 8, 3)
     "heavy": {"dkdv": {64: [(16, 32, 8, 2)], 128: [(32, 32, 8, 3)]}},  # for (16, 128, 8, 3); (16, 64, 8, 3) dropped
-    "unaligned": {"dkdv": {64: [(16, 32, 8, 2)]}},  # for (16, 32, 4, 2)
 }
 # On sm_90 these entries replace CONFIGS': a 64-row tile over 8 warps splits each MMA's N between the two warpgroups
 # (m64n16 / m64n32 wgmmas) and ptxas serialised them (C7515); 128 rows give each warpgroup its own 64 rows.
@@ -730,6 +729,16 @@ def _signature(kind: str, dtype: torch.dtype, mask_kind: int) -> dict:
     return sig
 
 
+def _aligned_args(kind: str, signature: dict, aligned: bool) -> tuple:
+    """What the runtime specialises as divisible by 16 for these inputs: every pointer (torch allocations are
+    16-byte aligned; the mask's too), and with aligned rows the q / k / v / dO batch, head and row strides
+    (multiples of the head dim, itself a multiple of 8: launched as ALIGNED only then; a multiple of 16 at
+    D = 64, 80, 128, 256). Lengths and the mask's strides are left unspecialised (any value)."""
+    pointers = [n for n, t in signature.items() if t.startswith("*")]
+    strides = [n for n in _KERNELS[kind].arg_names if n.startswith("stride_") and n[7] in "qkvd"]
+    return tuple(pointers + (strides if aligned else []))
+
+
 def compile_specs():
     """Each kernel at the configs the autotuner may pick, per arch (arch_configs), in the variants that change its
     register use. D = 64 and 128: every plain, causal and heavy candidate (fp16; heavy ones with a float mask +
@@ -761,7 +770,8 @@ def compile_specs():
                        + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded
                        + ["sm90-only"] * sm90_only)
         specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages, require_no_spills=not folded,
-                                 expect_wgmma=kind == "fwd" and dtype != torch.float32 and block_m >= 64, archs=(arch,))
+                                 expect_wgmma=kind == "fwd" and dtype != torch.float32 and block_m >= 64, archs=(arch,),
+                                 aligned_args=_aligned_args(kind, sig, aligned))
 
     fp16 = torch.float16
     for arch in (80, 90):
