@@ -284,7 +284,10 @@ def compile_specs():
             sig = signature(f"*{t}")
             consts = dict(flags(activation_id(name)), GROUP=GROUP, **dict(zip(names, (r, c, k))))
             aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a not in ("M", "m_bucket"))
+            known = {"C7515": "dX at 128x128x32: the activation derivative applied to dY in the K loop feeds the "
+                               "wgmma's A operand through registers; open (issue 12)"} \
+                if jit_fn is _bwd_dx_kernel.fn and (r, c, k) == (128, 128, 32) and dtype != torch.float32 else {}
             specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{name},{r}x{c}x{k}]", jit_fn, sig, consts, warps,
                                      stages, expect_wgmma=dtype != torch.float32, tags=("gemm",),
-                                     aligned_args=aligned, archs=archs))
+                                     aligned_args=aligned, archs=archs, allowed_perf_notes=known))
     return specs
