@@ -5,9 +5,13 @@ Forward, one tiled GEMM with fp32 accumulation; bias and activation applied to t
     z = x W^T + b,   y = act(z)
 Backward, with dz = dy * act'(z):
     dx = dz W     (reduction over N)        dW = dz^T x   (reduction over M)        db = sum over rows of dz
-dz never goes to memory: each GEMM that consumes dy computes dz tile by tile as it loads dy (prologue fusion),
-and the dW programs also sum their dz tiles over M for db. Only the programs of the first K-block store db,
-so every column of db comes from one program in a fixed order: deterministic, no atomics.
+dz is written once, by one elementwise pass (activation.act_bwd: dy and z in, dz out), and the two GEMMs read it.
+Making dz inside the GEMMs instead (prologue fusion: dy * act'(z) as each tile loads) recomputed act' for every
+element K / BLOCK_K times in each GEMM: on sm_90 the dW hot loop was ~1230 instructions (gelu) per 2 wgmmas,
+issue-bound about 10x over its MMAs; one M x N write and read costs far less. (act "none": dz = dy, no pass.)
+The dW programs of the first K-block also sum dz over M for db, elementwise into a (BLOCK_M, BLOCK_N) tile in the
+loop and across rows once after it (no shuffles per iteration); every column of db comes from one program in a
+fixed order: deterministic, no atomics.
 
 What the backward reads to get act'(z):
   gelu / gelu_tanh: the pre-activation z, written by the forward (one extra M x N store). Recomputing it instead
@@ -35,7 +39,8 @@ import triton
 import triton.language as tl
 
 from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
-from .activation import ACT_GELU, ACT_GELU_TANH, ACT_RELU, ACT_NONE, activation_id, activation_grad, apply_activation
+from .activation import (ACT_GELU, ACT_GELU_TANH, ACT_NONE, ACTIVATION_IDS, act_bwd, activation_id,
+                         apply_activation)
 
 SAVES_PRE_ACTIVATION = (ACT_GELU.value, ACT_GELU_TANH.value)
 
@@ -51,25 +56,15 @@ def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
     return first_row + local % rows_in_group, local // rows_in_group
 
 
-@triton.jit
-def _load_dz(dy_ptrs, s_ptrs, mask, ACTIVATION: tl.constexpr):
-    """dz = dy * act'(s) for one tile, in fp32 (s: the saved pre-activation, or y for relu; unread for none)."""
-    dz = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION != ACT_NONE:
-        dz = activation_grad(dz, tl.load(s_ptrs, mask=mask, other=0.0).to(tl.float32), ACTIVATION)
-    return dz
-
-
 # --------------------------------------------------------------------------------------------- configs
 # (output rows, output columns, reduction, warps, stages) per tile, for fp16 / bf16 on sm_80 and sm_90: the largest
-# tiles that keep every kernel free of spills on both archs (checked with 16-byte aligned operands). The backward
-# kernels build the dz operand in registers (dy and s loads plus act'), so they take a 32-deep reduction step.
+# tiles that keep every kernel free of spills on both archs (checked with 16-byte aligned operands).
 FWD_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
 # sm_80 (Ampere and other pre-Hopper GPUs) swaps a tile: fp16 gelu 64x128x64 left an 8-byte stack frame under triton
 # 3.6 there (sm_90's wgmma build of it is clean).
 SM80_TILES = {FWD_TILES: ((128, 128, 64, 8, 4), (64, 128, 32, 4, 4))}
-DX_TILES = ((128, 128, 32, 8, 3), (64, 128, 32, 4, 3))
-DW_TILES = ((64, 128, 32, 8, 3),)  # 128x64 spilled 16 bytes on sm_80 (bf16 relu)
+DX_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
+DW_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 8, 4))
 FP32_TILES = ((64, 64, 32, 4, 3),)  # fp32 "ieee" dots run on CUDA cores: small tiles
 INTERPRETER_TILES = ((32, 32, 32, 4, 1),)  # the CPU interpreter: few, cheap programs
 GROUP = 8
@@ -86,11 +81,12 @@ def _max_shared_memory(device_index: int) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
-def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
+def _autotune(tiles, rows: str, cols: str, red: str, operand: str, flags=()):
     """triton.autotune over `tiles` (fp16 / bf16) and FP32_TILES, naming the tile sizes of one kernel (rows x cols
-    output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks the table."""
+    output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks the table; `flags`:
+    constexpr arguments that enter the key."""
     # M (the token count) enters the key as its power-of-two bucket: a new batch size re-uses the tuned config.
-    key = ["m_bucket", "N", "K", "ACTIVATION"]
+    key = ["m_bucket", "N", "K", *flags]
 
     def config(tile, group):
         r, c, k, warps, stages = tile
@@ -118,7 +114,7 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str):
 
 
 # --------------------------------------------------------------------------------------------- kernels
-@_autotune(FWD_TILES, "BLOCK_M", "BLOCK_N", "BLOCK_K", "X")
+@_autotune(FWD_TILES, "BLOCK_M", "BLOCK_N", "BLOCK_K", "X", ("HAS_BIAS", "ACTIVATION"))
 @triton.jit(do_not_specialize=["m_bucket"])
 def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm, m_bucket,
                 HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SAVE_Z: tl.constexpr,
@@ -146,64 +142,57 @@ def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm, m_bucket,
     tl.store(Y + out_offs, apply_activation(acc, ACTIVATION).to(Y.dtype.element_ty), mask=out_mask)
 
 
-@_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DY")
+@_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DZ")
 @triton.jit(do_not_specialize=["m_bucket"])
-def _bwd_dx_kernel(DY, S, W, DX, M, N, K, stride_dym, m_bucket,
-                   ACTIVATION: tl.constexpr,
+def _bwd_dx_kernel(DZ, W, DX, M, N, K, stride_dzm, m_bucket,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
-    """dx = dz W, one (BLOCK_M, BLOCK_K) tile per program, dz made from dy and S while loading."""
+    """dx = dz W, one (BLOCK_M, BLOCK_K) tile per program."""
     pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
-    rows = (rm % M).to(tl.int64)
-    dy_ptrs = DY + rows[:, None] * stride_dym + rn[None, :]
-    s_ptrs = S + rows[:, None] * N + rn[None, :]
+    dz_ptrs = DZ + (rm % M).to(tl.int64)[:, None] * stride_dzm + rn[None, :]
     w_ptrs = W + rn.to(tl.int64)[:, None] * K + (rk % K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n_ok = rn < N - n0
-        dz = _load_dz(dy_ptrs, s_ptrs, n_ok[None, :], ACTIVATION)
+        dz = tl.load(dz_ptrs, mask=n_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
-        acc = tl.dot(dz.to(w.dtype), w, acc, input_precision="ieee")
-        dy_ptrs += BLOCK_N
-        s_ptrs += BLOCK_N
+        acc = tl.dot(dz, w, acc, input_precision="ieee")
+        dz_ptrs += BLOCK_N
         w_ptrs += BLOCK_N * K
     mask = (rm < M)[:, None] & (rk < K)[None, :]
     tl.store(DX + rm.to(tl.int64)[:, None] * K + rk[None, :], acc.to(DX.dtype.element_ty), mask=mask)
 
 
-@_autotune(DW_TILES, "BLOCK_N", "BLOCK_K", "BLOCK_M", "X")
+@_autotune(DW_TILES, "BLOCK_N", "BLOCK_K", "BLOCK_M", "X", ("HAS_BIAS",))
 @triton.jit(do_not_specialize=["m_bucket"])
-def _bwd_dw_kernel(DY, S, X, DW, DB, M, N, K, stride_dym, stride_xm, m_bucket,
-                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+def _bwd_dw_kernel(DZ, X, DW, DB, M, N, K, stride_dzm, stride_xm, m_bucket,
+                   HAS_BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """dW = dz^T x, one (BLOCK_N, BLOCK_K) tile per program; the first K-block's programs also write db."""
     pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rm = tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = rn % N
-    dy_ptrs = DY + rm[:, None] * stride_dym + cols[None, :]
-    s_ptrs = S + rm[:, None] * N + cols[None, :]
+    dz_ptrs = DZ + rm[:, None] * stride_dzm + (rn % N)[None, :]
     x_ptrs = X + rm[:, None] * stride_xm + (rk % K)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # summed over its rows once, after the loop
     for m0 in range(0, M, BLOCK_M):
         m_ok = (rm < M - m0)[:, None]
-        dz = _load_dz(dy_ptrs, s_ptrs, m_ok, ACTIVATION)
+        dz = tl.load(dz_ptrs, mask=m_ok, other=0.0)
         if HAS_BIAS:
-            db += tl.sum(dz, axis=0)
+            db += dz.to(tl.float32)
         x = tl.load(x_ptrs, mask=m_ok, other=0.0)
-        acc = tl.dot(tl.trans(dz.to(x.dtype)), x, acc, input_precision="ieee")
-        dy_ptrs += BLOCK_M * stride_dym
-        s_ptrs += BLOCK_M * N
+        acc = tl.dot(tl.trans(dz), x, acc, input_precision="ieee")
+        dz_ptrs += BLOCK_M * stride_dzm
         x_ptrs += BLOCK_M * stride_xm
     mask = (rn < N)[:, None] & (rk < K)[None, :]
     tl.store(DW + rn.to(tl.int64)[:, None] * K + rk[None, :], acc.to(DW.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         if pid_k == 0:
-            tl.store(DB + rn, db.to(DB.dtype.element_ty), mask=rn < N)
+            tl.store(DB + rn, tl.sum(db, axis=0).to(DB.dtype.element_ty), mask=rn < N)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -234,8 +223,11 @@ def linear_act_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, save
     M, K = x.shape
     N = weight.shape[0]
     assert dy.stride(1) == 1 or N == 1, "linear_act_bwd expects dy with unit column stride"
-    # What act' reads: z for gelu, y for relu (its sign), nothing for none (any valid pointer).
-    s = saved if act in SAVES_PRE_ACTIVATION else (y if act == ACT_RELU.value else dy)
+    if act == ACT_NONE.value:
+        dz = dy
+    else:  # dz = dy * act'(z), once: act' reads z for gelu, y (its sign) for relu
+        name = next(n for n, i in ACTIVATION_IDS.items() if i == act)
+        dz = act_bwd(dy.contiguous(), saved if act in SAVES_PRE_ACTIVATION else y, name)
     dx = torch.empty((M, K), dtype=x.dtype, device=x.device)
     dw = torch.empty((N, K), dtype=weight.dtype, device=weight.device)
     db = torch.empty(N, dtype=weight.dtype, device=weight.device) if has_bias else None
@@ -246,9 +238,9 @@ def linear_act_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, save
     def grid_dw(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
-    _bwd_dx_kernel[grid_dx](dy, s, weight, dx, M, N, K, dy.stride(0), next_pow2(M), ACTIVATION=act)
-    _bwd_dw_kernel[grid_dw](dy, s, x, dw, dw if db is None else db, M, N, K, dy.stride(0), x.stride(0),
-                            next_pow2(M), HAS_BIAS=has_bias, ACTIVATION=act)
+    _bwd_dx_kernel[grid_dx](dz, weight, dx, M, N, K, dz.stride(0), next_pow2(M))
+    _bwd_dw_kernel[grid_dw](dz, x, dw, dw if db is None else db, M, N, K, dz.stride(0), x.stride(0), next_pow2(M),
+                            HAS_BIAS=has_bias)
     return dx, dw, db
 
 
@@ -263,12 +255,12 @@ def compile_specs():
          lambda p: dict(X=p, W=p, B=p, Y=p, Z=p, M="i32", N="i32", K="i32", stride_xm="i32", m_bucket="i32"),
          lambda act: dict(HAS_BIAS=True, ACTIVATION=act, SAVE_Z=act in SAVES_PRE_ACTIVATION)),
         (_bwd_dx_kernel, DX_TILES, ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
-         lambda p: dict(DY=p, S=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dym="i32", m_bucket="i32"),
-         lambda act: dict(ACTIVATION=act)),
+         lambda p: dict(DZ=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dzm="i32", m_bucket="i32"),
+         lambda act: dict()),
         (_bwd_dw_kernel, DW_TILES, ("BLOCK_N", "BLOCK_K", "BLOCK_M"),
-         lambda p: dict(DY=p, S=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dym="i32", stride_xm="i32",
+         lambda p: dict(DZ=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dzm="i32", stride_xm="i32",
                         m_bucket="i32"),
-         lambda act: dict(HAS_BIAS=True, ACTIVATION=act)),
+         lambda act: dict(HAS_BIAS=True)),
     )
     specs = []
     for kernel, tiles, names, signature, flags in kernels:
@@ -284,10 +276,9 @@ def compile_specs():
             sig = signature(f"*{t}")
             consts = dict(flags(activation_id(name)), GROUP=GROUP, **dict(zip(names, (r, c, k))))
             aligned = tuple(a for a, ty in sig.items() if ty.startswith("*") or a not in ("M", "m_bucket"))
-            known = {"C7515": "dX at 128x128x32: the activation derivative applied to dY in the K loop feeds the "
-                               "wgmma's A operand through registers; open (issue 12)"} \
-                if jit_fn is _bwd_dx_kernel.fn and (r, c, k) == (128, 128, 32) and dtype != torch.float32 else {}
-            specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{name},{r}x{c}x{k}]", jit_fn, sig, consts, warps,
+            known = {}
+            act_tag = f"{name}," if "ACTIVATION" in consts else ""
+            specs.append(CompileSpec(f"{jit_fn.__name__}[{t},{act_tag}{r}x{c}x{k}]", jit_fn, sig, consts, warps,
                                      stages, expect_wgmma=dtype != torch.float32, tags=("gemm",),
                                      aligned_args=aligned, archs=archs, allowed_perf_notes=known))
     return specs
