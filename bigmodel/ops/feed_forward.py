@@ -41,7 +41,7 @@ def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
     """`act(F.linear(input, weight, bias))` in one fused op; activation "gelu" (erf), "gelu_tanh", "relu" or None.
 
     input (..., in_features), weight (out_features, in_features), bias (out_features,) or None, one dtype.
-    The backward fuses the activation derivative and the bias gradient into the GEMMs that consume grad_output.
+    The backward forms dz = grad_output * act'(z) once for the dX and dW GEMMs, and sums the bias gradient with dW.
     """
     act = _activation_name("linear_act", activation)
     input, weight, bias = _checks.autocast_inputs(input, weight, bias)  # as autocast does for F.linear
