@@ -57,6 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import attention_decode
 from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -674,6 +675,8 @@ def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float
         return o, lse
     q, k, v = (_small_row_stride(t) for t in (q, k, v))
     q, scale, _ = _positive_scale(q, scale)
+    if attention_decode.use_split(q, k, mask, is_causal, dropout_p):  # short queries, long keys: split the keys too
+        return attention_decode.decode_fwd(q, k, v, scale, o, lse)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
     consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o))
     args = (q, k, v, o, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,

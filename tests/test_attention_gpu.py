@@ -117,3 +117,19 @@ def test_attention_gpu_dropout_rate_triton():
     out = bigmodel.ops.attention(q, k, v, dropout_p=0.2, backend="triton")
     rate = (out == 0).float().mean().item()
     assert abs(rate - 0.2) < 0.01, rate
+
+
+@pytest.mark.parametrize("lk", [4096, 32768])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_decode_split_kv_matches_fp64(lk, dtype):
+    """Lq = 1 against a long KV cache, GQA 32:8 (Llama-3 8B's heads): the Triton backend takes the split-KV forward
+    (kernels/attention_decode.py); output and gradients (the regular backward on its o and lse) by FlashAttention's
+    rule."""
+    from bigmodel.kernels import attention_decode
+
+    q = torch.randn(1, 32, 1, 128, device="cuda", dtype=dtype)
+    k, v = (torch.randn(1, 8, lk, 128, device="cuda", dtype=dtype) for _ in range(2))
+    assert attention_decode.use_split(q, k, None, False, 0.0)
+    check_attention_case(attention_case(
+        lambda q, k, v, mask, causal, scale, gqa: bigmodel.ops.attention(q, k, v, enable_gqa=gqa, backend="triton"),
+        q, k, v, enable_gqa=True))
