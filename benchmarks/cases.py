@@ -418,11 +418,12 @@ class LayerNormBench(OpBench):
 
 from .attention_cases import AttentionBench  # noqa: E402 (these modules import the names above)
 from .ffn_cases import FeedForwardBench, LinearActBench, PointwiseBench  # noqa: E402
+from .decode_cases import DecodeBench  # noqa: E402
 from .model_cases import TrainStepBench  # noqa: E402
 
 # The order of OPS is the run order within a tier (see all_cases) and the order of the report.
 OPS = {b.name: b for b in (TrainStepBench(), LinearActBench(), FeedForwardBench(), LayerNormBench(),
-                           PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench())}
+                           PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench(), DecodeBench())}
 
 
 def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:
