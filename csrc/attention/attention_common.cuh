@@ -2,7 +2,8 @@
 // on mma.sync.m16n8k16 (layouts in common/mma.cuh), quad reductions, and output staging.
 //
 // Conventions used by every kernel here:
-//   * 128 threads = 4 warps per block; every warp owns 16 rows of the block's "M" dimension.
+//   * 128 threads = 4 warps per block; every warp owns 16 rows of the block's "M" dimension (the forward: 32, as
+//     two 16-row m-tiles).
 //   * lane = threadIdx.x % 32, g = lane / 4, t = lane % 4. In a 16 x N fp32 accumulator held as C fragments
 //     acc[N / 8][4], this lane owns rows g (acc[j][0..1]) and g + 8 (acc[j][2..3]) at columns 8j + 2t, 8j + 2t + 1.
 //     A row's N values are spread over the 4 lanes of one quad (lanes 4g .. 4g+3): per-row reductions are a
@@ -85,37 +86,59 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][
 }
 
 // acc (16 x N) += A (16 x 16, k step kk) * B, with B[k][n] = Bs[n][k]: the shared tile Bs holds B transposed
-// (its rows are the N dimension), e.g. S = Q K^T with Bs = K.
+// (its rows are the N dimension), e.g. S = Q K^T with Bs = K. MT m-tiles (16 rows each, A fragments a[MT]) share
+// every B fragment: one ldmatrix feeds 2 * MT MMAs (FlashAttention-2's several rows per warp).
 // Per pair of n-tiles (2np, 2np + 1) one ldmatrix (no .trans): matrices 0 = n 0-7 / k 0-7 (b0 of n-tile 2np),
 // 1 = n 0-7 / k 8-15 (b1 of 2np), 2 = n 8-15 / k 0-7 (b0 of 2np+1), 3 = n 8-15 / k 8-15 (b1 of 2np+1);
 // lane l gives row n = 16np + 8 (l / 16) + l % 8, column k = 16kk + 8 ((l / 8) % 2).
-template <typename T, int N, int kStride>
-__device__ __forceinline__ void mma_bt(float (&acc)[N / 8][4], const uint32_t (&a)[4], const T* Bs, int kk,
-                                       int lane) {
+template <typename T, int MT, int N, int kStride>
+__device__ __forceinline__ void mma_bt_rows(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][4], const T* Bs,
+                                            int kk, int lane) {
 #pragma unroll
   for (int np = 0; np < N / 16; ++np) {
     uint32_t b[4];
     ldmatrix_x4(b, Bs + (np * 16 + (lane / 16) * 8 + lane % 8) * kStride + kk * 16 + ((lane / 8) % 2) * 8);
-    mma_16816<T>(acc[2 * np], a, b[0], b[1]);
-    mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mma_16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+      mma_16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+    }
   }
 }
 
 // acc (16 x N) += A (16 x 16, k step kk) * B, with B[k][n] = Bs[k][n]: the shared tile Bs holds B as is (its
-// rows are the K dimension), e.g. O += P V with Bs = V.
+// rows are the K dimension), e.g. O += P V with Bs = V. MT m-tiles share every B fragment as above.
 // Per pair of n-tiles (2np, 2np + 1) one ldmatrix.trans: matrices 0 = k 0-7 / n 0-7 (b0 of n-tile 2np),
 // 1 = k 8-15 / n 0-7 (b1 of 2np), 2 = k 0-7 / n 8-15 (b0 of 2np+1), 3 = k 8-15 / n 8-15 (b1 of 2np+1);
 // lane l gives row k = 16kk + l % 16, column n = 16np + 8 (l / 16).
-template <typename T, int N, int kStride>
-__device__ __forceinline__ void mma_b(float (&acc)[N / 8][4], const uint32_t (&a)[4], const T* Bs, int kk,
-                                      int lane) {
+template <typename T, int MT, int N, int kStride>
+__device__ __forceinline__ void mma_b_rows(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][4], const T* Bs,
+                                           int kk, int lane) {
 #pragma unroll
   for (int np = 0; np < N / 16; ++np) {
     uint32_t b[4];
     ldmatrix_x4_trans(b, Bs + (kk * 16 + lane % 16) * kStride + np * 16 + (lane / 16) * 8);
-    mma_16816<T>(acc[2 * np], a, b[0], b[1]);
-    mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mma_16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+      mma_16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+    }
   }
+}
+
+// The one-m-tile forms (the backward's 16 rows per warp).
+template <typename T, int N, int kStride>
+__device__ __forceinline__ void mma_bt(float (&acc)[N / 8][4], const uint32_t (&a)[4], const T* Bs, int kk,
+                                       int lane) {
+  mma_bt_rows<T, 1, N, kStride>(reinterpret_cast<float(&)[1][N / 8][4]>(acc),
+                                reinterpret_cast<const uint32_t(&)[1][4]>(a), Bs, kk, lane);
+}
+
+template <typename T, int N, int kStride>
+__device__ __forceinline__ void mma_b(float (&acc)[N / 8][4], const uint32_t (&a)[4], const T* Bs, int kk,
+                                      int lane) {
+  mma_b_rows<T, 1, N, kStride>(reinterpret_cast<float(&)[1][N / 8][4]>(acc),
+                               reinterpret_cast<const uint32_t(&)[1][4]>(a), Bs, kk, lane);
 }
 
 template <int N>

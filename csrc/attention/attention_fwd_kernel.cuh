@@ -1,21 +1,25 @@
 // FlashAttention-2-style forward: o = softmax(scale * q k^T + mask) v and lse = log(sum exp(...)) per row,
 // O(L) memory. Templated on the element type T (__half / __nv_bfloat16), head dim D (64 / 128) and causal.
 //
-// Block = 128 threads (4 warps) = 64 query rows of one (batch, query head); warp w owns rows 16w .. 16w + 15.
-// Shared memory (padded rows, see attention_common.cuh): Q 64 x D, K 64 x D, V 64 x D
-//   = 27 KB (D = 64) / 51 KB (D = 128, above the 48 KB default: the launcher raises the limit).
+// Block = 128 threads (4 warps) = 128 query rows of one (batch, query head); warp w owns rows 32w .. 32w + 31 as
+// two 16-row m-tiles, so every K / V fragment one ldmatrix brings into registers feeds 4 MMAs (2 n-tiles x 2
+// m-tiles) instead of 2: half the shared-memory reads per FLOP of 16 rows per warp (NOTES.md has the figures).
+// Shared memory (padded rows, see attention_common.cuh): Q 128 x D, then two stages of (K, V), BN x D each,
+//   BN = 64 (D = 64): 54 KB; BN = 32 (D = 128): 68 KB (above the 48 KB default: the launcher raises the limit;
+//   under the 99 KB opt-in limit of sm_86 / sm_89 too).
 // Per block:
-//   1. Q tile -> registers (A fragments qf[D / 16][4], kept for the whole loop).
-//   2. For each key tile of 64 (causal: only up to the diagonal, later tiles are fully masked and skipped):
-//        S = Q K^T (fp32 C fragments s[8][4], 16 x 64 per warp), scaled by scale * log2(e), masked (-inf) where
-//        the key is past len_k, padded (key_padding_mask false) or after the query (causal);
-//        online softmax per row in registers (each row lives in one quad: quad_max / quad_sum):
-//          m_new = max(m, rowmax(S)); alpha = exp2(m - m_new); P = exp2(S - m_new); l = l * alpha + rowsum(P);
-//          O = O * alpha + P V  (P converted in registers from C fragments to A fragments, see acc_to_a).
-//        A row with every key masked so far has m = -inf; it then uses 0 as its reference (so exp2 never
-//        sees -inf - -inf = NaN): P = exp2(-inf) = 0, alpha = exp2(-inf) = 0, l and O stay 0.
-//      Pipelining with single K / V buffers: V(j) is fetched (cp.async) while S(j) and the softmax run, K(j+1)
-//      while P V runs.
+//   1. Q tile -> shared memory; D = 64: -> registers (A fragments qf[2][D / 16][4], kept for the whole loop);
+//      D = 128 re-reads its fragments from shared memory per key tile (registers go to the 2 x 16 x 128 fp32 O).
+//   2. Key tiles, double-buffered: while tile j is computed from stage j % 2, cp.async brings tile j + 1 into the
+//      other stage; one __syncthreads per tile (it both publishes tile j + 1 and retires tile j - 1's stage).
+//      Causal: only tiles up to the block's diagonal are loaded, and a warp skips the tiles past its own last row.
+//      S = Q K^T (fp32 C fragments s[2][BN / 8][4]), scaled by scale * log2(e), masked (-inf) where the key is
+//      past len_k, padded (key_padding_mask false) or after the query (causal);
+//      online softmax per row in registers (each row lives in one quad: quad_max / quad_sum):
+//        m_new = max(m, rowmax(S)); alpha = exp2(m - m_new); P = exp2(S - m_new); l = l * alpha + rowsum(P);
+//        O = O * alpha + P V  (P converted in registers from C fragments to A fragments, see acc_to_a).
+//      A row with every key masked so far has m = -inf; it then uses 0 as its reference (so exp2 never
+//      sees -inf - -inf = NaN): P = exp2(-inf) = 0, alpha = exp2(-inf) = 0, l and O stay 0.
 //   3. o = O / l (0 where l = 0: fully masked row), lse = (m + log2 l) * ln 2 (+inf where l = 0); O is staged in
 //      the warp's own rows of the Q tile and written with 16-byte stores.
 #pragma once
@@ -27,9 +31,11 @@ namespace attn {
 
 template <int D>
 struct FwdConfig {
-  static constexpr int kBlockM = 64, kBlockN = 64;
+  static constexpr int kMTiles = 2;  // 16-row m-tiles per warp
+  static constexpr int kBlockM = kWarps * 16 * kMTiles, kBlockN = D <= 64 ? 64 : 32;
+  static constexpr bool kQInRegisters = D <= 64;
   static constexpr int kStride = smem_stride<D>();
-  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * 2;  // 16-bit elements
+  static constexpr int kSmemBytes = (kBlockM + 2 * 2 * kBlockN) * kStride * 2;  // 16-bit elements
   static dim3 grid(const AttentionParams& p) {
     return dim3(static_cast<unsigned>(ceil_div(p.len_q, kBlockM)), static_cast<unsigned>(p.heads_q),
                 static_cast<unsigned>(p.batch));
@@ -39,12 +45,12 @@ struct FwdConfig {
 template <typename T, int D, bool kCausal>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttentionParams p) {
   using Cfg = FwdConfig<D>;
-  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStride;
-  static_assert(BM == 16 * kWarps, "one 16-row slice per warp");
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStride, MT = Cfg::kMTiles;
+  constexpr int kQFrags = Cfg::kQInRegisters ? D / 16 : 1;
 
   T* sQ = reinterpret_cast<T*>(dynamic_smem());
-  T* sK = sQ + BM * S;
-  T* sV = sK + BN * S;
+  T* sKV = sQ + BM * S;  // stage s: K at sKV + 2 s BN S, V right after it
+  auto stage_k = [&](int st) { return sKV + 2 * st * BN * S; };
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
@@ -62,123 +68,156 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
   // Keys [0, n_end) can be visible to some row of this block.
   const int n_end = kCausal ? imin(p.len_k, m0 + BM) : p.len_k;
   const int n_blocks = ceil_div(n_end, BN);
+  const int warp_row0 = m0 + warp * 16 * MT;  // this warp's first query row; its last is warp_row0 + 16 MT - 1
+  const T* sQw = sQ + warp * 16 * MT * S;
 
   load_tile<T, BM, D>(sQ, q, p.q_stride[2], m0, p.len_q, p.vec_loads);
+  if (n_blocks > 0) {
+    load_tile<T, BN, D>(stage_k(0), k, p.k_stride[2], 0, p.len_k, p.vec_loads);
+    load_tile<T, BN, D>(stage_k(0) + BN * S, v, p.v_stride[2], 0, p.len_k, p.vec_loads);
+  }
   cp_async_commit();
-  if (n_blocks > 0) load_tile<T, BN, D>(sK, k, p.k_stride[2], 0, p.len_k, p.vec_loads);
-  cp_async_commit();
-  cp_async_wait<1>();  // Q landed (K may still be in flight)
+  cp_async_wait<0>();
   __syncthreads();
 
-  uint32_t qf[D / 16][4];
+  uint32_t qf[MT][kQFrags][4];
+  if constexpr (Cfg::kQInRegisters) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) load_a<S>(qf[kk], sQ + warp * 16 * S, kk, lane);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a<S>(qf[mt][kk], sQw + mt * 16 * S, kk, lane);
+  }
 
-  float acc_o[D / 8][4];
-  zero(acc_o);
-  float m_run[2] = {-INFINITY, -INFINITY};  // running max of rows g and g + 8, in log2 units
-  float l_run[2] = {0.f, 0.f};              // this lane's part of the running sum of exp2(S - m)
-  const int row_g = m0 + warp * 16 + g;     // query index of fragment row g (row g + 8 is row_g + 8)
+  float acc_o[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) zero(acc_o[mt]);
+  float m_run[MT][2], l_run[MT][2];  // running max (log2 units) / this lane's part of the running sum, rows g, g + 8
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m_run[mt][0] = m_run[mt][1] = -INFINITY, l_run[mt][0] = l_run[mt][1] = 0.f;
 
   for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * BN;
-    load_tile<T, BN, D>(sV, v, p.v_stride[2], n0, p.len_k, p.vec_loads);
+    const int n0 = nb * BN, st = nb & 1;
+    if (nb > 0) {
+      cp_async_wait<0>();  // tile nb landed (this thread's copies) ...
+      __syncthreads();     // ... every thread's; and every warp is done with tile nb - 1's stage
+    }
+    if (nb + 1 < n_blocks) {
+      load_tile<T, BN, D>(stage_k(st ^ 1), k, p.k_stride[2], n0 + BN, p.len_k, p.vec_loads);
+      load_tile<T, BN, D>(stage_k(st ^ 1) + BN * S, v, p.v_stride[2], n0 + BN, p.len_k, p.vec_loads);
+    }
     cp_async_commit();
-    cp_async_wait<1>();  // K(nb) landed (V(nb) may still be in flight)
-    __syncthreads();
+    // Causal: keys past this warp's last row are masked for all of its rows (warp-uniform skip).
+    if (kCausal && n0 > warp_row0 + 16 * MT - 1) continue;
+    const T* sK = stage_k(st);
+    const T* sV = sK + BN * S;
 
-    float s[BN / 8][4];
-    zero(s);
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) mma_bt<T, BN, S>(s, qf[kk], sK, kk, lane);
+    for (int mt = 0; mt < MT; ++mt) zero(s[mt]);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (Cfg::kQInRegisters) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[mt][i] = qf[mt][kk][i];
+        } else {
+          load_a<S>(a[mt], sQw + mt * 16 * S, kk, lane);
+        }
+      }
+      mma_bt_rows<T, MT, BN, S>(s, a, sK, kk, lane);
+    }
 
+    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > warp_row0);
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j)
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row_g = warp_row0 + mt * 16 + g;  // query index of fragment row g (row g + 8 is row_g + 8)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[j][i] *= p.scale_log2;
-
-    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > m0);
-    if (need_mask) {
+      for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
+        for (int i = 0; i < 4; ++i) s[mt][j][i] *= p.scale_log2;
+      if (need_mask) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = n0 + j * 8 + 2 * t + e;
-          const bool key_ok = col < p.len_k && (kpm == nullptr || kpm[static_cast<int64_t>(col) * p.kpm_stride_k]);
+        for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const bool ok = key_ok && (!kCausal || col <= row_g + 8 * r);
-            if (!ok) s[j][2 * r + e] = -INFINITY;
+          for (int e = 0; e < 2; ++e) {
+            const int col = n0 + j * 8 + 2 * t + e;
+            const bool key_ok =
+                col < p.len_k && (kpm == nullptr || kpm[static_cast<int64_t>(col) * p.kpm_stride_k]);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const bool ok = key_ok && (!kCausal || col <= row_g + 8 * r);
+              if (!ok) s[mt][j][2 * r + e] = -INFINITY;
+            }
           }
         }
       }
-    }
 
-    // Online softmax, row by row (r = 0: row g, r = 1: row g + 8).
+      // Online softmax, row by row (r = 0: row g, r = 1: row g + 8).
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = quad_max(mx);
-      const float m_new = fmaxf(m_run[r], mx);
-      const float m_ref = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m_run[r] - m_ref);
-      m_run[r] = m_new;
-      float sum = 0.f;
+        for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+        mx = quad_max(mx);
+        const float m_new = fmaxf(m_run[mt][r], mx);
+        const float m_ref = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2f(m_run[mt][r] - m_ref);
+        m_run[mt][r] = m_new;
+        float sum = 0.f;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
+        for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pv = exp2f(s[j][2 * r + e] - m_ref);
-          s[j][2 * r + e] = pv;
-          sum += pv;
+          for (int e = 0; e < 2; ++e) {
+            const float pv = exp2f(s[mt][j][2 * r + e] - m_ref);
+            s[mt][j][2 * r + e] = pv;
+            sum += pv;
+          }
+        }
+        l_run[mt][r] = l_run[mt][r] * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          acc_o[mt][j][2 * r] *= alpha;
+          acc_o[mt][j][2 * r + 1] *= alpha;
         }
       }
-      l_run[r] = l_run[r] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        acc_o[j][2 * r] *= alpha;
-        acc_o[j][2 * r + 1] *= alpha;
-      }
     }
 
-    cp_async_wait<0>();  // V(nb) landed
-    __syncthreads();     // ... for every thread; and every warp is done reading sK
-    if (nb + 1 < n_blocks) load_tile<T, BN, D>(sK, k, p.k_stride[2], n0 + BN, p.len_k, p.vec_loads);
-    cp_async_commit();
-
-    // O += P V: P (16 x 64) as A fragments straight from the registers, V as B via ldmatrix.trans.
+    // O += P V: P (2 x 16 x BN) as A fragments straight from the registers, V as B via ldmatrix.trans.
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(a, s, kk);
-      mma_b<T, D, S>(acc_o, a, sV, kk, lane);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) acc_to_a<T>(a[mt], s[mt], kk);
+      mma_b_rows<T, MT, D, S>(acc_o, a, sV, kk, lane);
     }
-    __syncthreads();  // every warp is done reading sV before the next V tile is fetched into it
   }
   cp_async_wait<0>();  // nothing is in flight (also when n_blocks == 0)
 
-  float inv_l[2], lse[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(l_run[r]);
-    // l >= 1 whenever the row saw a key (its maximum contributes exp2(0)); l == 0 only for a fully masked row.
-    inv_l[r] = l > 0.f ? 1.f / l : 0.f;
-    lse[r] = l > 0.f ? m_run[r] * kLn2 + logf(l) : INFINITY;
-  }
-
-  // The warp's own 16 rows of sQ are free (Q lives in registers) and no other warp reads them.
-  T* stage = sQ + warp * 16 * S;
-  stage_acc<T, D>(stage, acc_o, inv_l[0], inv_l[1], lane);
-  __syncwarp();
+  // The warp's own 32 rows of sQ are free (only this warp ever read them) and no other warp reads them.
   const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
   T* o = static_cast<T*>(p.o) + bh * p.len_q * D;
-  store_tile16<T, D>(o, stage, m0 + warp * 16, p.len_q, lane);
-  if (t == 0) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (row_g + 8 * r < p.len_q) p.lse[bh * p.len_q + row_g + 8 * r] = lse[r];
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row_g = warp_row0 + mt * 16 + g;
+    float inv_l[2], lse[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float l = quad_sum(l_run[mt][r]);
+      // l >= 1 whenever the row saw a key (its maximum contributes exp2(0)); l == 0 only for a fully masked row.
+      inv_l[r] = l > 0.f ? 1.f / l : 0.f;
+      lse[r] = l > 0.f ? m_run[mt][r] * kLn2 + logf(l) : INFINITY;
+    }
+    T* stage = const_cast<T*>(sQw) + mt * 16 * S;
+    stage_acc<T, D>(stage, acc_o[mt], inv_l[0], inv_l[1], lane);
+    __syncwarp();
+    store_tile16<T, D>(o, stage, warp_row0 + mt * 16, p.len_q, lane);
+    if (t == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (row_g + 8 * r < p.len_q) p.lse[bh * p.len_q + row_g + 8 * r] = lse[r];
+    }
   }
 }
 

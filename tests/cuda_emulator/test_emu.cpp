@@ -257,6 +257,9 @@ int main(int argc, char** argv) {
       {{"x-fp16-d128-causal-gqa4-kpm-big", 2, 8, 2, 200, 200, true, 1, 1}, 0, 128},
       {{"x-bf16-d64-negscale-causal", 1, 2, 1, 130, 100, true, 0, 2, -2.0}, 1, 64},
       {{"x-fp16-d128-gqa3-unaligned", 1, 3, 1, 130, 257, false, 2, 2}, 0, 128},
+      // three 128-row forward blocks, 5 / 10 key tiles through both stages, the causal warp skip
+      {{"x-bf16-d64-causal-L300", 1, 1, 1, 300, 300, true, 0, 0}, 1, 64},
+      {{"x-fp16-d128-causal-L300", 1, 1, 1, 300, 300, true, 0, 0}, 0, 128},
   };
   bool all = true;
   uint32_t seed = 1;
