@@ -57,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import attention_decode
+from . import attention_decode, tma
 from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -151,13 +151,32 @@ def _dropout_keep(seed, b, h, Hq, rows, cols, dropout_p):
     return tl.rand(key, counter) >= dropout_p
 
 
+@triton.jit
+def _desc_tile(desc, b, h, row0, ROWS: tl.constexpr):
+    """The (ROWS, BLOCK_D) tile at rows row0.. of head (b, h) through a 4-D (B, H, L, D) tensor descriptor whose
+    block is (1, 1, ROWS, BLOCK_D): one TMA copy, zero-filled past L."""
+    tile = desc.load([b.to(tl.int32), h.to(tl.int32), row0, 0])
+    return tile.reshape(ROWS, tile.shape[3])
+
+
+@triton.jit
+def _kv_tile(ptrs, offsets, rows_ok, d_ok, b, h, row0, ALIGNED: tl.constexpr, TMA: tl.constexpr,
+             ROWS: tl.constexpr):
+    if TMA:
+        tile = _desc_tile(ptrs, b, h, row0, ROWS)
+    else:
+        tile = _load_rows(ptrs, offsets, rows_ok, d_ok, ALIGNED)
+    return tile
+
+
 # --------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
-               b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
+               b, h, hkv, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
                MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-               ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online-softmax update of one query block over the key blocks [0, hi). *_ptrs address key block 0.
+               ALIGNED: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of one query block over the key blocks [0, hi). *_ptrs address key block 0, or, TMA,
+    are the K / V tensor descriptors (bulk tensor copies; rows past Lk arrive as zeros).
     One loop: the blocks from `interior` on (the causal diagonal, the key tail) get their boundary mask in a branch
     of it. Two loops in sequence (interior, then boundary) made ptxas serialise every wgmma on sm_90 (note C7515:
     the accumulator chain crossed from one loop into the next through non-wgmma instructions)."""
@@ -165,7 +184,7 @@ def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, 
         cols = start_n + offs_n
         cols_ok = cols < Lk
         start = tl.cast(start_n, tl.int64)
-        k = _load_rows(k_ptrs, start * stride_kn, cols_ok, d_ok, ALIGNED)
+        k = _kv_tile(k_ptrs, start * stride_kn, cols_ok, d_ok, b, hkv, start_n, ALIGNED, TMA, BLOCK_N)
         s = _scores(q, tl.trans(k), rows[:, None], cols[None, :], mask_rows[:, None],
                     (cols.to(tl.int64) * stride_mn)[None, :], Lq, Lk, scale, MASK_KIND)
         if start_n >= interior:
@@ -177,7 +196,7 @@ def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, 
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
             p = tl.where(_dropout_keep(seed, b, h, Hq, rows[:, None], cols[None, :], dropout_p), p, 0.0)
-        v = _load_rows(v_ptrs, start * stride_vn, cols_ok, d_ok, ALIGNED)
+        v = _kv_tile(v_ptrs, start * stride_vn, cols_ok, d_ok, b, hkv, start_n, ALIGNED, TMA, BLOCK_N)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
     return acc, m_i, l_i
@@ -204,7 +223,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
                      Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                      IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, FOLDED: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """TMA: Q, K, V, O are tensor descriptors (sm_90+, see use_tma), else pointers."""
     pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, FOLDED, BLOCK_M)
     hkv = h // kv_group
     start_m = pid_m * BLOCK_M
@@ -216,10 +236,14 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
     rows_ok = rows < Lq
 
     # 64-bit tile bases, 32-bit offsets inside a tile.
-    q_tile = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qm
-    q = _load_rows(q_tile, offs_m[:, None] * stride_qm + offs_d[None, :], rows_ok, d_ok, ALIGNED)
-    k_ptrs = K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if TMA:
+        q = _desc_tile(Q, b, h, start_m, BLOCK_M)
+        k_ptrs, v_ptrs = K, V
+    else:
+        q_tile = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qm
+        q = _load_rows(q_tile, offs_m[:, None] * stride_qm + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+        k_ptrs = K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
     mask_rows = Mask + b * stride_mb + h * stride_mh + rows.to(tl.int64) * stride_mm
 
     interior, hi = _key_ranges(start_m, Lk, IS_CAUSAL, BLOCK_M, BLOCK_N)
@@ -227,8 +251,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
-                               stride_mn, b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
-                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED, BLOCK_N)
+                               stride_mn, b, h, hkv, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
+                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED, TMA, BLOCK_N)
 
     empty = l_i == 0.0  # no visible key: O = 0, lse = +inf
     l_safe = tl.where(empty, 1.0, l_i)
@@ -238,8 +262,12 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * LN2)
     row_base = (b * Hq + h) * Lq + start_m
     tl.store(LSE + row_base + offs_m, lse, mask=rows_ok)
-    _store_rows(O + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-                (acc * inv_l[:, None]).to(O.dtype.element_ty), rows_ok, d_ok, ALIGNED)
+    out = (acc * inv_l[:, None]).to(q.dtype)
+    if TMA:  # rows past Lq are clipped by the copy engine
+        O.store([b.to(tl.int32), h.to(tl.int32), start_m, 0], out.reshape(1, 1, BLOCK_M, BLOCK_D))
+    else:
+        _store_rows(O + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :], out, rows_ok, d_ok,
+                    ALIGNED)
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -548,11 +576,13 @@ def _autotuned(kernel, kind: str):
     """kernel under triton.autotune over every table entry, pruned per call to candidate_configs(...)."""
     entries = {c for table in (*CONFIGS.values(), *SM90_EXTRA.values(), *SM80_CONFIGS.values(), *SM90_CONFIGS.values())
                for cfgs in table.get(kind, {}).values() for c in cfgs}
-    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in sorted(entries)]
+    hook = functools.partial(tma.set_block_rows, rows=_TMA_ROWS) if kind == "fwd" else None
+    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s, pre_hook=hook)
+               for m, n, w, s in sorted(entries)]
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        q = args["Q"]
+        q = getattr(args["Q"], "base", args["Q"])  # a tensor descriptor's tensor (TMA)
         variant = config_variant(q.dtype, args["IS_CAUSAL"], args["MASK_KIND"] != MASK_NONE, args["HAS_DROPOUT"],
                                  args["ALIGNED"])
         allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype,
@@ -561,9 +591,11 @@ def _autotuned(kernel, kind: str):
 
     # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
     key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED", "FOLDED"]
+    key += ["TMA"] if kind == "fwd" else []
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
+_TMA_ROWS = {"Q": "BLOCK_M", "O": "BLOCK_M", "K": "BLOCK_N", "V": "BLOCK_N"}  # the forward's descriptor boxes
 _FWD_TUNED = _autotuned(_attn_fwd_kernel, "fwd")
 _DKDV_TUNED = _autotuned(_attn_bwd_dkdv_kernel, "dkdv")
 _DQ_TUNED = _autotuned(_attn_bwd_dq_kernel, "dq")
@@ -581,6 +613,7 @@ def _launch(kernel, tuned, kind: str, grid, args, consts):
         kernel[grid(consts)](*args, **consts)
     elif INTERPRETING:
         cfg = INTERPRETER_CONFIGS[kind]
+        tma.set_block_rows({**dict(zip(kernel.arg_names, args)), **cfg}, _TMA_ROWS)
         kernel[grid(cfg)](*args, **consts, **cfg)
     else:
         tuned[grid](*args, **consts)
@@ -679,7 +712,10 @@ def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float
         return attention_decode.decode_fwd(q, k, v, scale, o, lse)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
     consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o))
-    args = (q, k, v, o, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
+    arch = _device_arch_and_smem(q.device.index)[0] if q.is_cuda else 0
+    consts["TMA"] = not consts["FOLDED"] and tma.usable(arch, q, k, v, o)
+    tiles = [tma.descriptor(t, MIN_BLOCK) for t in (q, k, v, o)] if consts["TMA"] else [q, k, v, o]
+    args = (*tiles, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
             Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
             next_pow2(Lq), next_pow2(Lk))
     _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]), args, consts)
@@ -787,6 +823,14 @@ def compile_specs():
         consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), MASK_KIND=mask_kind, IS_CAUSAL=causal,
                       HAS_DROPOUT=dropout, ALIGNED=aligned, FOLDED=folded, BLOCK_M=block_m, BLOCK_N=block_n)
         sig = _signature(kind, dtype, mask_kind)
+        # The sm_90 forward takes tensor descriptors where the launcher would (tma.usable: aligned fp16 / bf16
+        # rows, head dim 64 / 128, the 3-D grid); BIGMODEL_TRITON_TMA=0 builds the pointer path there instead.
+        use_tma = (kind == "fwd" and arch >= 90 and dtype != torch.float32 and aligned and not folded
+                   and head_dim in tma.TMA_HEAD_DIMS and tma.TMA_MODE != "0")
+        if kind == "fwd":
+            consts["TMA"] = use_tma
+        for name, rows in _TMA_ROWS.items() if use_tma else ():
+            sig[name] = f"tensordesc<{TL_DTYPE[dtype]}[1, 1, {consts[rows]}, {head_dim}]>"
         fn = _KERNELS[kind]
         key = (fn.__name__, tuple(sig.values()), tuple(sorted(consts.items())), warps, stages)
         if key in specs:
@@ -795,7 +839,7 @@ def compile_specs():
             return
         tag = ",".join([TL_DTYPE[dtype], f"D={head_dim}", f"{block_m}x{block_n}", f"w{warps}", f"s{stages}"]
                        + ["causal"] * causal + [("", "bool-mask", "float-mask")[mask_kind]] * (mask_kind != MASK_NONE)
-                       + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded
+                       + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded + ["tma"] * use_tma
                        + ["sm90-only"] * sm90_only)
         specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages, require_no_spills=not folded,
                                  expect_wgmma=_expect_wgmma(kind, dtype, block_m, block_n, mask_kind, dropout, aligned),

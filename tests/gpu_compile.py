@@ -92,8 +92,9 @@ def ptx_figures(ptx: str) -> dict:
 
 
 def hot_loop(cubin: bytes) -> dict:
-    """The SASS loop (a backward branch's range) holding the most tensor-core instructions, else the longest:
-    its instruction count and tensor-core instruction count."""
+    """The SASS loop (a backward branch's range) holding the most tensor-core instructions, the shortest such (an
+    mbarrier wait's retry branch can span the whole kernel around the real loop), else the longest loop: its
+    instruction count and tensor-core instruction count."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -104,8 +105,9 @@ def hot_loop(cubin: bytes) -> dict:
         target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
         if target and int(target.group(1), 16) < addr:
             body = [o for a, o, _ in code if int(target.group(1), 16) <= a <= addr]
-            best = max(best, (sum(o.startswith(TENSOR_OPS) for o in body), len(body)))
-    return dict(hot_loop_instructions=best[1], hot_loop_mma=best[0])
+            mma = sum(o.startswith(TENSOR_OPS) for o in body)
+            best = max(best, (mma, -len(body) if mma else len(body)))
+    return dict(hot_loop_instructions=abs(best[1]), hot_loop_mma=best[0])
 
 
 def blocks_per_sm(arch: int, registers: int, warps: int, shared: int) -> int:
