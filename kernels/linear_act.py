@@ -59,9 +59,11 @@ def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
 # --------------------------------------------------------------------------------------------- configs
 # (output rows, output columns, reduction, warps, stages) per tile, for fp16 / bf16 on sm_80 and sm_90: the largest
 # tiles that keep every kernel free of spills on both archs (checked with 16-byte aligned operands).
-FWD_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
+# sm_90 forward: 128x256 first (m64n256 wgmmas, 144 KB of stages); its epilogue runs on two 128x128 halves of the
+# accumulator, one after the other: the whole tile's gelu at once spilled 224-344 B.
+FWD_TILES = ((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
 # sm_80 (Ampere and other pre-Hopper GPUs) swaps a tile: fp16 gelu 64x128x64 left an 8-byte stack frame under triton
-# 3.6 there (sm_90's wgmma build of it is clean).
+# 3.6 there (sm_90's wgmma build of it is clean); 128x256 is sm_90's only (mma.sync keeps both operands in registers).
 SM80_TILES = {FWD_TILES: ((128, 128, 64, 8, 4), (64, 128, 32, 4, 4))}
 DX_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4))
 DW_TILES = ((128, 128, 64, 8, 4), (64, 128, 64, 8, 4))
@@ -133,6 +135,19 @@ def _fwd_kernel(X, W, B, Y, Z, M, N, K, stride_xm, m_bucket,
         acc = tl.dot(x, wt, acc, input_precision="ieee")
         x_ptrs += BLOCK_K
         wt_ptrs += BLOCK_K
+    if BLOCK_N >= 256:  # the epilogue on each half of the columns in turn (fewer live registers)
+        lo, hi = tl.split(acc.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1))
+        rn_lo = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _fwd_epilogue(lo, rm, rn_lo, B, Y, Z, M, N, HAS_BIAS, ACTIVATION, SAVE_Z)
+        _fwd_epilogue(hi, rm, rn_lo + BLOCK_N // 2, B, Y, Z, M, N, HAS_BIAS, ACTIVATION, SAVE_Z)
+    else:
+        _fwd_epilogue(acc, rm, rn, B, Y, Z, M, N, HAS_BIAS, ACTIVATION, SAVE_Z)
+
+
+@triton.jit
+def _fwd_epilogue(acc, rm, rn, B, Y, Z, M, N, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                  SAVE_Z: tl.constexpr):
+    """z = acc + b, y = act(z) for output rows rm, columns rn; stored where in range."""
     if HAS_BIAS:
         acc += tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     out_offs = rm.to(tl.int64)[:, None] * N + rn[None, :]

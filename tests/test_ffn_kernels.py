@@ -4,6 +4,7 @@ fp32 relative error, fp16 against plain PyTorch's own fp16 error."""
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from numerics import assert_close_by_rule, randn_input, requires_interpreter
 
@@ -65,6 +66,29 @@ def test_linear_act(shape, activation, dtype):
     weight = (torch.randn(N, K) / K ** 0.5).to(dtype)  # keeps z O(1), where the activations bend
     bias = torch.randn(N).to(dtype)
     _linear_act_case(x, weight, bias, activation)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ["gelu", "relu", "none"])
+def test_linear_act_forward_with_the_halved_epilogue(activation, dtype):
+    """Tiles 256 columns wide (sm_90's 128x256) run the bias + activation epilogue on two column halves in turn:
+    that path at a 32x256 tile, N = 300 (the second column block's upper half entirely past N), z and y."""
+    from bigmodel.kernels import linear_act as la
+    from bigmodel.kernels.activation import activation_id
+
+    M, K, N = 40, 48, 300
+    x = randn_input(M, K, dtype=dtype, scale=1.0, shift=0.0)
+    weight = (torch.randn(N, K) / K ** 0.5).to(dtype)
+    bias = torch.randn(N).to(dtype)
+    y, z = torch.full((M, N), float("nan"), dtype=dtype), torch.full((M, N), float("nan"), dtype=dtype)
+    act = activation_id(activation)
+    grid = (triton.cdiv(M, 32) * triton.cdiv(N, 256),)
+    la._fwd_kernel.fn[grid](x, weight, bias, y, z, M, N, K, x.stride(0), 64, HAS_BIAS=True, ACTIVATION=act,
+                            SAVE_Z=True, BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, GROUP=2)
+    z64 = F.linear(x.double(), weight.double(), bias.double())
+    lowp = F.linear(x, weight, bias)
+    assert_close_by_rule("z", z, z64, lowp)
+    assert_close_by_rule("y", y, TORCH_ACT[activation](z64), TORCH_ACT[activation](lowp))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
