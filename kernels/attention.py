@@ -58,6 +58,7 @@ import triton
 import triton.language as tl
 
 from . import attention_decode, tma
+from .limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK, attention_limits_reasons  # noqa: F401 (re-exported)
 from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -625,35 +626,6 @@ def _grid(length: int, heads: int, batch: int, block: str, folded: bool):
     if folded:
         return lambda meta: (triton.cdiv(length, meta[block]) * heads * batch,)
     return lambda meta: (triton.cdiv(length, meta[block]), heads, batch)
-
-
-MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2: more heads or batch than this take the folded grid
-
-
-# Limits of the folded grid and of the 32-bit index arithmetic the kernels keep (see attention_limits_reasons).
-MAX_PROGRAMS = 2**31 - 1  # CUDA's grid axis 0
-MIN_BLOCK = 16  # the smallest row block of any config (CONFIGS, INTERPRETER_CONFIGS, delta_config): most programs
-MAX_SEQ_LEN = 2**31 - 2**10  # rows are int32 inside a program: start + BLOCK must not wrap
-MAX_ROW_STRIDE = 2**31 // 256  # in-tile offsets rows * row_stride are int32 (tiles up to 128 rows, with margin)
-
-
-def attention_limits_reasons(q, k) -> list:
-    """Why the kernels cannot run q (B, Hq, Lq, D) against k (B, Hkv, Lk, D), as not_supported_reasons texts
-    ([] when they can). Only sizes matter (stride-0 expanded inputs count at their full shape). Heads and batch
-    are unlimited up to the total program count (the folded grid)."""
-    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
-    Hkv, Lk = k.shape[1], k.shape[2]
-    reasons = []
-    for name, length in (("Lq", Lq), ("Lk", Lk)):
-        if length > MAX_SEQ_LEN:
-            reasons.append(f"attention: sequence length {name} = {length} exceeds the Triton kernels' limit of "
-                           f"{MAX_SEQ_LEN} (32-bit row indices)")
-    for what, length, heads in (("query", Lq, Hq), ("key", Lk, Hkv)):
-        programs = triton.cdiv(length, MIN_BLOCK) * heads * B
-        if programs > MAX_PROGRAMS:
-            reasons.append(f"attention: batch {B} x {what} heads {heads} x {what} blocks of {MIN_BLOCK} "
-                           f"(length {length}) = {programs} programs exceeds CUDA's grid limit of {MAX_PROGRAMS}")
-    return reasons
 
 
 def _small_row_stride(t):

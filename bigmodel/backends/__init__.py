@@ -21,19 +21,17 @@ bigmodel.ops resolves the backend (`select`) before anything runs, in Python, so
 op with that concrete name (`kernel`).
 """
 import contextlib
-import logging
 import os
 
 import torch
 
 from . import autotune
-from .base import Backend, BackendUnavailable, trace_constant
+from .base import Backend, BackendUnavailable, _logged, log_once, trace_constant  # noqa: F401 (_logged: tests clear it)
 from .cuda import CudaBackend
 from .pytorch import PyTorchBackend
 from .reference import ReferenceBackend
 from .triton import TritonBackend
 
-log = logging.getLogger("bigmodel")
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), TritonBackend(), PyTorchBackend(),
                                                     ReferenceBackend())}
@@ -134,7 +132,7 @@ def select(op: str, name: str, *, training: bool = False, trial=None, **inputs) 
     passed = order[:order.index(runnable[0])]  # the static first choices that cannot run these inputs
     if passed:
         why = "; ".join(f"{b}: {'; '.join(reasons[b])}" for b in passed)
-        _log_once(f"bigmodel.ops.{op}: auto runs backend {winner!r} on {device} tensors, because {why}")
+        log_once(f"bigmodel.ops.{op}: auto runs backend {winner!r} on {device} tensors, because {why}")
     return BACKENDS[winner]
 
 
@@ -150,17 +148,6 @@ def kernel(op: str, name: str, **inputs) -> Backend:
     return BACKENDS[name]
 
 
-_logged: set = set()
-
-
-@trace_constant
-def _log_once(message: str) -> bool:
-    """Log a fallback reason once per process (at INFO, logger "bigmodel"); under torch.compile it runs at trace
-    time."""
-    if message not in _logged:
-        _logged.add(message)
-        log.info(message)
-    return True
 
 
 def available_backends() -> dict[str, list[str]]:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .base import trace_constant
+from .base import _logged, log_once, trace_constant  # noqa: F401 (_logged: tests clear it)
 
 log = logging.getLogger("bigmodel")
 
@@ -55,7 +55,6 @@ LAST: dict = {}  # op -> (key or None, winner) of the latest auto choice in this
 _memory: dict = {}  # key -> entry {"winner", "times_ms", "source"}; filled from the file on first use
 _state = {"loaded": False, "write_failed": False}
 _seeds: dict = {}
-_logged: set = set()
 
 
 # ------------------------------------------------------------------------------------------ policy and key
@@ -155,7 +154,7 @@ def _read_entries(path: Path, want_context: dict | None) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        _log_once(f"bigmodel auto: ignoring the unreadable tuning file {path} ({type(e).__name__}: {e}); "
+        log_once(f"bigmodel auto: ignoring the unreadable tuning file {path} ({type(e).__name__}: {e}); "
                   "it is rewritten on the next measurement")
         return {}
     ok = (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("entries"), dict)
@@ -165,7 +164,7 @@ def _read_entries(path: Path, want_context: dict | None) -> dict:
         entries = {k: e for k, e in entries.items()
                    if isinstance(e, dict) and isinstance(e.get("winner"), str) and isinstance(e.get("times_ms"), dict)}
     if not ok:
-        _log_once(f"bigmodel auto: ignoring the tuning file {path} (wrong format or versions); it is rewritten on the "
+        log_once(f"bigmodel auto: ignoring the tuning file {path} (wrong format or versions); it is rewritten on the "
                   "next measurement")
         return {}
     return entries
@@ -354,7 +353,3 @@ def signature(op: str, training: bool, inputs: dict) -> tuple:
     return tuple(parts)
 
 
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        log.info(message)

@@ -1,4 +1,6 @@
 """The adapter interface every backend implements."""
+import logging
+
 import torch
 import torch._dynamo
 
@@ -11,6 +13,19 @@ def trace_constant(fn):
     graph break), and what it asks of the machine (is triton importable, was _C built, a GPU's compute capability,
     a kernel module's limits) is such a function; Dynamo cannot trace importlib."""
     return torch._dynamo.assume_constant_result(fn)
+
+
+_logged: set = set()
+
+
+@trace_constant
+def log_once(message: str) -> bool:
+    """Log a message once per process (at INFO, logger "bigmodel"): fallback reasons, tuning-file trouble. Under
+    torch.compile it runs at trace time."""
+    if message not in _logged:
+        _logged.add(message)
+        logging.getLogger("bigmodel").info(message)
+    return True
 
 
 def mask_grad_reasons(attn_mask) -> list[str]:

@@ -10,6 +10,8 @@ import importlib
 
 import torch
 
+from bigmodel.kernels.limits import attention_limits_reasons  # plain Python: traceable, no triton import
+
 from .base import Backend, mask_grad_reasons, trace_constant
 
 INT32_MAX = 2**31 - 1  # CUDA's grid axis 0 limit, and the reach of a 32-bit program index
@@ -63,25 +65,6 @@ def _machine_reasons() -> tuple[str, ...]:
         return ("no CUDA GPU is visible and Triton's CPU interpreter is off (set TRITON_INTERPRET=1 "
                 "before triton is imported to run its kernels on CPU tensors)",)
     return ()
-
-
-def attention_limits_reasons(q, k) -> list[str]:
-    """kernels.attention.attention_limits_reasons, from its constants (traceable: no triton call)."""
-    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
-    Hkv, Lk = k.shape[1], k.shape[2]
-    max_len, min_block = _kernel_constant("attention", "MAX_SEQ_LEN"), _kernel_constant("attention", "MIN_BLOCK")
-    max_programs = _kernel_constant("attention", "MAX_PROGRAMS")
-    reasons = []
-    for name, length in (("Lq", Lq), ("Lk", Lk)):
-        if length > max_len:
-            reasons.append(f"attention: sequence length {name} = {length} exceeds the Triton kernels' limit of "
-                           f"{max_len} (32-bit row indices)")
-    for what, length, heads in (("query", Lq, Hq), ("key", Lk, Hkv)):
-        programs = (length + min_block - 1) // min_block * heads * B
-        if programs > max_programs:
-            reasons.append(f"attention: batch {B} x {what} heads {heads} x {what} blocks of {min_block} "
-                           f"(length {length}) = {programs} programs exceeds CUDA's grid limit of {max_programs}")
-    return reasons
 
 
 def capability_reasons(capability: tuple[int, int], dtypes) -> list[str]:

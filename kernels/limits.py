@@ -1,0 +1,31 @@
+"""Size limits of the Triton attention kernels, in plain Python (no triton import): kernels/attention.py launches
+within them, and bigmodel.backends.triton reports them as not_supported_reasons while torch.compile traces the
+backend choice (plain arithmetic on the sizes)."""
+
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2: more heads or batch than this take the folded grid
+
+
+# Limits of the folded grid and of the 32-bit index arithmetic the kernels keep (see attention_limits_reasons).
+MAX_PROGRAMS = 2**31 - 1  # CUDA's grid axis 0
+MIN_BLOCK = 16  # the smallest row block of any config (CONFIGS, INTERPRETER_CONFIGS, delta_config): most programs
+MAX_SEQ_LEN = 2**31 - 2**10  # rows are int32 inside a program: start + BLOCK must not wrap
+MAX_ROW_STRIDE = 2**31 // 256  # in-tile offsets rows * row_stride are int32 (tiles up to 128 rows, with margin)
+
+
+def attention_limits_reasons(q, k) -> list:
+    """Why the kernels cannot run q (B, Hq, Lq, D) against k (B, Hkv, Lk, D), as not_supported_reasons texts
+    ([] when they can). Only sizes matter (stride-0 expanded inputs count at their full shape). Heads and batch
+    are unlimited up to the total program count (the folded grid)."""
+    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+    Hkv, Lk = k.shape[1], k.shape[2]
+    reasons = []
+    for name, length in (("Lq", Lq), ("Lk", Lk)):
+        if length > MAX_SEQ_LEN:
+            reasons.append(f"attention: sequence length {name} = {length} exceeds the Triton kernels' limit of "
+                           f"{MAX_SEQ_LEN} (32-bit row indices)")
+    for what, length, heads in (("query", Lq, Hq), ("key", Lk, Hkv)):
+        programs = (length + MIN_BLOCK - 1) // MIN_BLOCK * heads * B
+        if programs > MAX_PROGRAMS:
+            reasons.append(f"attention: batch {B} x {what} heads {heads} x {what} blocks of {MIN_BLOCK} "
+                           f"(length {length}) = {programs} programs exceeds CUDA's grid limit of {MAX_PROGRAMS}")
+    return reasons
