@@ -143,6 +143,7 @@ def compile_spec(spec, arch: int) -> dict:
     row["perf_notes"] = perf_notes(compiled.asm["ptx"]) if arch == 90 else []
     row["wgmma_serialized"] = "C7515" in row["perf_notes"]
     row["allowed_perf_notes"] = spec.allowed_perf_notes
+    row["known_narrow_wgmma"] = getattr(spec, "known_narrow_wgmma", "")
     row["ptxas"] = PTXAS_VERSION
     return row
 
