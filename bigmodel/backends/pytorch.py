@@ -41,7 +41,7 @@ def activate(z, activation):
 class PyTorchBackend(Backend):
     name = "torch"
     dtypes = ALL_FLOAT
-    OPS = ("attention", "layer_norm", "softmax", "activation", "linear_act")
+    OPS = ("attention", "layer_norm", "rms_norm", "add_rms_norm", "softmax", "activation", "linear_act")
 
     def not_supported_reasons(self, op, **inputs):
         if op not in self.OPS:
@@ -67,6 +67,15 @@ class PyTorchBackend(Backend):
             weight = weight.to(x.dtype) if weight is not None else None
             bias = bias.to(x.dtype) if bias is not None else None
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+    def rms_norm(self, x, normalized_shape, weight, eps):
+        if weight is not None and weight.dtype != x.dtype:  # fp32 weight, 16-bit input: compute as the kernels do
+            return F.rms_norm(x.float(), normalized_shape, weight.float(), eps).to(x.dtype)
+        return F.rms_norm(x, normalized_shape, weight, eps)
+
+    def add_rms_norm(self, x, residual, normalized_shape, weight, eps):
+        h = x + residual
+        return self.rms_norm(h, normalized_shape, weight, eps), h
 
     def softmax(self, x, dim):
         return torch.softmax(x, dim)

@@ -42,6 +42,34 @@ class ReferenceBackend(Backend):
         db = dyf.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db
 
+    # ---- rms_norm / add_rms_norm: x (M, N); see kernels/layer_norm.py for the math
+    def rms_norm_fwd(self, x, weight, eps):
+        xf = x.to(_acc_dtype(x))
+        rstd = torch.rsqrt(xf.square().mean(dim=1) + eps)
+        y = xf * rstd[:, None]
+        if weight is not None:
+            y = y * weight.to(xf.dtype)
+        return y.to(x.dtype), rstd
+
+    def rms_norm_bwd(self, dy, x, weight, rstd):
+        acc = _acc_dtype(x)
+        r = rstd.to(acc)[:, None]
+        xhat = x.to(acc) * r
+        dyf = dy.to(acc)
+        g = dyf * weight.to(acc) if weight is not None else dyf
+        dx = ((g - xhat * (g * xhat).mean(dim=1, keepdim=True)) * r).to(x.dtype)
+        dw = (dyf * xhat).sum(0).to(weight.dtype) if weight is not None else None
+        return dx, dw
+
+    def add_rms_norm_fwd(self, x, residual, weight, eps):
+        h = (x.to(_acc_dtype(x)) + residual.to(_acc_dtype(x))).to(x.dtype)  # rounded as the unfused add
+        y, rstd = self.rms_norm_fwd(h, weight, eps)
+        return y, h, rstd
+
+    def add_rms_norm_bwd(self, dy, dh, h, weight, rstd):
+        dx, dw = self.rms_norm_bwd(dy, h, weight, rstd)
+        return (dx.to(_acc_dtype(h)) + dh.to(_acc_dtype(h))).to(h.dtype), dw
+
     # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
     # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
     def attention_reasons(self, attn_mask=None, **_):

@@ -131,6 +131,30 @@ class TritonBackend(Backend):
     def layer_norm_reasons(self, input, **_):
         return _rows_reasons("layer_norm", input, input.size(-1) > _kernel_constant("layer_norm", "MAX_FUSED_N"))
 
+    # rms_norm / add_rms_norm: the LayerNorm kernels with RMS (and the residual) set, kernels/layer_norm.py
+    @_on_inputs_device
+    def rms_norm_fwd(self, x, weight, eps):
+        y, _h, rstd = self._kernels("layer_norm").rms_norm_fwd(x, weight, eps)
+        return y, rstd
+
+    @_on_inputs_device
+    def rms_norm_bwd(self, dy, x, weight, rstd):
+        return self._kernels("layer_norm").rms_norm_bwd(dy, x, weight, rstd)
+
+    @_on_inputs_device
+    def add_rms_norm_fwd(self, x, residual, weight, eps):
+        return self._kernels("layer_norm").rms_norm_fwd(x, weight, eps, residual)
+
+    @_on_inputs_device
+    def add_rms_norm_bwd(self, dy, dh, h, weight, rstd):
+        return self._kernels("layer_norm").rms_norm_bwd(dy, h, weight, rstd, dh)
+
+    def rms_norm_reasons(self, input, **_):
+        return _rows_reasons("rms_norm", input, input.size(-1) > _kernel_constant("layer_norm", "MAX_FUSED_N"))
+
+    def add_rms_norm_reasons(self, input, **_):
+        return _rows_reasons("add_rms_norm", input, input.size(-1) > _kernel_constant("layer_norm", "MAX_FUSED_N"))
+
     def softmax_reasons(self, input, **_):
         return _rows_reasons("softmax", input, input.size(-1) > _kernel_constant("softmax", "MAX_FUSED_N"))
 

@@ -17,3 +17,18 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def extra_repr(self):
         return super().extra_repr() + (f", backend={self.backend!r}" if self.backend else "")
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """`torch.nn.RMSNorm` on bigmodel's fused kernel (fp32 statistics). Same constructor, parameters and
+    state_dict; `backend` pins one backend for this module."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None, *, backend=None):
+        super().__init__(normalized_shape, eps, elementwise_affine, device=device, dtype=dtype)
+        self.backend = backend
+
+    def forward(self, input):
+        return ops.rms_norm(input, self.normalized_shape, self.weight, self.eps, backend=self.backend)
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", backend={self.backend!r}" if self.backend else "")

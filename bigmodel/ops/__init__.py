@@ -4,5 +4,7 @@ from .activation import gelu, relu, softmax
 from .attention import attention
 from .feed_forward import feed_forward, linear_act
 from .layer_norm import layer_norm
+from .rms_norm import add_rms_norm, rms_norm
 
-__all__ = ["attention", "feed_forward", "gelu", "layer_norm", "linear_act", "relu", "softmax"]
+__all__ = ["add_rms_norm", "attention", "feed_forward", "gelu", "layer_norm", "linear_act", "relu", "rms_norm",
+           "softmax"]

@@ -1,5 +1,6 @@
 """Input validation shared by the public ops: errors name the argument, what was expected, what arrived."""
 import math
+import numbers
 
 import torch
 
@@ -37,6 +38,24 @@ def check_dtype_in(op: str, name: str, t, allowed: tuple, why: str):
 def check_shape(op: str, name: str, t, expected: tuple, what: str = ""):
     if t is not None and tuple(t.shape) != tuple(expected):
         raise ValueError(f"bigmodel.ops.{op}: {name} must have shape {tuple(expected)}{what}; got {tuple(t.shape)}")
+
+
+def normalized_shape_of(op: str, input: torch.Tensor, normalized_shape) -> tuple:
+    """normalized_shape as a tuple of positive ints equal to input's last dims (F.layer_norm / F.rms_norm's rule)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    if not shape or any(not isinstance(s, numbers.Integral) or s <= 0 for s in shape):
+        raise ValueError(f"bigmodel.ops.{op}: normalized_shape must be a non-empty sequence of positive ints; "
+                         f"got {normalized_shape!r}")
+    k = len(shape)
+    if input.dim() < k or tuple(input.shape[-k:]) != shape:
+        raise ValueError(f"bigmodel.ops.{op}: normalized_shape {list(shape)} must match the last {k} dim(s) of "
+                         f"input; input has shape {tuple(input.shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def check_eps(op: str, eps):
+    if not isinstance(eps, numbers.Real) or eps < 0:
+        raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")
 
 
 def autocast_inputs(*tensors):

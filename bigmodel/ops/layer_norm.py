@@ -1,6 +1,5 @@
 """bigmodel.ops.layer_norm: F.layer_norm's semantics on the fused kernels."""
 import math
-import numbers
 
 import torch
 
@@ -17,14 +16,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     """
     op = "layer_norm"
     _checks.check_tensor(op, "input", input)
-    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-    if not shape or any(not isinstance(s, numbers.Integral) or s <= 0 for s in shape):
-        raise ValueError(f"bigmodel.ops.{op}: normalized_shape must be a non-empty sequence of positive ints; "
-                         f"got {normalized_shape!r}")
-    k = len(shape)
-    if input.dim() < k or tuple(input.shape[-k:]) != shape:
-        raise ValueError(f"bigmodel.ops.{op}: normalized_shape {list(shape)} must match the last {k} dim(s) of "
-                         f"input; input has shape {tuple(input.shape)}")
+    shape = _checks.normalized_shape_of(op, input, normalized_shape)
     for name, p in (("weight", weight), ("bias", bias)):
         _checks.check_tensor(op, name, p, optional=True)
         _checks.check_shape(op, name, p, shape, " (= normalized_shape)")
@@ -33,8 +25,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
         raise TypeError(f"bigmodel.ops.{op}: weight and bias must have the same dtype; got weight "
                         f"{weight.dtype} and bias {bias.dtype}")
     _checks.check_same_device(op, "input", input, weight=weight, bias=bias)
-    if not isinstance(eps, numbers.Real) or eps < 0:
-        raise ValueError(f"bigmodel.ops.{op}: eps must be a non-negative float; got {eps!r}")
+    _checks.check_eps(op, eps)
     n = math.prod(shape)
     def trial(name, fresh):  # what auto times, the first time it meets such inputs
         return layer_norm(fresh(input), shape, fresh(weight), fresh(bias), eps, backend=name)
