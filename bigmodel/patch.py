@@ -27,6 +27,9 @@ def _multihead_attention(m: torch.nn.MultiheadAttention, backend):
 # torch.nn class -> builder of its drop-in. Exact classes only: a subclass may change forward().
 REPLACEMENTS = {
     torch.nn.LayerNorm: _layer_norm,
+    torch.nn.RMSNorm: lambda m, backend: _shared(bnn.RMSNorm(m.normalized_shape, m.eps, m.elementwise_affine,
+                                                            backend=backend), m) if m.weight is not None
+    else bnn.RMSNorm(m.normalized_shape, m.eps, False, backend=backend),
     torch.nn.MultiheadAttention: _multihead_attention,
     torch.nn.GELU: lambda m, backend: bnn.GELU(m.approximate, backend=backend),
     torch.nn.ReLU: lambda m, backend: bnn.ReLU(m.inplace, backend=backend),
@@ -40,6 +43,50 @@ HF_GELUS = {"GELUActivation": "none", "NewGELUActivation": "tanh", "GELUTanh": "
             "FastGELUActivation": "tanh", "AccurateGELUActivation": "tanh"}
 
 
+def _rms_norm_by_structure(m: torch.nn.Module, backend):
+    """Hugging Face style RMSNorm classes (LlamaRMSNorm, Qwen3RMSNorm, GemmaRMSNorm, ...), by what they are, not by
+    model: a class named *RMSNorm with a 1-D `weight` and a float `variance_epsilon` or `eps`. Which formula the
+    class computes (w * norm(x), or (1 + w) * norm(x) as Gemma stores its weight) is read off its own forward on a
+    probe input; a module matching neither is left alone. Returns (builder, None) or (None, reason)."""
+    weight = getattr(m, "weight", None)
+    eps = next((getattr(m, a) for a in ("variance_epsilon", "eps") if isinstance(getattr(m, a, None), float)), None)
+    if not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1:
+        return None, "no 1-D weight parameter"
+    if eps is None:
+        return None, "no float eps attribute (variance_epsilon or eps)"
+    if any(True for _ in m.children()) or any(n != "weight" for n, _ in m.named_parameters()):
+        return None, "has submodules or parameters besides weight"
+    if weight.device.type == "meta":
+        return None, "on the meta device: its formula cannot be checked"
+    n = weight.numel()
+    generator = torch.Generator(device=weight.device).manual_seed(0)
+    x = torch.randn(4, n, generator=generator, device=weight.device).to(weight.dtype) * 3 + 1
+    with torch.no_grad():
+        got = m(x).float()
+        w = weight.float()
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+        tol = 1e-4 if weight.dtype in (torch.float32, torch.float64) else 3e-2
+        for offset in (0.0, 1.0):
+            want = normed * (offset + w)
+            if got.shape == want.shape and (got - want).abs().max() <= tol * want.abs().max().clamp_min(1e-6):
+                if offset == 0.0:
+                    return (lambda m, backend: _shared(bnn.RMSNorm(n, eps, backend=backend), m)), None
+                return (lambda m, backend: _shared(bnn.OffsetRMSNorm(n, eps, offset, backend=backend), m)), None
+    return None, "its forward is neither w * x / rms(x) nor (1 + w) * x / rms(x) (extra behaviour)"
+
+
+def _shared(new: torch.nn.Module, old: torch.nn.Module) -> torch.nn.Module:
+    new.weight = old.weight  # the same Parameter: optimizers and tied references keep working
+    return new
+
+
+# Structural matchers: (what a module must look like to be a candidate, matcher(module, backend) -> (builder,
+# None) when it is one bigmodel replaces, (None, reason) when it looks similar but is left alone).
+STRUCTURAL = [(lambda m: type(m).__name__.endswith("RMSNorm") and not isinstance(m, torch.nn.RMSNorm),
+               _rms_norm_by_structure)]
+
+
 def _replacements() -> dict:
     table = dict(REPLACEMENTS)
     hf = sys.modules.get("transformers.activations")
@@ -51,17 +98,31 @@ def _replacements() -> dict:
 
 
 def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
-    """Replace every module whose class is in REPLACEMENTS with the bigmodel equivalent, keeping weights,
-    device, dtype and train/eval state. Returns the same `model` object (patched in place)."""
+    """Replace every module whose class is in REPLACEMENTS, or that a STRUCTURAL matcher recognises (Hugging Face
+    RMSNorm classes), with the bigmodel equivalent, sharing its parameters and keeping device, dtype and train/eval
+    state. Returns the same `model` object (patched in place); model.bigmodel_patched counts the replacements per
+    class, model.bigmodel_skipped gives the reason for each similar-looking class left alone."""
     from .backends import check_name
 
     if backend is not None:
         check_name(backend)
-    counts = {}
+    counts, skipped = {}, {}
     table = _replacements()
-    targets = [(name, m) for name, m in model.named_modules() if type(m) in table]
-    for name, m in targets:
-        new = table[type(m)](m, backend)
+    targets = []
+    for name, m in model.named_modules():
+        if type(m) in table:
+            targets.append((name, m, table[type(m)]))
+            continue
+        for is_candidate, matcher in STRUCTURAL:
+            if is_candidate(m):
+                builder, reason = matcher(m, backend)
+                if builder is not None:
+                    targets.append((name, m, builder))
+                else:
+                    skipped[type(m).__name__] = reason
+                break
+    for name, m, builder in targets:
+        new = builder(m, backend)
         new.train(m.training)
         if not name:  # the model itself is a replaceable module: patch cannot swap the root object
             raise TypeError(f"bigmodel.patch: model is itself a {type(m).__name__}; wrap it in a container or use "
@@ -71,5 +132,8 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     summary = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "nothing"
     log.info("bigmodel.patch: replaced %s", summary)
+    for cls, reason in skipped.items():
+        log.info("bigmodel.patch: left %s alone: %s", cls, reason)
     model.bigmodel_patched = counts
+    model.bigmodel_skipped = skipped
     return model

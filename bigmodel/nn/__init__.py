@@ -2,8 +2,8 @@
 state_dict), plus a `backend=` keyword."""
 from .attention import MultiheadAttention
 from .feed_forward import GELU, FeedForward, Linear, ReLU, Softmax
-from .layer_norm import LayerNorm, RMSNorm
+from .layer_norm import LayerNorm, OffsetRMSNorm, RMSNorm
 from .self_attention import SelfAttention
 
-__all__ = ["FeedForward", "GELU", "LayerNorm", "Linear", "MultiheadAttention", "RMSNorm", "ReLU", "SelfAttention",
+__all__ = ["FeedForward", "GELU", "LayerNorm", "Linear", "MultiheadAttention", "OffsetRMSNorm", "RMSNorm", "ReLU", "SelfAttention",
            "Softmax"]

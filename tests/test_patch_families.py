@@ -1,0 +1,146 @@
+"""bigmodel.patch() on today's Hugging Face families, each built from a tiny config (no hub): Llama, Mistral, Qwen2,
+Qwen3, Gemma, Gemma 2 and Phi-3. Every RMSNorm is recognised by structure (not by model) and replaced, sharing its
+weight; logits and every parameter's loss gradient are unchanged (fp32 relative error < 1e-5) on the reference and
+torch backends and on triton under the interpreter; generate() gives the same tokens; look-alike classes are left
+alone with their reason."""
+import copy
+
+import pytest
+import torch
+
+import bigmodel
+from numerics import requires_interpreter
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 97
+COMMON = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+              pad_token_id=0)
+
+
+def families():
+    t = transformers
+    return {
+        "llama": (t.LlamaConfig, {}, "LlamaRMSNorm"),
+        "mistral": (t.MistralConfig, dict(sliding_window=64), "MistralRMSNorm"),
+        "qwen2": (t.Qwen2Config, {}, "Qwen2RMSNorm"),
+        "qwen3": (t.Qwen3Config, dict(head_dim=16), "Qwen3RMSNorm"),  # + q_norm / k_norm per layer
+        "gemma": (t.GemmaConfig, dict(head_dim=16), "GemmaRMSNorm"),  # (1 + w)
+        "gemma2": (t.Gemma2Config, dict(head_dim=16, sliding_window=64), "Gemma2RMSNorm"),  # (1 + w), 4 per layer
+        "phi3": (t.Phi3Config, {}, "Phi3RMSNorm"),
+    }
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"]
+
+
+def build(name):
+    config_cls, extra, _ = families()[name]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config_cls(**COMMON, **extra), attn_implementation="eager")
+    with torch.no_grad():  # norm weights away from their 1 / 0 init, so that w and (1 + w) differ visibly
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def rms_norm_count(model, cls_name):
+    return sum(type(m).__name__ == cls_name for m in model.modules())
+
+
+def loss_and_grads(model, ids):
+    model.zero_grad()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, backend):
+    original = build(name)
+    norm_cls = families()[name][2]
+    expected = rms_norm_count(original, norm_cls)
+    assert expected >= 5
+    patched = bigmodel.patch(copy.deepcopy(original), backend=backend)
+    assert patched.bigmodel_patched.get(norm_cls) == expected, patched.bigmodel_patched
+    assert rms_norm_count(patched, norm_cls) == 0
+    assert not patched.bigmodel_skipped
+    kinds = {type(m) for m in patched.modules()}
+    offset = name.startswith("gemma")
+    assert (bigmodel.nn.OffsetRMSNorm if offset else bigmodel.nn.RMSNorm) in kinds
+    ids = torch.randint(3, VOCAB, (2, 11))
+    logits0, grads0 = loss_and_grads(original, ids)
+    logits1, grads1 = loss_and_grads(patched, ids)
+    assert rel(logits1, logits0) < 1e-5
+    assert grads1.keys() == grads0.keys()
+    worst = max(grads0, key=lambda n: rel(grads1[n], grads0[n]))
+    assert rel(grads1[worst], grads0[worst]) < 1e-5, worst
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma"])
+def test_patch_shares_the_weights(name):
+    model = build(name)
+    before = {n: p for n, p in model.named_parameters()}
+    bigmodel.patch(model, backend="reference")
+    after = {n: p for n, p in model.named_parameters()}
+    assert before.keys() == after.keys() and all(before[n] is after[n] for n in before)
+    assert model.state_dict().keys() == build(name).state_dict().keys()
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma2"])
+def test_patched_generate_gives_the_same_tokens(name):
+    model = build(name).eval()
+    ids = torch.randint(3, VOCAB, (1, 6))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, **kwargs)
+    bigmodel.patch(model, backend="reference")
+    assert torch.equal(model.generate(ids, **kwargs), expected)
+
+
+def test_look_alike_rms_norms_are_left_alone_with_a_reason():
+    class BiasRMSNorm(torch.nn.Module):  # extra behaviour: a bias
+        def __init__(self, n):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(n))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) + 0.5
+
+    class EpsilonRMSNorm(torch.nn.Module):  # another eps name
+        def __init__(self, n):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(n))
+            self.epsilon = 1e-6
+
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.epsilon)
+
+    class PlainRMSNorm(EpsilonRMSNorm):  # a match: the same math with `eps`
+        def __init__(self, n):
+            super().__init__(n)
+            self.eps = self.epsilon
+
+    model = torch.nn.Sequential(BiasRMSNorm(8), EpsilonRMSNorm(8), PlainRMSNorm(8))
+    bigmodel.patch(model, backend="reference")
+    assert type(model[0]) is BiasRMSNorm and type(model[1]) is EpsilonRMSNorm
+    assert type(model[2]) is bigmodel.nn.RMSNorm
+    assert model.bigmodel_patched == {"PlainRMSNorm": 1}
+    assert "extra behaviour" in model.bigmodel_skipped["BiasRMSNorm"]
+    assert "eps attribute" in model.bigmodel_skipped["EpsilonRMSNorm"]
+
+
+def test_torch_rms_norm_is_replaced_too():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.RMSNorm(8, eps=1e-5))
+    x = torch.randn(3, 8)
+    before = model(x)
+    bigmodel.patch(model, backend="reference")
+    assert type(model[1]) is bigmodel.nn.RMSNorm and model.bigmodel_patched == {"RMSNorm": 1}
+    torch.testing.assert_close(model(x), before)
