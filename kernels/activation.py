@@ -1,10 +1,12 @@
-"""Elementwise GELU / ReLU in Triton, and the activation math every kernel file shares.
+"""Elementwise GELU / ReLU / SiLU and the gated SwiGLU / GeGLU in Triton, and the activation math every kernel file
+shares.
 
 Activations (math in fp32, results cast to the tensor's dtype), with u = sqrt(2/pi) (x + 0.044715 x^3):
     "gelu"       y = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))          y' = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
     "gelu_tanh"  y = 0.5 x (1 + tanh(u)) = x s,  s = sigmoid(2u)      y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
                                                                          = s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u)
     "relu"       y = max(x, 0)                                        y' = [x > 0]  (0 at x = 0, like torch)
+    "silu"       y = x s,  s = sigmoid(x)                             y' = s (1 + x (1 - s))
     "none"       y = x                                                y' = 1
 gelu_tanh goes through the identity 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + exp(-2u)): one exp, no tanh
 (not a core tl.math function on every Triton version), saturating to exactly 0 / 1 without inf / inf, and
@@ -17,6 +19,8 @@ activation's output y instead of its input (y > 0 exactly where x > 0).
 Elementwise launchers: the tensor is treated as flat (any numel, contiguous), one program per BLOCK elements of
 a 1-D grid; contiguous offsets let Triton vectorise the loads and stores (128-bit per thread).
     act_fwd: y = act(x)        act_bwd: dx = dy * act'(x)
+    gated_fwd: y = act(g) * u  (SwiGLU: silu, GeGLU: gelu / gelu_tanh)
+    gated_bwd: dg = dy * u * act'(g),  du = dy * act(g)   (one pass: g, u, dy in; dg, du out)
 """
 import math
 
@@ -27,9 +31,9 @@ import triton.language as tl
 from ._utils import CompileSpec, TL_DTYPE
 
 # Activation ids: constexpr globals so @triton.jit code can compare against them (Python code uses .value).
-ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH = (tl.constexpr(i) for i in range(4))
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = (tl.constexpr(i) for i in range(5))
 ACTIVATION_IDS = {"none": ACT_NONE.value, "relu": ACT_RELU.value, "gelu": ACT_GELU.value,
-                  "gelu_tanh": ACT_GELU_TANH.value}
+                  "gelu_tanh": ACT_GELU_TANH.value, "silu": ACT_SILU.value}
 
 SQRT1_2 = tl.constexpr(math.sqrt(0.5))
 INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
@@ -62,6 +66,8 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
         return x * _sigmoid_2u(x)
     elif ACTIVATION == ACT_RELU:
         return tl.where(x > 0.0, x, 0.0)
+    elif ACTIVATION == ACT_SILU:
+        return x / (1.0 + tl.exp(-x))
     else:
         return x
 
@@ -79,6 +85,9 @@ def activation_grad(dy, x, ACTIVATION: tl.constexpr):
         return dy * (s + 2.0 * x * s * (1.0 - s) * du)
     elif ACTIVATION == ACT_RELU:
         return tl.where(x > 0.0, dy, 0.0)
+    elif ACTIVATION == ACT_SILU:
+        s = 1.0 / (1.0 + tl.exp(-x))
+        return dy * (s * (1.0 + x * (1.0 - s)))
     else:
         return dy
 
@@ -101,15 +110,36 @@ def _act_bwd_kernel(DY, X, DX, numel, ACTIVATION: tl.constexpr, BLOCK: tl.conste
     tl.store(DX + offs, activation_grad(dy, x, ACTIVATION).to(DX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _gated_fwd_kernel(G, U, Y, numel, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, (apply_activation(g, ACTIVATION) * u).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_bwd_kernel(DY, G, U, DG, DU, numel, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DG + offs, activation_grad(dy * u, g, ACTIVATION).to(DG.dtype.element_ty), mask=mask)
+    tl.store(DU + offs, (dy * apply_activation(g, ACTIVATION)).to(DU.dtype.element_ty), mask=mask)
+
+
 # --------------------------------------------------------------------------------------------- launchers
 BLOCK = 2048  # elements per program: 8 per thread at 8 warps (one or two 16-byte vectors), no spills
 NUM_WARPS = 8
-ELEMENTWISE = ("gelu", "gelu_tanh", "relu")
+ELEMENTWISE = ("gelu", "gelu_tanh", "relu", "silu")
+GATED = ("silu", "gelu", "gelu_tanh")
 
 
-def _elementwise_id(activation: str) -> int:
-    if activation not in ELEMENTWISE:
-        raise ValueError(f"activation must be one of {ELEMENTWISE}, got {activation!r}")
+def _elementwise_id(activation: str, allowed=ELEMENTWISE) -> int:
+    if activation not in allowed:
+        raise ValueError(f"activation must be one of {allowed}, got {activation!r}")
     return ACTIVATION_IDS[activation]
 
 
@@ -133,9 +163,31 @@ def act_bwd(dy: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
     return dx
 
 
+def gated_fwd(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """y = act(gate) * up for contiguous gate and up of one shape and dtype; y likewise."""
+    assert gate.is_contiguous() and up.is_contiguous() and gate.shape == up.shape, "gated_fwd: contiguous, one shape"
+    y = torch.empty_like(gate)
+    if gate.numel():
+        _gated_fwd_kernel[(triton.cdiv(gate.numel(), BLOCK),)](gate, up, y, gate.numel(),
+                                                               ACTIVATION=_elementwise_id(activation, GATED),
+                                                               BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return y
+
+
+def gated_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str):
+    """(dgate, dup) of gated_fwd for contiguous dy, gate, up of one shape."""
+    assert dy.is_contiguous() and dy.shape == gate.shape, "gated_bwd: contiguous dy of gate's shape"
+    dg, du = torch.empty_like(gate), torch.empty_like(up)
+    if gate.numel():
+        _gated_bwd_kernel[(triton.cdiv(gate.numel(), BLOCK),)](dy, gate, up, dg, du, gate.numel(),
+                                                               ACTIVATION=_elementwise_id(activation, GATED),
+                                                               BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return dg, du
+
+
 # --------------------------------------------------------------------------------------------- static compile
 def compile_specs():
-    """Both kernels, every activation and dtype, at the launchers' one config."""
+    """The elementwise and gated kernels, every activation and dtype, at the launchers' one config."""
     specs = []
     for t in TL_DTYPE.values():
         p = f"*{t}"
@@ -145,4 +197,10 @@ def compile_specs():
                                      dict(X=p, Y=p, numel="i32"), consts, NUM_WARPS))
             specs.append(CompileSpec(f"_act_bwd_kernel[{t},{name}]", _act_bwd_kernel,
                                      dict(DY=p, X=p, DX=p, numel="i32"), consts, NUM_WARPS))
+        for name in GATED:
+            consts = dict(ACTIVATION=ACTIVATION_IDS[name], BLOCK=BLOCK)
+            specs.append(CompileSpec(f"_gated_fwd_kernel[{t},{name}]", _gated_fwd_kernel,
+                                     dict(G=p, U=p, Y=p, numel="i32"), consts, NUM_WARPS))
+            specs.append(CompileSpec(f"_gated_bwd_kernel[{t},{name}]", _gated_bwd_kernel,
+                                     dict(DY=p, G=p, U=p, DG=p, DU=p, numel="i32"), consts, NUM_WARPS))
     return specs

@@ -39,10 +39,10 @@ import triton
 import triton.language as tl
 
 from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2
-from .activation import (ACT_GELU, ACT_GELU_TANH, ACT_NONE, ACTIVATION_IDS, act_bwd, activation_id,
+from .activation import (ACT_GELU, ACT_GELU_TANH, ACT_NONE, ACT_SILU, ACTIVATION_IDS, act_bwd, activation_id,
                          apply_activation)
 
-SAVES_PRE_ACTIVATION = (ACT_GELU.value, ACT_GELU_TANH.value)
+SAVES_PRE_ACTIVATION = (ACT_GELU.value, ACT_GELU_TANH.value, ACT_SILU.value)
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -142,6 +142,14 @@ class CudaBackend(Backend):
         dx, dw, db = self._C.linear_act_bwd(dy, x, weight, y if activation == "relu" else saved, activation, has_bias)
         return dx, dw, db if has_bias else None
 
+    CUDA_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+
+    def activation_reasons(self, activation=None, **_):
+        if activation is not None and activation not in self.CUDA_ACTIVATIONS:
+            return [f"the CUDA activation kernels have {', '.join(self.CUDA_ACTIVATIONS)}; not {activation!r} "
+                    "(triton, torch and reference have it)"]
+        return []
+
     def activation_fwd(self, x, activation):
         return self._C.act_fwd(x, activation)
 

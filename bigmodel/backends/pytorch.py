@@ -28,20 +28,23 @@ ALL_FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def activate(z, activation):
-    """act(z) for the kernels' activation names: "gelu" (erf), "gelu_tanh", "relu", "none"."""
+    """act(z) for the kernels' activation names: "gelu" (erf), "gelu_tanh", "relu", "silu", "none"."""
     if activation == "gelu":
         return F.gelu(z)
     if activation == "gelu_tanh":
         return F.gelu(z, approximate="tanh")
     if activation == "relu":
         return F.relu(z)
+    if activation == "silu":
+        return F.silu(z)
     return z
 
 
 class PyTorchBackend(Backend):
     name = "torch"
     dtypes = ALL_FLOAT
-    OPS = ("attention", "layer_norm", "rms_norm", "add_rms_norm", "softmax", "activation", "linear_act")
+    OPS = ("attention", "layer_norm", "rms_norm", "add_rms_norm", "softmax", "activation", "gated_activation",
+           "linear_act")
 
     def not_supported_reasons(self, op, **inputs):
         if op not in self.OPS:
@@ -82,6 +85,9 @@ class PyTorchBackend(Backend):
 
     def activation(self, x, activation):
         return activate(x, activation)
+
+    def gated_activation(self, gate, up, activation):  # no fused PyTorch op: the composition a user writes
+        return activate(gate, activation) * up
 
     def linear_act(self, x, weight, bias, activation):
         return activate(F.linear(x, weight, bias), activation)

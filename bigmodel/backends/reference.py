@@ -119,6 +119,15 @@ class ReferenceBackend(Backend):
     def activation_fwd(self, x, activation):
         return _act(x.to(_acc_dtype(x)), activation).to(x.dtype)
 
+    def gated_activation_fwd(self, gate, up, activation):
+        acc = _acc_dtype(gate)
+        return (_act(gate.to(acc), activation) * up.to(acc)).to(gate.dtype)
+
+    def gated_activation_bwd(self, dy, gate, up, activation):
+        acc = _acc_dtype(gate)
+        g, u, d = gate.to(acc), up.to(acc), dy.to(acc)
+        return (d * u * _act_grad(g, activation)).to(gate.dtype), (d * _act(g, activation)).to(up.dtype)
+
     def activation_bwd(self, dy, x, activation):
         acc = _acc_dtype(x)
         return (dy.to(acc) * _act_grad(x.to(acc), activation)).to(x.dtype)
@@ -182,4 +191,7 @@ def _act_grad(z, activation):
         return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * a * z * z)
     if activation == "relu":
         return (z > 0).to(z.dtype)
+    if activation == "silu":  # s (1 + z (1 - s)), s = sigmoid(z)
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
     return torch.ones_like(z)

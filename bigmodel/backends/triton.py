@@ -200,6 +200,14 @@ class TritonBackend(Backend):
         return self._kernels("activation").act_bwd(dy, x, activation)
 
     @_on_inputs_device
+    def gated_activation_fwd(self, gate, up, activation):
+        return self._kernels("activation").gated_fwd(gate, up, activation)
+
+    @_on_inputs_device
+    def gated_activation_bwd(self, dy, gate, up, activation):
+        return self._kernels("activation").gated_bwd(dy, gate, up, activation)
+
+    @_on_inputs_device
     def softmax_fwd(self, x):
         return self._kernels("softmax").softmax_fwd(x)
 

@@ -1,4 +1,5 @@
-"""bigmodel::linear_act, bigmodel::activation, bigmodel::softmax and their `_backward` ops.
+"""bigmodel::linear_act, bigmodel::activation, bigmodel::gated_activation, bigmodel::softmax and their `_backward`
+ops.
 
 linear_act takes x as (M, K) (bigmodel.ops flattens the leading dims) and returns (y, saved): `saved` is what the
 backward needs besides x and W -- the pre-activation z = x W^T + b for GELU, nothing (an empty tensor) for ReLU,
@@ -190,3 +191,48 @@ def _softmax_grad(ctx, grad_y):
 
 
 softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)
+
+
+# ------------------------------------------------------------------------------------------ gated activation
+@torch.library.custom_op("bigmodel::gated_activation", mutates_args=())
+@autocast_off
+def gated_activation(gate: Tensor, up: Tensor, activation: str, backend: str) -> Tensor:
+    """act(gate) * up (SwiGLU: "silu", GeGLU: "gelu" / "gelu_tanh"); gate and up contiguous, one shape."""
+    impl = backends.kernel("gated_activation", backend, input=gate, up=up, activation=activation)
+    return torch.empty_like(gate) if gate.numel() == 0 else impl.gated_activation_fwd(gate, up, activation)
+
+
+@gated_activation.register_fake
+def _(gate, up, activation, backend):
+    return torch.empty_like(gate)
+
+
+@torch.library.custom_op("bigmodel::gated_activation_backward", mutates_args=())
+@autocast_off
+def gated_activation_backward(grad_y: Tensor, gate: Tensor, up: Tensor, activation: str,
+                              backend: str) -> tuple[Tensor, Tensor]:
+    """(dgate, dup) = (dy * up * act'(gate), dy * act(gate))."""
+    impl = backends.kernel("gated_activation", backend, input=gate, up=up, activation=activation)
+    if gate.numel() == 0:
+        return torch.empty_like(gate), torch.empty_like(up)
+    return impl.gated_activation_bwd(grad_y.contiguous(), gate, up, activation)
+
+
+@gated_activation_backward.register_fake
+def _(grad_y, gate, up, activation, backend):
+    return torch.empty_like(gate), torch.empty_like(up)
+
+
+def _gated_setup(ctx, inputs, output):
+    gate, up, activation, backend = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.activation, ctx.backend = activation, backend
+
+
+def _gated_grad(ctx, grad_y):
+    gate, up = ctx.saved_tensors
+    dg, du = torch.ops.bigmodel.gated_activation_backward(grad_y, gate, up, ctx.activation, ctx.backend)
+    return dg, du, None, None
+
+
+gated_activation.register_autograd(_gated_grad, setup_context=_gated_setup)

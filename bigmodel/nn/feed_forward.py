@@ -51,6 +51,17 @@ class GELU(torch.nn.GELU):
         return ops.gelu(input, self.approximate, backend=self.backend)
 
 
+class SiLU(torch.nn.SiLU):
+    """`torch.nn.SiLU` on the fused kernel (`inplace=True` accepted for compatibility; the result is a new tensor)."""
+
+    def __init__(self, inplace=False, *, backend=None):
+        super().__init__(inplace)
+        self.backend = backend
+
+    def forward(self, input):
+        return ops.silu(input, backend=self.backend)
+
+
 class ReLU(torch.nn.ReLU):
     """`torch.nn.ReLU` on the fused kernel. `inplace=True` is accepted for compatibility but the result is always a
     new tensor (the input is left unchanged)."""

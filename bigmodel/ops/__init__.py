@@ -1,10 +1,10 @@
 """Public functional API, shaped like torch.nn.functional. Every op takes a keyword `backend=`
 ("triton", "cuda", "torch", "reference" or "auto"); see bigmodel.backends for how one is chosen."""
-from .activation import gelu, relu, softmax
+from .activation import geglu, gelu, relu, silu, softmax, swiglu
 from .attention import attention
 from .feed_forward import feed_forward, linear_act
 from .layer_norm import layer_norm
 from .rms_norm import add_rms_norm, rms_norm
 
-__all__ = ["add_rms_norm", "attention", "feed_forward", "gelu", "layer_norm", "linear_act", "relu", "rms_norm",
-           "softmax"]
+__all__ = ["add_rms_norm", "attention", "feed_forward", "geglu", "gelu", "layer_norm", "linear_act", "relu", "rms_norm",
+           "silu", "softmax", "swiglu"]

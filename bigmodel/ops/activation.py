@@ -1,4 +1,5 @@
-"""bigmodel.ops.gelu, relu and softmax: torch's semantics on the fused kernels."""
+"""bigmodel.ops.gelu, relu, silu, swiglu, geglu and softmax: torch's semantics on the fused kernels (swiglu /
+geglu: the composition F.silu(gate) * up / F.gelu(gate) * up, fused)."""
 import math
 import numbers
 
@@ -21,13 +22,47 @@ def relu(input, *, backend=None):
     return _activation("relu", input, "relu", backend)
 
 
+def silu(input, *, backend=None):
+    """Same as `F.silu(input)` (out of place): x * sigmoid(x)."""
+    return _activation("silu", input, "silu", backend)
+
+
 def _activation(op, x, name, backend):
     _checks.check_tensor(op, "input", x)
     impl = backends.select("activation", backends.requested(backend), training=_checks.needs_grad(x),
-                           trial=lambda b, fresh: _activation(op, fresh(x), name, b), input=x)
+                           trial=lambda b, fresh: _activation(op, fresh(x), name, b), input=x, activation=name)
     if impl.name == "torch":
         return impl.activation(x, name)
     return torch.ops.bigmodel.activation(x.contiguous(), name, impl.name)
+
+
+def swiglu(gate, up, *, backend=None):
+    """F.silu(gate) * up in one pass (forward and backward): the Llama / Mistral / Qwen MLP's gating."""
+    return _gated("swiglu", gate, up, "silu", backend)
+
+
+def geglu(gate, up, approximate="none", *, backend=None):
+    """F.gelu(gate, approximate) * up in one pass: Gemma's MLP gating (approximate="tanh")."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"bigmodel.ops.geglu: approximate must be 'none' or 'tanh'; got {approximate!r}")
+    return _gated("geglu", gate, up, "gelu" if approximate == "none" else "gelu_tanh", backend)
+
+
+def _gated(op, gate, up, name, backend):
+    _checks.check_tensor(op, "gate", gate)
+    _checks.check_tensor(op, "up", up)
+    if gate.shape != up.shape:
+        raise ValueError(f"bigmodel.ops.{op}: gate and up must have one shape; got gate {tuple(gate.shape)} and up "
+                         f"{tuple(up.shape)}")
+    if gate.dtype != up.dtype:
+        raise TypeError(f"bigmodel.ops.{op}: gate and up must have one dtype; got gate {gate.dtype} and up {up.dtype}")
+    _checks.check_same_device(op, "gate", gate, up=up)
+    impl = backends.select("gated_activation", backends.requested(backend), training=_checks.needs_grad(gate, up),
+                           trial=lambda b, fresh: _gated(op, fresh(gate), fresh(up), name, b), input=gate, up=up,
+                           activation=name)
+    if impl.name == "torch":
+        return impl.gated_activation(gate, up, name)
+    return torch.ops.bigmodel.gated_activation(gate.contiguous(), up.contiguous(), name, impl.name)
 
 
 def softmax(input, dim=-1, *, backend=None):

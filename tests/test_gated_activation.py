@@ -1,0 +1,92 @@
+"""bigmodel.ops.silu, swiglu and geglu on CPU: the reference and torch backends and the Triton kernels under the
+interpreter, forward and both gradients against the PyTorch composition (F.silu(gate) * up, F.gelu(gate) * up) in
+fp64, by DESIGN.md's rule; fresh random inputs; bad input; custom-op checks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bigmodel
+from numerics import assert_close_by_rule, randn_input, requires_interpreter
+
+BACKEND_DTYPES = [
+    pytest.param("reference", torch.float32, id="reference-fp32"),
+    pytest.param("reference", torch.float64, id="reference-fp64"),
+    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
+    pytest.param("torch", torch.float32, id="torch-fp32"),
+    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
+    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
+    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
+]
+GATED = {
+    "swiglu": (lambda g, u, b: bigmodel.ops.swiglu(g, u, backend=b), lambda g, u: F.silu(g) * u),
+    "geglu": (lambda g, u, b: bigmodel.ops.geglu(g, u, backend=b), lambda g, u: F.gelu(g) * u),
+    "geglu_tanh": (lambda g, u, b: bigmodel.ops.geglu(g, u, "tanh", backend=b),
+                   lambda g, u: F.gelu(g, approximate="tanh") * u),
+}
+
+
+def run(ours, theirs, inputs, dy):
+    outs = {}
+    for which, fn, cast in (("ours", ours, lambda t: t), ("ref64", theirs, lambda t: t.double()),
+                            ("lowp", theirs, lambda t: t)):
+        leaves = [cast(t.detach()).clone().requires_grad_(True) for t in inputs]
+        y = fn(*leaves)
+        y.backward(cast(dy))
+        outs[which] = [y.detach()] + [t.grad for t in leaves]
+    for i, name in enumerate(["y"] + [f"d{j}" for j in range(len(inputs))]):
+        ours_i, ref, lowp = (outs[w][i] for w in ("ours", "ref64", "lowp"))
+        assert ours_i.dtype == lowp.dtype and ours_i.shape == lowp.shape
+        assert_close_by_rule(name, ours_i, ref, lowp, "output" if name == "y" else "grad")
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("kind", list(GATED))
+@pytest.mark.parametrize("shape", [(1,), (3, 7, 33), (4, 4100)], ids=str)  # a tail past one 2048-element block
+def test_gated_matches_the_composition(backend, dtype, kind, shape):
+    ours, theirs = GATED[kind]
+    gate, up = randn_input(*shape, dtype=dtype, scale=2.0, shift=0.0), randn_input(*shape, dtype=dtype)
+    run(lambda g, u: ours(g, u, backend), theirs, (gate, up), torch.randn(shape).to(dtype))
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_silu(backend, dtype):
+    x = randn_input(5, 300, dtype=dtype, scale=4.0, shift=0.0)
+    run(lambda x: bigmodel.ops.silu(x, backend=backend), F.silu, (x,), torch.randn(5, 300).to(dtype))
+    assert isinstance(bigmodel.nn.SiLU(), torch.nn.SiLU)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
+def test_gated_non_contiguous_inputs(backend):
+    both = randn_input(6, 2 * 40)
+    gate, up = both[:, :40], both[:, 40:]  # the halves of a fused [gate | up] projection
+    run(lambda g, u: bigmodel.ops.swiglu(g, u, backend=backend), lambda g, u: F.silu(g) * u, (gate, up),
+        torch.randn(6, 40))
+
+
+def test_silu_extremes_are_finite():
+    x = torch.tensor([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4])
+    torch.testing.assert_close(bigmodel.ops.silu(x, backend="reference"), F.silu(x))
+
+
+def test_custom_op_passes_opcheck_and_compiles():
+    gate, up = randn_input(4, 24).requires_grad_(), randn_input(4, 24).requires_grad_()
+    torch.library.opcheck(torch.ops.bigmodel.gated_activation.default, (gate, up, "silu", "reference"))
+    fn = torch.compile(lambda g, u: bigmodel.ops.swiglu(g, u, backend="reference"), fullgraph=True,
+                       backend="aot_eager")
+    torch.testing.assert_close(fn(gate, up), F.silu(gate) * up)
+
+
+def test_cuda_backend_states_why_it_cannot():
+    with pytest.raises(bigmodel.backends.BackendUnavailable, match="cuda: "):
+        bigmodel.ops.swiglu(torch.randn(3), torch.randn(3), backend="cuda")
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"gate and up must have one shape; got gate \(2, 3\) and up \(2, 4\)"):
+        bigmodel.ops.swiglu(torch.randn(2, 3), torch.randn(2, 4))
+    with pytest.raises(TypeError, match="gate and up must have one dtype"):
+        bigmodel.ops.geglu(torch.randn(3), torch.randn(3).half())
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh'"):
+        bigmodel.ops.geglu(torch.randn(3), torch.randn(3), "erf")
+    with pytest.raises(TypeError, match="up must be a torch.Tensor"):
+        bigmodel.ops.swiglu(torch.randn(3), [1.0, 2.0, 3.0])
