@@ -81,10 +81,64 @@ def _shared(new: torch.nn.Module, old: torch.nn.Module) -> torch.nn.Module:
     return new
 
 
+def _activation_of(act) -> str | None:
+    """The gated activation name of an MLP's activation module: SiLU, GELU (tanh) by type or HF class name."""
+    if isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU"):
+        return "silu"
+    if isinstance(act, torch.nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    approximate = HF_GELUS.get(type(act).__name__)
+    return None if approximate is None else ("gelu_tanh" if approximate == "tanh" else "gelu")
+
+
+def _gated_mlp_by_structure(m: torch.nn.Module, backend):
+    """A gated MLP: gate_proj / up_proj / down_proj Linears (or Phi-3's fused gate_up_proj) and an act_fn /
+    activation_fn that is SiLU or GELU; the forward must compute down(act(gate(x)) * up(x)), checked on a probe
+    input (in eval mode: dropout would be extra behaviour). Returns (builder, None) or (None, reason)."""
+    act = getattr(m, "act_fn", getattr(m, "activation_fn", None))
+    name = _activation_of(act)
+    if name is None:
+        return None, f"its activation {type(act).__name__} is not SiLU or GELU"
+    fused = hasattr(m, "gate_up_proj")
+    linears = ("gate_up_proj", "down_proj") if fused else ("gate_proj", "up_proj", "down_proj")
+    if not all(type(getattr(m, a, None)) is torch.nn.Linear for a in linears):
+        return None, f"{', '.join(linears)} are not all torch.nn.Linear"
+    extra = {n for n, _ in m.named_children()} - set(linears) - {"act_fn", "activation_fn"}
+    if extra:
+        return None, f"has other submodules ({', '.join(sorted(extra))})"
+    down = m.down_proj
+    if down.weight.device.type == "meta":
+        return None, "on the meta device: its forward cannot be checked"
+    d_model, d_ff = down.out_features, down.in_features
+    cls = bnn.FusedGatedFeedForward if fused else bnn.GatedFeedForward
+
+    def build(m, backend):
+        new = cls(d_model, d_ff, name, device="meta", backend=backend)
+        for a in linears:  # the same Linear modules: parameters, hooks and tied references kept
+            setattr(new, a, getattr(m, a))
+        return new
+
+    x = torch.randn(3, d_model, generator=torch.Generator(device=down.weight.device).manual_seed(0),
+                    device=down.weight.device).to(down.weight.dtype)
+    probe = build(m, "torch")
+    with torch.no_grad():
+        got, want = m(x).float(), probe(x).float()
+    tol = 1e-4 if down.weight.dtype in (torch.float32, torch.float64) else 3e-2
+    if got.shape != want.shape or (got - want).abs().max() > tol * want.abs().max().clamp_min(1e-6):
+        return None, "its forward is not down(act(gate(x)) * up(x)) (extra behaviour)"
+    return build, None
+
+
+def _is_gated_mlp(m) -> bool:
+    return hasattr(m, "down_proj") and (hasattr(m, "gate_up_proj") or (hasattr(m, "gate_proj")
+                                                                        and hasattr(m, "up_proj")))
+
+
 # Structural matchers: (what a module must look like to be a candidate, matcher(module, backend) -> (builder,
 # None) when it is one bigmodel replaces, (None, reason) when it looks similar but is left alone).
 STRUCTURAL = [(lambda m: type(m).__name__.endswith("RMSNorm") and not isinstance(m, torch.nn.RMSNorm),
-               _rms_norm_by_structure)]
+               _rms_norm_by_structure),
+              (_is_gated_mlp, _gated_mlp_by_structure)]
 
 
 def _replacements() -> dict:
@@ -110,6 +164,8 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
     table = _replacements()
     targets = []
     for name, m in model.named_modules():
+        if any(name.startswith(t + ".") for t, _, _ in targets if t):  # inside a module being replaced
+            continue
         if type(m) in table:
             targets.append((name, m, table[type(m)]))
             continue

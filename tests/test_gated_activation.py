@@ -90,3 +90,39 @@ def test_bad_input():
         bigmodel.ops.geglu(torch.randn(3), torch.randn(3), "erf")
     with pytest.raises(TypeError, match="up must be a torch.Tensor"):
         bigmodel.ops.swiglu(torch.randn(3), [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
+@pytest.mark.parametrize("activation,act", [("silu", F.silu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"))])
+def test_gated_feed_forward_matches_the_llama_mlp(backend, activation, act):
+    x = randn_input(2, 5, 32, scale=1.0, shift=0.0)
+    w_gate, w_up = (torch.randn(48, 32) / 32 ** 0.5 for _ in range(2))
+    w_down = torch.randn(32, 48) / 48 ** 0.5
+
+    def ours(x, wg, wu, wd):
+        return bigmodel.ops.gated_feed_forward(x, wg, wu, wd, activation, backend=backend)
+
+    def theirs(x, wg, wu, wd):
+        return F.linear(act(F.linear(x, wg)) * F.linear(x, wu), wd)
+
+    run(ours, theirs, (x, w_gate, w_up, w_down), torch.randn(2, 5, 32))
+
+
+def test_gated_feed_forward_module_loads_a_hugging_face_mlp_state_dict():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaMLP
+    hf = LlamaMLP(transformers.LlamaConfig(hidden_size=32, intermediate_size=48))
+    ours = bigmodel.nn.GatedFeedForward(32, 48, "silu", backend="reference")
+    ours.load_state_dict(hf.state_dict())
+    x = randn_input(4, 32, scale=1.0, shift=0.0)
+    torch.testing.assert_close(ours(x), hf(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gated_feed_forward_bad_shapes():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match=r"w_up must have w_gate's shape \(12, 8\)"):
+        bigmodel.ops.gated_feed_forward(x, torch.randn(12, 8), torch.randn(10, 8), torch.randn(8, 12))
+    with pytest.raises(ValueError, match=r"w_down must have shape \(out_features, 12\)"):
+        bigmodel.ops.gated_feed_forward(x, torch.randn(12, 8), torch.randn(12, 8), torch.randn(8, 10))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        bigmodel.ops.gated_feed_forward(x, torch.randn(12, 8), torch.randn(12, 8), torch.randn(8, 12), "relu")

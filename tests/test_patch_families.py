@@ -1,6 +1,7 @@
 """bigmodel.patch() on today's Hugging Face families, each built from a tiny config (no hub): Llama, Mistral, Qwen2,
-Qwen3, Gemma, Gemma 2 and Phi-3. Every RMSNorm is recognised by structure (not by model) and replaced, sharing its
-weight; logits and every parameter's loss gradient are unchanged (fp32 relative error < 1e-5) on the reference and
+Qwen3, Gemma, Gemma 2 and Phi-3. Every RMSNorm and every gated MLP (gate / up / down, or Phi-3's gate_up) is
+recognised by structure (not by model) and replaced, sharing its weights; logits and every parameter's loss
+gradient are unchanged (fp32 relative error < 1e-5) on the reference and
 torch backends and on triton under the interpreter; generate() gives the same tokens; look-alike classes are left
 alone with their reason."""
 import copy
@@ -68,13 +69,20 @@ def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, back
     norm_cls = families()[name][2]
     expected = rms_norm_count(original, norm_cls)
     assert expected >= 5
+    mlp_cls = norm_cls.replace("RMSNorm", "MLP")
+    mlps = rms_norm_count(original, mlp_cls)
     patched = bigmodel.patch(copy.deepcopy(original), backend=backend)
-    assert patched.bigmodel_patched.get(norm_cls) == expected, patched.bigmodel_patched
-    assert rms_norm_count(patched, norm_cls) == 0
+    assert patched.bigmodel_patched == {norm_cls: expected, mlp_cls: COMMON["num_hidden_layers"]}, \
+        patched.bigmodel_patched
+    assert mlps == COMMON["num_hidden_layers"] and rms_norm_count(patched, norm_cls) == rms_norm_count(patched, mlp_cls) == 0
     assert not patched.bigmodel_skipped
     kinds = {type(m) for m in patched.modules()}
     offset = name.startswith("gemma")
     assert (bigmodel.nn.OffsetRMSNorm if offset else bigmodel.nn.RMSNorm) in kinds
+    assert (bigmodel.nn.FusedGatedFeedForward if name == "phi3" else bigmodel.nn.GatedFeedForward) in kinds
+    mlp = next(m for m in patched.modules() if isinstance(m, (bigmodel.nn.GatedFeedForward,
+                                                                  bigmodel.nn.FusedGatedFeedForward)))
+    assert mlp.activation == ("gelu_tanh" if offset else "silu")
     ids = torch.randint(3, VOCAB, (2, 11))
     logits0, grads0 = loss_and_grads(original, ids)
     logits1, grads1 = loss_and_grads(patched, ids)
@@ -143,4 +151,35 @@ def test_torch_rms_norm_is_replaced_too():
     before = model(x)
     bigmodel.patch(model, backend="reference")
     assert type(model[1]) is bigmodel.nn.RMSNorm and model.bigmodel_patched == {"RMSNorm": 1}
+    torch.testing.assert_close(model(x), before)
+
+
+def test_look_alike_mlps_are_left_alone_with_a_reason():
+    class ScaledMLP(torch.nn.Module):  # extra behaviour: a scale on the output
+        def __init__(self, d, f):
+            super().__init__()
+            self.gate_proj, self.up_proj = torch.nn.Linear(d, f, bias=False), torch.nn.Linear(d, f, bias=False)
+            self.down_proj = torch.nn.Linear(f, d, bias=False)
+            self.act_fn = torch.nn.SiLU()
+
+        def forward(self, x):
+            return 2.0 * self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    class TanhMLP(ScaledMLP):  # an activation bigmodel does not gate
+        def __init__(self, d, f):
+            super().__init__(d, f)
+            self.act_fn = torch.nn.Tanh()
+
+    class PlainMLP(ScaledMLP):
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    model = torch.nn.Sequential(ScaledMLP(8, 12), TanhMLP(8, 12), PlainMLP(8, 12))
+    x = torch.randn(3, 8)
+    before = model(x)
+    bigmodel.patch(model, backend="reference")
+    assert type(model[0]) is ScaledMLP and type(model[1]) is TanhMLP and type(model[2]) is bigmodel.nn.GatedFeedForward
+    assert model.bigmodel_patched == {"PlainMLP": 1}
+    assert "extra behaviour" in model.bigmodel_skipped["ScaledMLP"]
+    assert "not SiLU or GELU" in model.bigmodel_skipped["TanhMLP"]
     torch.testing.assert_close(model(x), before)

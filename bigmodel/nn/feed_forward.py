@@ -1,6 +1,7 @@
 import torch
 
 from .. import ops
+from ..ops.activation import gated
 from ..ops.feed_forward import _activation_name
 
 
@@ -38,6 +39,47 @@ class FeedForward(torch.nn.Module):
             return ops.feed_forward(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
                                     self.fc1.activation, backend=self.fc1.backend)
         return self.fc2(self.dropout(self.fc1(x)))
+
+
+class GatedFeedForward(torch.nn.Module):
+    """The gated MLP of Llama / Mistral / Qwen (activation "silu") and Gemma ("gelu_tanh"):
+    down_proj(act(gate_proj(x)) * up_proj(x)), with Hugging Face's parameter names (a Llama MLP's state_dict
+    loads). act(g) * u runs fused, forward and backward (ops.gated_feed_forward / ops.swiglu)."""
+
+    def __init__(self, d_model, d_ff, activation="silu", bias=False, device=None, dtype=None, *, backend=None):
+        super().__init__()
+        self.gate_proj = torch.nn.Linear(d_model, d_ff, bias, device, dtype)
+        self.up_proj = torch.nn.Linear(d_model, d_ff, bias, device, dtype)
+        self.down_proj = torch.nn.Linear(d_ff, d_model, bias, device, dtype)
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):  # (..., d_model)
+        if self.gate_proj.bias is None and self.up_proj.bias is None and self.down_proj.bias is None:
+            return ops.gated_feed_forward(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
+                                          self.activation, backend=self.backend)
+        return self.down_proj(gated("gated_feed_forward", self.gate_proj(x), self.up_proj(x), self.activation,
+                                    self.backend))
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}" + (f", backend={self.backend!r}" if self.backend else "")
+
+
+class FusedGatedFeedForward(torch.nn.Module):
+    """The gated MLP with one [gate; up] projection (Phi-3's gate_up_proj: the first d_ff outputs are the gate):
+    down_proj(act(g) * u) with g, u = gate_up_proj(x).chunk(2, -1)."""
+
+    def __init__(self, d_model, d_ff, activation="silu", bias=False, device=None, dtype=None, *, backend=None):
+        super().__init__()
+        self.gate_up_proj = torch.nn.Linear(d_model, 2 * d_ff, bias, device, dtype)
+        self.down_proj = torch.nn.Linear(d_ff, d_model, bias, device, dtype)
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        g, u = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(gated("gated_feed_forward", g, u, self.activation, self.backend))
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}" + (f", backend={self.backend!r}" if self.backend else "")
 
 
 class GELU(torch.nn.GELU):

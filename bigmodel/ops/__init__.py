@@ -2,9 +2,9 @@
 ("triton", "cuda", "torch", "reference" or "auto"); see bigmodel.backends for how one is chosen."""
 from .activation import geglu, gelu, relu, silu, softmax, swiglu
 from .attention import attention
-from .feed_forward import feed_forward, linear_act
+from .feed_forward import feed_forward, gated_feed_forward, linear_act
 from .layer_norm import layer_norm
 from .rms_norm import add_rms_norm, rms_norm
 
-__all__ = ["add_rms_norm", "attention", "feed_forward", "geglu", "gelu", "layer_norm", "linear_act", "relu", "rms_norm",
-           "silu", "softmax", "swiglu"]
+__all__ = ["add_rms_norm", "attention", "feed_forward", "gated_feed_forward", "geglu", "gelu", "layer_norm",
+           "linear_act", "relu", "rms_norm", "silu", "softmax", "swiglu"]

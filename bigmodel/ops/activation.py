@@ -38,17 +38,18 @@ def _activation(op, x, name, backend):
 
 def swiglu(gate, up, *, backend=None):
     """F.silu(gate) * up in one pass (forward and backward): the Llama / Mistral / Qwen MLP's gating."""
-    return _gated("swiglu", gate, up, "silu", backend)
+    return gated("swiglu", gate, up, "silu", backend)
 
 
 def geglu(gate, up, approximate="none", *, backend=None):
     """F.gelu(gate, approximate) * up in one pass: Gemma's MLP gating (approximate="tanh")."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"bigmodel.ops.geglu: approximate must be 'none' or 'tanh'; got {approximate!r}")
-    return _gated("geglu", gate, up, "gelu" if approximate == "none" else "gelu_tanh", backend)
+    return gated("geglu", gate, up, "gelu" if approximate == "none" else "gelu_tanh", backend)
 
 
-def _gated(op, gate, up, name, backend):
+def gated(op, gate, up, name, backend):
+    """act(gate) * up on the backend auto (or `backend`) picks, name in "silu", "gelu", "gelu_tanh"."""
     _checks.check_tensor(op, "gate", gate)
     _checks.check_tensor(op, "up", up)
     if gate.shape != up.shape:
@@ -58,7 +59,7 @@ def _gated(op, gate, up, name, backend):
         raise TypeError(f"bigmodel.ops.{op}: gate and up must have one dtype; got gate {gate.dtype} and up {up.dtype}")
     _checks.check_same_device(op, "gate", gate, up=up)
     impl = backends.select("gated_activation", backends.requested(backend), training=_checks.needs_grad(gate, up),
-                           trial=lambda b, fresh: _gated(op, fresh(gate), fresh(up), name, b), input=gate, up=up,
+                           trial=lambda b, fresh: gated(op, fresh(gate), fresh(up), name, b), input=gate, up=up,
                            activation=name)
     if impl.name == "torch":
         return impl.gated_activation(gate, up, name)

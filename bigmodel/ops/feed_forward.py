@@ -1,7 +1,9 @@
-"""bigmodel.ops.linear_act and bigmodel.ops.feed_forward: GEMM + bias + activation in one fused op."""
+"""bigmodel.ops.linear_act and bigmodel.ops.feed_forward: GEMM + bias + activation in one fused op;
+bigmodel.ops.gated_feed_forward: the Llama / Gemma MLP."""
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .. import backends
 from ..library import row_view
@@ -76,3 +78,31 @@ def feed_forward(input, w1, b1, w2, b2, activation="gelu", *, backend=None):
     _check_layer("feed_forward", input, w1.size(0), f"w1's out_features (w1 is {tuple(w1.shape)})", "w2", w2, "b2", b2)
     name = backends.requested(backend)
     return _linear_act(_linear_act(input, w1, b1, act, name), w2, b2, "none", name)
+
+
+GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+
+
+def gated_feed_forward(input, w_gate, w_up, w_down, activation="silu", *, backend=None):
+    """`F.linear(act(F.linear(input, w_gate)) * F.linear(input, w_up), w_down)`: the Llama MLP (activation "silu"),
+    Gemma's ("gelu_tanh"), or "gelu". w_gate / w_up (d_ff, d_model), w_down (d_model_out, d_ff), one dtype.
+
+    Today: the three GEMMs run on PyTorch (cuBLAS) and act(g) * u, forward and backward, in one fused elementwise
+    pass on the chosen backend (ops.swiglu / ops.geglu); the GEMM-epilogue fusion is not built yet."""
+    op = "gated_feed_forward"
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"bigmodel.ops.{op}: activation must be one of {', '.join(map(repr, GATED_ACTIVATIONS))}; "
+                         f"got {activation!r}")
+    _check_input(op, input)
+    _check_layer(op, input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})", "w_gate", w_gate,
+                 "b_gate", None)
+    _check_layer(op, input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})", "w_up", w_up,
+                 "b_up", None)
+    if w_up.shape != w_gate.shape:
+        raise ValueError(f"bigmodel.ops.{op}: w_up must have w_gate's shape {tuple(w_gate.shape)}; got "
+                         f"{tuple(w_up.shape)}")
+    _check_layer(op, input, w_gate.size(0), f"w_gate's out_features (w_gate is {tuple(w_gate.shape)})", "w_down",
+                 w_down, "b_down", None)
+    from .activation import gated
+    hidden = gated(op, F.linear(input, w_gate), F.linear(input, w_up), activation, backend)
+    return F.linear(hidden, w_down)
