@@ -44,7 +44,7 @@ class PyTorchBackend(Backend):
     name = "torch"
     dtypes = ALL_FLOAT
     OPS = ("attention", "layer_norm", "rms_norm", "add_rms_norm", "softmax", "activation", "gated_activation",
-           "linear_act")
+           "linear_act", "rotary")
 
     def not_supported_reasons(self, op, **inputs):
         if op not in self.OPS:
@@ -88,6 +88,16 @@ class PyTorchBackend(Backend):
 
     def gated_activation(self, gate, up, activation):  # no fused PyTorch op: the composition a user writes
         return activate(gate, activation) * up
+
+    def rotary(self, x, cos, sin, interleaved):  # the composition Hugging Face writes, partial rotary included
+        r = cos.size(-1)
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        if interleaved:
+            rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+        else:
+            x1, x2 = x_rot.chunk(2, dim=-1)
+            rotated = torch.cat((-x2, x1), dim=-1)
+        return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
     def linear_act(self, x, weight, bias, activation):
         return activate(F.linear(x, weight, bias), activation)

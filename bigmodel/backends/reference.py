@@ -70,6 +70,16 @@ class ReferenceBackend(Backend):
         dx, dw = self.rms_norm_bwd(dy, h, weight, rstd)
         return (dx.to(_acc_dtype(h)) + dh.to(_acc_dtype(h))).to(h.dtype), dw
 
+    # ---- rotary: x (B, H, L, D), cos / sin broadcast to (B, H, L, R); see kernels/rotary.py for the math
+    def rotary_fwd(self, x, cos, sin, interleaved):
+        return _rotate(x, cos, sin, interleaved, sign=1.0)
+
+    def rotary_bwd(self, dy, cos, sin, interleaved):
+        return _rotate(dy, cos, sin, interleaved, sign=-1.0)
+
+    def rotary_reasons(self, cos=None, sin=None, **_):
+        return _rotary_grad_reasons(cos, sin)
+
     # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
     # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
     def attention_reasons(self, attn_mask=None, **_):
@@ -195,3 +205,25 @@ def _act_grad(z, activation):
         s = torch.sigmoid(z)
         return s * (1 + z * (1 - s))
     return torch.ones_like(z)
+
+
+def _rotate(x, cos, sin, interleaved, sign):
+    """sign +1: y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; sign -1 (the backward): dx1 = dy1 c1 + dy2 s2,
+    dx2 = dy2 c2 - dy1 s1. Pairs: halves (rotate_half) or even / odd features (interleaved); features past R pass."""
+    acc = _acc_dtype(x)
+    r = cos.size(-1)
+    xf, c, s = x[..., :r].to(acc), cos.to(acc), sin.to(acc)
+    pick = (lambda t: (t[..., 0::2], t[..., 1::2])) if interleaved else (lambda t: t.chunk(2, dim=-1))
+    (x1, x2), (c1, c2), (s1, s2) = pick(xf), pick(c), pick(s)
+    if sign > 0:
+        y1, y2 = x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+    else:
+        y1, y2 = x1 * c1 + x2 * s2, x2 * c2 - x1 * s1
+    y = torch.stack((y1, y2), dim=-1).flatten(-2) if interleaved else torch.cat((y1, y2), dim=-1)
+    return torch.cat((y.to(x.dtype), x[..., r:]), dim=-1).contiguous()
+
+
+def _rotary_grad_reasons(cos, sin):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (cos, sin)):
+        return ["cos / sin require grad, but the fused kernels give them none (backend 'torch' does)"]
+    return []

@@ -200,6 +200,22 @@ class TritonBackend(Backend):
         return self._kernels("activation").act_bwd(dy, x, activation)
 
     @_on_inputs_device
+    def rotary_fwd(self, x, cos, sin, interleaved):
+        return self._kernels("rotary").rotary_fwd(x, cos, sin, interleaved)
+
+    @_on_inputs_device
+    def rotary_bwd(self, dy, cos, sin, interleaved):
+        return self._kernels("rotary").rotary_bwd(dy, cos, sin, interleaved)
+
+    def rotary_reasons(self, input, cos=None, sin=None, **_):
+        from .reference import _rotary_grad_reasons
+        reasons = _rotary_grad_reasons(cos, sin)
+        if input.numel() // max(input.size(-1), 1) > INT32_MAX:
+            reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the Triton kernel; got "
+                           f"{tuple(input.shape)}")
+        return reasons
+
+    @_on_inputs_device
     def gated_activation_fwd(self, gate, up, activation):
         return self._kernels("activation").gated_fwd(gate, up, activation)
 

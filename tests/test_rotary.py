@@ -1,0 +1,118 @@
+"""bigmodel.ops.rotary on CPU: the reference and torch backends and the Triton kernel under the interpreter, output
+and gradient against Hugging Face's composition (x * cos + rotate_half(x) * sin, GPT-J's pairs when interleaved,
+partial rotary) in fp64, by DESIGN.md's rule, on fresh random angles; broadcast shapes, layouts, bad input."""
+import pytest
+import torch
+
+import bigmodel
+from numerics import assert_close_by_rule, requires_interpreter
+
+BACKEND_DTYPES = [
+    pytest.param("reference", torch.float32, id="reference-fp32"),
+    pytest.param("reference", torch.float64, id="reference-fp64"),
+    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
+    pytest.param("torch", torch.float32, id="torch-fp32"),
+    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
+    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
+    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
+]
+
+
+def hf_rotary(x, cos, sin, interleaved=False):
+    """Written as Hugging Face (rotate_half) / GPT-J (rotate_every_two) do, partial rotary as Phi-3."""
+    r = cos.size(-1)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        rotated = torch.cat((-x_rot[..., r // 2:], x_rot[..., :r // 2]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+def tables(shape, r, interleaved, dtype):
+    """cos / sin of fresh random angles, duplicated over the pairs as the embeddings build them."""
+    theta = torch.randn(*shape, r // 2) * 3
+    emb = theta.repeat_interleave(2, -1) if interleaved else torch.cat((theta, theta), -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def check(backend, x, cos, sin, interleaved=False):
+    dy = torch.randn(x.shape).to(x.dtype)
+    runs = {}
+    for which, fn, cast in (("ours", lambda *a: bigmodel.ops.rotary(*a, interleaved=interleaved, backend=backend),
+                             lambda t: t),
+                            ("ref64", lambda *a: hf_rotary(*a, interleaved), lambda t: t.double()),
+                            ("lowp", lambda *a: hf_rotary(*a, interleaved), lambda t: t)):
+        leaf = cast(x.detach()).clone().requires_grad_(True)
+        xin = leaf if x.is_contiguous() else leaf.transpose(1, 2).contiguous().transpose(1, 2)
+        y = fn(xin, cast(cos), cast(sin))
+        y.backward(cast(dy))
+        runs[which] = (y.detach(), leaf.grad)
+    for i, name in enumerate(("y", "dx")):
+        ours, ref, lowp = (runs[w][i] for w in ("ours", "ref64", "lowp"))
+        assert ours.dtype == x.dtype and ours.shape == x.shape
+        assert_close_by_rule(name, ours, ref, lowp, "output" if name == "y" else "grad")
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["rotate_half", "interleaved"])
+@pytest.mark.parametrize("d,r", [(64, 64), (80, 80), (80, 32)], ids=["d64", "d80", "d80-partial32"])
+def test_rotary_matches_hugging_face(backend, dtype, interleaved, d, r):
+    B, H, L = 2, 3, 7
+    x = torch.randn(B, H, L, d).to(dtype)
+    cos, sin = tables((B, 1, L), r, interleaved, dtype)  # Hugging Face's (B, L, R) unsqueezed at the head dim
+    check(backend, x, cos, sin, interleaved)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
+@pytest.mark.parametrize("table_shape", [(9,), (1, 1, 9), (2, 3, 9)], ids=["(L,R)", "(1,1,L,R)", "(B,H,L,R)"])
+def test_rotary_broadcasts_cos_sin(backend, table_shape):
+    x = torch.randn(2, 3, 9, 32)
+    cos, sin = tables(table_shape, 32, False, torch.float32)
+    check(backend, x, cos, sin)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
+def test_rotary_non_contiguous_and_other_ranks(backend):
+    x = torch.randn(2, 6, 4, 64).transpose(1, 2)  # (B, H, L, D) view of (B, L, H, D) storage
+    cos, sin = tables((2, 1, 6), 64, False, torch.float32)
+    check(backend, x, cos, sin)
+    x3 = torch.randn(4, 6, 64)  # (H, L, D)
+    c3, s3 = tables((6,), 64, True, torch.float32)
+    torch.testing.assert_close(bigmodel.ops.rotary(x3, c3, s3, interleaved=True, backend=backend),
+                               hf_rotary(x3, c3, s3, True))
+
+
+def test_rotary_gives_cos_sin_a_gradient_on_torch_only():
+    x = torch.randn(1, 2, 5, 16)
+    cos, sin = (t.requires_grad_() for t in tables((5,), 16, False, torch.float32))
+    y = bigmodel.ops.rotary(x, cos, sin)  # auto: the kernels cannot, torch can
+    y.sum().backward()
+    assert cos.grad is not None and sin.grad is not None
+    with pytest.raises(bigmodel.backends.BackendUnavailable, match="cos / sin require grad"):
+        bigmodel.ops.rotary(x, cos, sin, backend="reference")
+
+
+def test_custom_op_passes_opcheck_and_compiles():
+    x = torch.randn(2, 3, 5, 16, requires_grad=True)
+    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    c4, s4 = cos.expand(2, 3, 5, 16), sin.expand(2, 3, 5, 16)
+    torch.library.opcheck(torch.ops.bigmodel.rotary.default, (x, c4, s4, False, "reference"))
+    fn = torch.compile(lambda x, c, s: bigmodel.ops.rotary(x, c, s, backend="reference"), fullgraph=True,
+                       backend="aot_eager")
+    torch.testing.assert_close(fn(x, cos, sin), hf_rotary(x, cos, sin))
+
+
+def test_bad_input():
+    x = torch.randn(2, 3, 5, 16)
+    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    with pytest.raises(ValueError, match=r"do not broadcast to x's \(\.\.\., L, R\)"):
+        bigmodel.ops.rotary(x, cos[:, :, :4], sin[:, :, :4])
+    with pytest.raises(ValueError, match="cos and sin must have one shape"):
+        bigmodel.ops.rotary(x, cos, sin[..., :8])
+    with pytest.raises(ValueError, match="must be even.*interleaved pairs need an even dim"):
+        bigmodel.ops.rotary(torch.randn(2, 3, 5, 15), cos[..., :15], sin[..., :15], interleaved=True)
+    with pytest.raises(ValueError, match=r"in \[2, x.size\(-1\) = 8\]"):
+        bigmodel.ops.rotary(x[..., :8], cos, sin)
+    with pytest.raises(TypeError, match="cos must have dtype"):
+        bigmodel.ops.rotary(x, cos.double(), sin.double())
