@@ -52,6 +52,18 @@ BACKEND_DTYPES = [
     pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
     pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
 ]
+# The newer ops (rms_norm, rotary, gated activations): the reference and torch backends at fp32 / fp64 / bf16, the
+# Triton kernels under the interpreter at fp32 / fp16 (bf16 dots do not run there).
+OP_BACKEND_DTYPES = [
+    pytest.param("reference", torch.float32, id="reference-fp32"),
+    pytest.param("reference", torch.float64, id="reference-fp64"),
+    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
+    pytest.param("torch", torch.float32, id="torch-fp32"),
+    pytest.param("torch", torch.float64, id="torch-fp64"),
+    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
+    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
+    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
+]
 
 
 def _max_abs(t: torch.Tensor) -> float:

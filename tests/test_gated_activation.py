@@ -6,17 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import assert_close_by_rule, randn_input, requires_interpreter
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, randn_input, requires_interpreter
 
-BACKEND_DTYPES = [
-    pytest.param("reference", torch.float32, id="reference-fp32"),
-    pytest.param("reference", torch.float64, id="reference-fp64"),
-    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
-]
+BACKEND_DTYPES = OP_BACKEND_DTYPES
 GATED = {
     "swiglu": (lambda g, u, b: bigmodel.ops.swiglu(g, u, backend=b), lambda g, u: F.silu(g) * u),
     "geglu": (lambda g, u, b: bigmodel.ops.geglu(g, u, backend=b), lambda g, u: F.gelu(g) * u),

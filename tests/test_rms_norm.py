@@ -8,18 +8,9 @@ import torch.nn.functional as F
 
 import bigmodel
 from bigmodel.kernels.layer_norm import MAX_FUSED_N
-from numerics import assert_close_by_rule, randn_input, requires_interpreter, with_layout
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, randn_input, requires_interpreter, with_layout
 
-BACKEND_DTYPES = [
-    pytest.param("reference", torch.float32, id="reference-fp32"),
-    pytest.param("reference", torch.float64, id="reference-fp64"),
-    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float64, id="torch-fp64"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=requires_interpreter),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=requires_interpreter),
-]
+BACKEND_DTYPES = OP_BACKEND_DTYPES
 KERNELS = [pytest.param("reference", id="reference"), pytest.param("triton", id="triton", marks=requires_interpreter)]
 
 
