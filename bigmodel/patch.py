@@ -1,4 +1,5 @@
 """bigmodel.patch(model): swap torch.nn (and Hugging Face activation) modules for their bigmodel drop-ins, in place."""
+import inspect
 import logging
 import sys
 
@@ -43,6 +44,25 @@ HF_GELUS = {"GELUActivation": "none", "NewGELUActivation": "tanh", "GELUTanh": "
             "FastGELUActivation": "tanh", "AccurateGELUActivation": "tanh"}
 
 
+def _one_input_forward(m: torch.nn.Module) -> bool:
+    """forward(self, x): exactly one argument, no extras (an optional second argument would be dropped)."""
+    try:
+        params = list(inspect.signature(type(m).forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _probe(m: torch.nn.Module, x: torch.Tensor):
+    """m(x) without gradients, or the exception's text (a look-alike may not take such an input)."""
+    try:
+        with torch.no_grad():
+            return m(x), None
+    except Exception as e:  # noqa: BLE001 - any failure means "not the module we replace"
+        return None, f"its forward failed on a probe input ({type(e).__name__}: {e})"
+
+
 def _rms_norm_by_structure(m: torch.nn.Module, backend):
     """Hugging Face style RMSNorm classes (LlamaRMSNorm, Qwen3RMSNorm, GemmaRMSNorm, ...), by what they are, not by
     model: a class named *RMSNorm with a 1-D `weight` and a float `variance_epsilon` or `eps`. Which formula the
@@ -56,13 +76,18 @@ def _rms_norm_by_structure(m: torch.nn.Module, backend):
         return None, "no float eps attribute (variance_epsilon or eps)"
     if any(True for _ in m.children()) or any(n != "weight" for n, _ in m.named_parameters()):
         return None, "has submodules or parameters besides weight"
+    if not _one_input_forward(m):
+        return None, "its forward takes other arguments than the input"
     if weight.device.type == "meta":
         return None, "on the meta device: its formula cannot be checked"
     n = weight.numel()
     generator = torch.Generator(device=weight.device).manual_seed(0)
     x = torch.randn(4, n, generator=generator, device=weight.device).to(weight.dtype) * 3 + 1
+    got, failed = _probe(m, x)
+    if failed:
+        return None, failed
     with torch.no_grad():
-        got = m(x).float()
+        got = got.float()
         w = weight.float()
         xf = x.float()
         normed = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
@@ -106,6 +131,8 @@ def _gated_mlp_by_structure(m: torch.nn.Module, backend):
     extra = {n for n, _ in m.named_children()} - set(linears) - {"act_fn", "activation_fn"}
     if extra:
         return None, f"has other submodules ({', '.join(sorted(extra))})"
+    if not _one_input_forward(m):
+        return None, "its forward takes other arguments than the input"
     down = m.down_proj
     if down.weight.device.type == "meta":
         return None, "on the meta device: its forward cannot be checked"
@@ -114,15 +141,17 @@ def _gated_mlp_by_structure(m: torch.nn.Module, backend):
 
     def build(m, backend):
         new = cls(d_model, d_ff, name, device="meta", backend=backend)
-        for a in linears:  # the same Linear modules: parameters, hooks and tied references kept
+        for a in linears:  # the same Linear modules: parameters and tied references kept (hooks: see the module)
             setattr(new, a, getattr(m, a))
         return new
 
     x = torch.randn(3, d_model, generator=torch.Generator(device=down.weight.device).manual_seed(0),
                     device=down.weight.device).to(down.weight.dtype)
-    probe = build(m, "torch")
-    with torch.no_grad():
-        got, want = m(x).float(), probe(x).float()
+    got, failed = _probe(m, x)
+    want, failed_ours = _probe(build(m, "torch"), x)
+    if failed or failed_ours:
+        return None, failed or failed_ours
+    got, want = got.float(), want.float()
     tol = 1e-4 if down.weight.dtype in (torch.float32, torch.float64) else 3e-2
     if got.shape != want.shape or (got - want).abs().max() > tol * want.abs().max().clamp_min(1e-6):
         return None, "its forward is not down(act(gate(x)) * up(x)) (extra behaviour)"

@@ -136,13 +136,27 @@ def test_look_alike_rms_norms_are_left_alone_with_a_reason():
             super().__init__(n)
             self.eps = self.epsilon
 
-    model = torch.nn.Sequential(BiasRMSNorm(8), EpsilonRMSNorm(8), PlainRMSNorm(8))
+    class ResidualRMSNorm(PlainRMSNorm):  # an extra (optional) argument the replacement would drop
+        def forward(self, x, residual=None):
+            return super().forward(x if residual is None else x + residual)
+
+    class FussyRMSNorm(PlainRMSNorm):  # a forward that fails on a 2-D probe input
+        def forward(self, x):
+            if x.dim() != 3:
+                raise ValueError("expects (B, L, D)")
+            return super().forward(x)
+
+    model = torch.nn.Sequential(BiasRMSNorm(8), EpsilonRMSNorm(8), PlainRMSNorm(8), ResidualRMSNorm(8),
+                                FussyRMSNorm(8))
     bigmodel.patch(model, backend="reference")
     assert type(model[0]) is BiasRMSNorm and type(model[1]) is EpsilonRMSNorm
     assert type(model[2]) is bigmodel.nn.RMSNorm
+    assert type(model[3]) is ResidualRMSNorm and type(model[4]) is FussyRMSNorm
     assert model.bigmodel_patched == {"PlainRMSNorm": 1}
     assert "extra behaviour" in model.bigmodel_skipped["BiasRMSNorm"]
     assert "eps attribute" in model.bigmodel_skipped["EpsilonRMSNorm"]
+    assert "other arguments" in model.bigmodel_skipped["ResidualRMSNorm"]
+    assert "failed on a probe input (ValueError: expects (B, L, D))" in model.bigmodel_skipped["FussyRMSNorm"]
 
 
 def test_torch_rms_norm_is_replaced_too():

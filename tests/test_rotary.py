@@ -75,6 +75,15 @@ def test_rotary_non_contiguous_and_other_ranks(backend):
                                hf_rotary(x3, c3, s3, True))
 
 
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
+def test_rotary_tables_with_any_strides(backend):
+    x = torch.randn(2, 3, 5, 16)
+    cos, sin = tables((5,), 16, False, torch.float32)
+    cos_t, sin_t = cos.t().contiguous().t(), sin.t().contiguous().t()  # the same values with strides (1, 5)
+    assert cos_t.stride(-1) != 1
+    torch.testing.assert_close(bigmodel.ops.rotary(x, cos_t, sin_t, backend=backend), hf_rotary(x, cos, sin))
+
+
 def test_rotary_gives_cos_sin_a_gradient_on_torch_only():
     x = torch.randn(1, 2, 5, 16)
     cos, sin = (t.requires_grad_() for t in tables((5,), 16, False, torch.float32))

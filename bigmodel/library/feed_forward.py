@@ -13,7 +13,7 @@ from torch import Tensor
 from .. import backends
 from . import _empty_grad, autocast_off
 
-SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh")
+SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh", "silu")  # as kernels/linear_act.py
 
 
 # ------------------------------------------------------------------------------------------ linear_act
@@ -72,6 +72,8 @@ def _linear_act_empty_fwd(x, weight, bias, activation):
         y = torch.nn.functional.gelu(z, approximate="tanh")
     elif activation == "relu":
         y = torch.relu(z)
+    elif activation == "silu":
+        y = torch.nn.functional.silu(z)
     else:
         y = z
     return y.to(x.dtype), z.to(x.dtype) if activation in SAVES_PRE_ACTIVATION else None
@@ -82,7 +84,9 @@ def _linear_act_empty_bwd(grad_y, x, weight, saved, y, activation, has_bias):
     db = rowsum(dz)."""
     acc = _acc(x)
     dz = grad_y.to(acc)
-    if activation in SAVES_PRE_ACTIVATION and dz.numel():
+    if activation == "silu" and dz.numel():
+        dz = torch.ops.aten.silu_backward(dz, saved.to(acc))
+    elif activation in SAVES_PRE_ACTIVATION and dz.numel():
         approximate = "tanh" if activation == "gelu_tanh" else "none"
         dz = torch.ops.aten.gelu_backward(dz, saved.to(acc), approximate=approximate)
     elif activation == "relu":

@@ -44,7 +44,8 @@ class FeedForward(torch.nn.Module):
 class GatedFeedForward(torch.nn.Module):
     """The gated MLP of Llama / Mistral / Qwen (activation "silu") and Gemma ("gelu_tanh"):
     down_proj(act(gate_proj(x)) * up_proj(x)), with Hugging Face's parameter names (a Llama MLP's state_dict
-    loads). act(g) * u runs fused, forward and backward (ops.gated_feed_forward / ops.swiglu)."""
+    loads). act(g) * u runs fused, forward and backward (ops.gated_feed_forward / ops.swiglu); with biases or hooks
+    on the Linears, they are called as modules."""
 
     def __init__(self, d_model, d_ff, activation="silu", bias=False, device=None, dtype=None, *, backend=None):
         super().__init__()
@@ -54,7 +55,8 @@ class GatedFeedForward(torch.nn.Module):
         self.activation, self.backend = activation, backend
 
     def forward(self, x):  # (..., d_model)
-        if self.gate_proj.bias is None and self.up_proj.bias is None and self.down_proj.bias is None:
+        linears = (self.gate_proj, self.up_proj, self.down_proj)
+        if all(m.bias is None and not m._forward_hooks and not m._forward_pre_hooks for m in linears):
             return ops.gated_feed_forward(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
                                           self.activation, backend=self.backend)
         return self.down_proj(gated("gated_feed_forward", self.gate_proj(x), self.up_proj(x), self.activation,

@@ -21,8 +21,8 @@ def _check(op, input, normalized_shape, weight, eps, residual=None):
     _checks.check_shape(op, "weight", weight, shape, " (= normalized_shape)")
     _checks.check_dtype_in(op, "weight", weight, (input.dtype, torch.float32), f"the input is {input.dtype}")
     _checks.check_same_device(op, "input", input, residual=residual, weight=weight)
-    if eps is None:  # F.rms_norm's default: the input dtype's machine epsilon
-        eps = torch.finfo(input.dtype).eps
+    if eps is None:  # F.rms_norm's default: the machine epsilon of the dtype it computes in (fp32 for 16-bit input)
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     _checks.check_eps(op, eps)
     return shape, float(eps)
 

@@ -50,6 +50,9 @@ def rotary(x, cos, sin, *, interleaved=False, backend=None):
         return impl.rotary(x, cos, sin, interleaved)
     x4 = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x.reshape(1, 1, *x.shape)  # (B, H, L, D)
     x4 = x4 if x4.stride(-1) == 1 else x4.contiguous()
-    c4, s4 = (t.expand(target).reshape(x4.shape[:-1] + (r,)) for t in (cos, sin))  # views unless ranks > 4 merge
+    # Views (stride 0 on broadcast dims) with a unit last stride, which the kernel assumes; x of rank > 4 with
+    # tables that cannot merge its leading dims gets copies of them.
+    c4, s4 = (t.expand(target).reshape(x4.shape[:-1] + (r,)) for t in (cos, sin))
+    c4, s4 = (t if t.stride(-1) == 1 else t.contiguous() for t in (c4, s4))
     y = torch.ops.bigmodel.rotary(x4, c4, s4, interleaved, impl.name)
     return y.view(x.shape)
