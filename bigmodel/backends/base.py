@@ -36,6 +36,13 @@ def mask_grad_reasons(attn_mask) -> list[str]:
     return []
 
 
+def rotary_grad_reasons(cos, sin) -> list[str]:
+    """The custom-op backends give rotary's cos / sin no gradient; the "torch" composition does."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (cos, sin)):
+        return ["cos / sin require grad, but the fused kernels give them none (backend 'torch' does)"]
+    return []
+
+
 class BackendUnavailable(RuntimeError):
     """Raised when the requested backend (or, under auto, every backend) cannot run the given inputs."""
 

@@ -6,7 +6,7 @@ calling autograd, so the tests check the math against torch's own autograd in fp
 """
 import torch
 
-from .base import Backend, mask_grad_reasons
+from .base import Backend, mask_grad_reasons, rotary_grad_reasons
 from .pytorch import activate as _act  # act(z) by name; the derivatives below are written out
 
 
@@ -78,7 +78,7 @@ class ReferenceBackend(Backend):
         return _rotate(dy, cos, sin, interleaved, sign=-1.0)
 
     def rotary_reasons(self, cos=None, sin=None, **_):
-        return _rotary_grad_reasons(cos, sin)
+        return rotary_grad_reasons(cos, sin)
 
     # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
     # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
@@ -221,9 +221,3 @@ def _rotate(x, cos, sin, interleaved, sign):
         y1, y2 = x1 * c1 + x2 * s2, x2 * c2 - x1 * s1
     y = torch.stack((y1, y2), dim=-1).flatten(-2) if interleaved else torch.cat((y1, y2), dim=-1)
     return torch.cat((y.to(x.dtype), x[..., r:]), dim=-1).contiguous()
-
-
-def _rotary_grad_reasons(cos, sin):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (cos, sin)):
-        return ["cos / sin require grad, but the fused kernels give them none (backend 'torch' does)"]
-    return []

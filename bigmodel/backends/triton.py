@@ -12,7 +12,7 @@ import torch
 
 from bigmodel.kernels.limits import attention_limits_reasons  # plain Python: traceable, no triton import
 
-from .base import Backend, mask_grad_reasons, trace_constant
+from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
 
 INT32_MAX = 2**31 - 1  # CUDA's grid axis 0 limit, and the reach of a 32-bit program index
 MIN_CAPABILITY = (7, 5)  # Triton 3.x compiles for sm_75 and newer
@@ -208,8 +208,7 @@ class TritonBackend(Backend):
         return self._kernels("rotary").rotary_bwd(dy, cos, sin, interleaved)
 
     def rotary_reasons(self, input, cos=None, sin=None, **_):
-        from .reference import _rotary_grad_reasons
-        reasons = _rotary_grad_reasons(cos, sin)
+        reasons = rotary_grad_reasons(cos, sin)
         if input.numel() // max(input.size(-1), 1) > INT32_MAX:
             reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the Triton kernel; got "
                            f"{tuple(input.shape)}")
