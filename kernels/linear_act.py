@@ -1,6 +1,6 @@
 """Linear layer with a fused bias + activation epilogue in Triton: forward and backward.
 
-Shapes: x (M, K), W (N, K), b (N,), y (M, N); act in "gelu", "gelu_tanh", "relu", "none" (math in activation.py).
+Shapes: x (M, K), W (N, K), b (N,), y (M, N); act in "gelu", "gelu_tanh", "relu", "silu", "none" (math in activation.py).
 Forward, one tiled GEMM with fp32 accumulation; bias and activation applied to the accumulator in registers:
     z = x W^T + b,   y = act(z)
 Backward, with dz = dy * act'(z):
@@ -14,7 +14,7 @@ loop and across rows once after it (no shuffles per iteration); every column of 
 fixed order: deterministic, no atomics.
 
 What the backward reads to get act'(z):
-  gelu / gelu_tanh: the pre-activation z, written by the forward (one extra M x N store). Recomputing it instead
+  gelu / gelu_tanh / silu: the pre-activation z, written by the forward (one extra M x N store). Recomputing it instead
       would cost a second forward GEMM (2 M N K flops) to save M N elements of memory traffic -- at transformer
       sizes (K in the thousands) the extra write is hundreds of times cheaper.
   relu: the output y (y > 0 exactly where z > 0), nothing saved.    none: nothing.

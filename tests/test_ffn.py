@@ -13,7 +13,7 @@ import bigmodel
 from numerics import BACKEND_DTYPES, BACKENDS_CPU, assert_close_by_rule
 
 TORCH_ACT = {"gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "relu": F.relu,
-             None: lambda z: z}
+             "silu": F.silu, None: lambda z: z}
 
 
 def compare(ours_fn, torch_fn, inputs, dtype, grad_out=None):
@@ -34,7 +34,7 @@ def compare(ours_fn, torch_fn, inputs, dtype, grad_out=None):
 
 # ------------------------------------------------------------------------------------------ linear_act
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
-@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", None])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu", None])
 @pytest.mark.parametrize("shape,n,bias", [((1, 16), 16, True), ((37, 48), 96, True), ((2, 5, 40), 24, False)],
                          ids=["1x16x16", "37x48x96", "3d-no-bias"])
 def test_linear_act(backend, dtype, activation, shape, n, bias):
@@ -115,7 +115,7 @@ def test_softmax_minus_inf_like_torch(backend, dtype):
 @pytest.mark.parametrize("call,match", [
     (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 7)), r"weight must have shape \(out_features, 8\)"),
     (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 8), torch.randn(5)), r"bias must have shape \(4,\)"),
-    (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 8), activation="silu"), r"activation must be one of .*got 'silu'"),
+    (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 8), activation="swish"), r"activation must be one of .*got 'swish'"),
     (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 8).half()), r"weight must have the input's dtype torch.float32; got torch.float16"),
     (lambda: bigmodel.ops.linear_act(torch.randn(2, 8).int(), torch.randn(4, 8)), r"input must have dtype .*; got int32"),
     (lambda: bigmodel.ops.linear_act(torch.randn(2, 8), torch.randn(4, 8, device="meta")), r"weight is on meta but input is on cpu"),
@@ -134,7 +134,7 @@ def test_bad_input(call, match):
 
 # ------------------------------------------------------------------------------------------ custom ops
 @pytest.mark.parametrize("backend", BACKENDS_CPU)
-@pytest.mark.parametrize("activation", ["gelu", "relu", "none"])
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu", "none"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_opcheck_linear_act(backend, activation, bias):
     x, w = torch.randn(9, 16, requires_grad=True), torch.randn(12, 16, requires_grad=True)

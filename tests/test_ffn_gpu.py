@@ -12,7 +12,7 @@ pytestmark = pytest.mark.cuda
 
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
           pytest.param(torch.bfloat16, id="bf16")]
-TORCH_ACT = {"gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "relu": F.relu,
+TORCH_ACT = {"gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "relu": F.relu, "silu": F.silu,
              None: lambda z: z}
 
 
@@ -37,7 +37,7 @@ def compare(ours_fn, torch_fn, inputs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", None])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu", None])
 @pytest.mark.parametrize("m,k,n", [(8192, 768, 3072), (4096, 1024, 4096), (1000, 200, 300)], ids=str)
 def test_linear_act_gpu(backend, dtype, activation, m, k, n):
     x = torch.randn(m, k, device="cuda")
@@ -65,11 +65,12 @@ def test_softmax_gpu(backend, dtype, rows, cols):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_activation_gpu(backend, dtype, name):
     ours = {"gelu": lambda x: bigmodel.ops.gelu(x, backend=backend),
             "gelu_tanh": lambda x: bigmodel.ops.gelu(x, "tanh", backend=backend),
-            "relu": lambda x: bigmodel.ops.relu(x, backend=backend)}[name]
+            "relu": lambda x: bigmodel.ops.relu(x, backend=backend),
+            "silu": lambda x: bigmodel.ops.silu(x, backend=backend)}[name]
     compare(ours, TORCH_ACT[name], (torch.randn(16384, 4097, device="cuda") * 3,), dtype)
 
 

@@ -15,6 +15,7 @@ TORCH_ACT = {
     "gelu": F.gelu,
     "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
     "none": lambda t: t,
 }
 

@@ -106,19 +106,19 @@ class ReferenceBackend(Backend):
         dk = scale * ds.transpose(-1, -2) @ q.to(acc)
         return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
 
-    # ---- linear_act (x (M, K), weight (N, K)), gelu / relu, softmax over the last dim of (M, N)
+    # ---- linear_act (x (M, K), weight (N, K)), gelu / relu / silu, softmax over the last dim of (M, N)
     def linear_act_fwd(self, x, weight, bias, activation):
         acc = _acc_dtype(x)
         z = x.to(acc) @ weight.to(acc).t()
         if bias is not None:
             z = z + bias.to(acc)
         y = _act(z, activation).to(x.dtype)
-        return y, z.to(x.dtype) if activation in ("gelu", "gelu_tanh") else None
+        return y, z.to(x.dtype) if activation in ("gelu", "gelu_tanh", "silu") else None
 
     def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
         acc = _acc_dtype(x)
         dz = dy.to(acc)
-        if activation in ("gelu", "gelu_tanh"):
+        if activation in ("gelu", "gelu_tanh", "silu"):
             dz = dz * _act_grad(saved.to(acc), activation)
         elif activation == "relu":
             dz = dz * (y > 0)

@@ -6,8 +6,8 @@ from ..ops.feed_forward import _activation_name
 
 
 class Linear(torch.nn.Linear):
-    """`torch.nn.Linear` with an optional fused activation: y = act(x W^T + b), act in "gelu", "gelu_tanh", "relu"
-    or None. Same constructor (plus `activation`), parameters and state_dict as torch.nn.Linear."""
+    """`torch.nn.Linear` with an optional fused activation: y = act(x W^T + b), act in "gelu", "gelu_tanh", "relu",
+    "silu" or None. Same constructor (plus `activation`), parameters and state_dict as torch.nn.Linear."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, activation=None,
                  backend=None):

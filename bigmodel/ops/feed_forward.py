@@ -9,12 +9,12 @@ from .. import backends
 from ..library import row_view
 from . import _checks
 
-ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "relu": "relu", None: "none"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", None: "none"}
 
 
 def _activation_name(op: str, activation) -> str:
     if activation not in ACTIVATIONS:
-        raise ValueError(f"bigmodel.ops.{op}: activation must be one of 'gelu', 'gelu_tanh', 'relu' or None; "
+        raise ValueError(f"bigmodel.ops.{op}: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu' or None; "
                          f"got {activation!r}")
     return ACTIVATIONS[activation]
 
@@ -40,7 +40,8 @@ def _check_layer(op: str, x, in_features: int, in_what: str, w_name: str, weight
 
 
 def linear_act(input, weight, bias=None, activation="gelu", *, backend=None):
-    """`act(F.linear(input, weight, bias))` in one fused op; activation "gelu" (erf), "gelu_tanh", "relu" or None.
+    """`act(F.linear(input, weight, bias))` in one fused op; activation "gelu" (erf), "gelu_tanh", "relu", "silu" or
+    None.
 
     input (..., in_features), weight (out_features, in_features), bias (out_features,) or None, one dtype.
     The backward forms dz = grad_output * act'(z) once for the dX and dW GEMMs, and sums the bias gradient with dW.
@@ -57,7 +58,7 @@ def _linear_act(x, weight, bias, act, backend_name):
     rows = _checks.rows_like(x, x.size(-1), x.numel() // x.size(-1) if x.size(-1) else math.prod(x.shape[:-1]))
     impl = backends.select("linear_act", backend_name, training=_checks.needs_grad(x, weight, bias),
                            trial=lambda b, fresh: _linear_act(fresh(x), fresh(weight), fresh(bias), act, b),
-                           input=rows, weight=weight, bias=bias)
+                           input=rows, weight=weight, bias=bias, activation=act)
     if impl.name == "torch":
         return impl.linear_act(x, weight, bias, act)
     y, _saved = torch.ops.bigmodel.linear_act(row_view(x, x.size(-1)), weight.contiguous(),
