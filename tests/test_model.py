@@ -1,7 +1,8 @@
 """bigmodel.models: TransformerConfig validation and presets; the Transformer's forward, training, KV-cache
-generation, masks and variants (encoder, post-norm, sinusoidal, GQA) on the torch backend; the same model on Triton
+generation, masks and variants (encoder, post-norm, sinusoidal, GQA, Llama: RMSNorm + rotary + SwiGLU) on the torch
+backend (tests/test_model_llama.py: the Llama variant against Hugging Face's); the same model on Triton
 under the interpreter (tiny) agreeing with an fp64 run; torch.compile without graph breaks; and (cuda-marked) bf16
-agreement of the kernel backends at GPT-2-small width."""
+agreement of the kernel backends at GPT-2-small and Llama-3.2-1B width."""
 import math
 
 import pytest
@@ -55,8 +56,17 @@ def tokens(config, batch, length):
     (dict(d_ff=0), r"d_ff must be a positive int; got 0"),
     (dict(n_kv_heads=0), r"n_kv_heads must be a positive int; got 0"),
     (dict(activation="swish"), r"activation must be one of 'gelu', 'gelu_tanh', 'relu'; got 'swish'"),
-    (dict(norm="sandwich"), r"norm must be one of 'pre', 'post'; got 'sandwich'"),
-    (dict(positional="rope"), r"positional must be one of 'learned', 'sinusoidal'; got 'rope'"),
+    (dict(norm="sandwich"), r"norm must be one of 'pre', 'post', 'rms'; got 'sandwich'"),
+    (dict(positional="rope"), r"positional must be one of 'learned', 'sinusoidal', 'rotary'; got 'rope'"),
+    (dict(mlp="moe"), r"mlp must be one of 'dense', 'swiglu', 'geglu'; got 'moe'"),
+    (dict(d_model=36, n_heads=4, positional="rotary"), r"positional='rotary' needs an even head dim \(d_model // "
+                                                       r"n_heads, rotated in pairs\); got 36 // 4 = 9"),
+    (dict(positional="rotary", rope_theta=0.0), r"rope_theta must be a finite number > 0; got 0.0"),
+    (dict(rope_theta=float("inf")), r"rope_theta must be a finite number > 0; got inf"),
+    (dict(rope_theta=True), r"rope_theta must be a finite number > 0; got True"),
+    (dict(mlp="geglu", activation="relu"), r"mlp='geglu' gates with activation 'gelu' or 'gelu_tanh'; got "
+                                           r"activation='relu'"),
+    (dict(norm="rms", positional="rotary", mlp="swiglu", n_kv_heads=1, rope_theta=500000), None),  # valid: Llama
     (dict(dropout=1.0), r"dropout must be a float in \[0, 1\); got 1.0"),
     (dict(dropout=-0.1), r"dropout must be a float in \[0, 1\); got -0.1"),
     (dict(backend="cudnn"), r"backend must be one of .*'triton'.*; got 'cudnn'"),
@@ -77,7 +87,8 @@ def test_config_defaults_and_presets():
     assert (config.n_kv_heads, config.d_ff, config.head_dim) == (8, 256, 8)
     tiny = TransformerConfig.from_preset("tiny", n_layers=2)
     assert (tiny.vocab_size, tiny.d_model, tiny.n_layers) == (256, 128, 2)
-    with pytest.raises(ValueError, match="unknown preset 'gpt5'; choose one of tiny, gpt2-small, bert-base"):
+    with pytest.raises(ValueError, match="unknown preset 'gpt5'; choose one of tiny, gpt2-small, bert-base, llama, "
+                                         "llama-tiny"):
         TransformerConfig.from_preset("gpt5")
     with pytest.raises(TypeError, match="unknown field.*n_layer"):
         TransformerConfig.from_preset("tiny", n_layer=2)
@@ -134,6 +145,8 @@ VARIANTS = {
     "post-norm": dict(norm="post"),
     "sinusoidal": dict(positional="sinusoidal"),
     "relu-nobias-dropout": dict(activation="relu", bias=False, dropout=0.1),
+    "llama": dict(norm="rms", positional="rotary", mlp="swiglu", n_kv_heads=2, bias=False),
+    "rotary-geglu-post-dropout": dict(positional="rotary", mlp="geglu", norm="post", dropout=0.1),
 }
 
 
@@ -203,7 +216,7 @@ def test_self_attention_matches_sdpa():
 
 
 # ------------------------------------------------------------------------------------------ KV cache
-@pytest.mark.parametrize("variant", ["gpt", "gqa", "post-norm"])
+@pytest.mark.parametrize("variant", ["gpt", "gqa", "post-norm", "llama"])
 def test_chunked_prefill_matches_full_forward(variant):
     """Query blocks at an offset see keys up to their own position (bottom-right alignment), padding included."""
     model = scramble(Transformer(small_config(**VARIANTS[variant]))).eval()
@@ -229,7 +242,8 @@ def greedy_without_cache(model, ids, new_tokens):
 
 @pytest.mark.parametrize("backend,batch,variant", [
     ("reference", 1, "gpt"), ("reference", 3, "gqa"), ("reference", 2, "mqa-untied"), ("reference", 2, "sinusoidal"),
-    ("reference", 2, "post-norm"), pytest.param("triton", 2, "gqa", marks=requires_interpreter)])
+    ("reference", 2, "post-norm"), ("reference", 2, "llama"),
+    pytest.param("triton", 2, "gqa", marks=requires_interpreter)])
 def test_generate_with_cache_equals_full_recompute(backend, batch, variant):
     model = scramble(Transformer(small_config(backend=backend, **VARIANTS[variant]))).eval()
     prompt = tokens(model.config, batch, 5)
@@ -281,7 +295,7 @@ def train(model, steps, batch, length, lr, random_phase=True):
     return losses
 
 
-@pytest.mark.parametrize("variant", ["gpt", "post-norm", "sinusoidal"])
+@pytest.mark.parametrize("variant", ["gpt", "post-norm", "sinusoidal", "llama"])
 def test_trains_on_torch(variant):
     model = Transformer(small_config(vocab_size=8, **VARIANTS[variant]))
     losses = train(model, steps=40, batch=8, length=16, lr=1e-2)
@@ -310,9 +324,10 @@ def run_step(model, ids, mask, targets):
 
 
 @requires_interpreter
-@pytest.mark.parametrize("variant", ["gqa", "encoder-post"])
+@pytest.mark.parametrize("variant", ["gqa", "encoder-post", "llama"])
 def test_triton_agrees_with_fp64_torch(variant):
-    overrides = dict(n_kv_heads=2) if variant == "gqa" else dict(causal=False, norm="post")
+    overrides = {"gqa": dict(n_kv_heads=2), "encoder-post": dict(causal=False, norm="post"),
+                 "llama": VARIANTS["llama"]}[variant]
     model = scramble(Transformer(small_config(n_layers=1, max_seq_len=16, **overrides)))
     ids, targets = tokens(model.config, 2, 12), tokens(model.config, 2, 12)
     mask = torch.ones(2, 12, dtype=torch.bool)
@@ -337,12 +352,17 @@ def test_set_backend_reaches_every_module():
     model(tokens(model.config, 1, 4))
     with pytest.raises(ValueError, match="expected one of"):
         model.set_backend("tpu")
+    llama = Transformer(small_config(**VARIANTS["llama"])).set_backend("torch")
+    with_backend = [m for m in llama.modules() if hasattr(m, "backend")]
+    assert len(with_backend) == 2 * 6 + 2  # per block 2 RMSNorms, attention + its 2 Linears, the gated MLP
+    assert all(m.backend == "torch" for m in with_backend)
 
 
 # ------------------------------------------------------------------------------------------ torch.compile
-def test_compile_fullgraph_no_graph_break():
+@pytest.mark.parametrize("variant", ["gqa", "llama"])
+def test_compile_fullgraph_no_graph_break(variant):
     torch._dynamo.reset()
-    model = scramble(Transformer(small_config(n_layers=1, n_kv_heads=2)))
+    model = scramble(Transformer(small_config(n_layers=1, **{**VARIANTS[variant], "n_kv_heads": 2})))
     ids, targets = tokens(model.config, 2, 8), tokens(model.config, 2, 8)
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[1, 6:] = False
@@ -378,6 +398,23 @@ def test_gpu_backends_agree_bf16_gpt2_width():
     ref_logits, ref_grads = run_step(model.double().set_backend("reference"), ids, None, targets)
     lowp_logits, lowp_grads = run_step(model.bfloat16().set_backend("reference"), ids, None, targets)
     assert gpu_backends(), bigmodel.available_backends()
+    for backend in gpu_backends():
+        logits, grads = run_step(model.set_backend(backend), ids, None, targets)
+        assert_close_by_rule(f"{backend} logits", logits, ref_logits, lowp_logits, "output")
+        for name in ref_grads:
+            assert_close_by_rule(f"{backend} grad {name}", grads[name], ref_grads[name], lowp_grads[name], "grad")
+
+
+@pytest.mark.cuda
+def test_gpu_backends_agree_bf16_llama_width():
+    """The llama preset's width (2048, 32 query / 8 key-value heads of 64, SwiGLU 8192, rotary) at seq 2048, 2 blocks,
+    a 32k vocabulary: the same rule as above."""
+    config = TransformerConfig.from_preset("llama", n_layers=2, vocab_size=32768)
+    model = scramble(Transformer(config)).cuda().bfloat16()
+    ids = torch.randint(0, config.vocab_size, (1, 2048), device="cuda")
+    targets = torch.randint(0, config.vocab_size, (1, 2048), device="cuda")
+    ref_logits, ref_grads = run_step(model.double().set_backend("reference"), ids, None, targets)
+    lowp_logits, lowp_grads = run_step(model.bfloat16().set_backend("reference"), ids, None, targets)
     for backend in gpu_backends():
         logits, grads = run_step(model.set_backend(backend), ids, None, targets)
         assert_close_by_rule(f"{backend} logits", logits, ref_logits, lowp_logits, "output")

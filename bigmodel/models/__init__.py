@@ -1,9 +1,10 @@
-"""bigmodel.models: a GPT / BERT-style Transformer built only from bigmodel.nn modules.
+"""bigmodel.models: a GPT / BERT / Llama-style Transformer built only from bigmodel.nn modules.
 
     from bigmodel.models import Transformer, TransformerConfig
     model = Transformer(TransformerConfig.from_preset("tiny"))
 """
 from .config import PRESETS, TransformerConfig
-from .transformer import Block, KVCache, SinusoidalEmbedding, Transformer
+from .transformer import Block, KVCache, RotaryEmbedding, RotarySelfAttention, SinusoidalEmbedding, Transformer
 
-__all__ = ["Block", "KVCache", "PRESETS", "SinusoidalEmbedding", "Transformer", "TransformerConfig"]
+__all__ = ["Block", "KVCache", "PRESETS", "RotaryEmbedding", "RotarySelfAttention", "SinusoidalEmbedding",
+           "Transformer", "TransformerConfig"]

@@ -1,27 +1,40 @@
 """TransformerConfig: every size and switch of bigmodel.models.Transformer, checked when it is built."""
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from ..backends import NAMES as BACKEND_NAMES
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-NORMS = ("pre", "post")
-POSITIONALS = ("learned", "sinusoidal")
+NORMS = ("pre", "post", "rms")
+POSITIONALS = ("learned", "sinusoidal", "rotary")
+MLPS = ("dense", "swiglu", "geglu")
 
 
 @dataclass
 class TransformerConfig:
-    """Defaults are GPT-2 small (vocab padded to 50304, a multiple of 64, as nanoGPT).
+    """Defaults are GPT-2 small (vocab padded to 50304, a multiple of 64, as nanoGPT); the "llama" preset is Llama.
 
     n_kv_heads: key/value heads for grouped-query attention; None = n_heads (plain multi-head attention).
     d_ff: the MLP's hidden size; None = 4 * d_model.
     causal: True = decoder / GPT (each token sees the past), False = encoder / BERT (sees every token).
-    norm: "pre" (GPT-2: LayerNorm before each sublayer, one more at the end) or "post" (BERT: after each residual
-        sum, one on the embeddings).
-    positional: "learned" position embeddings (GPT-2, BERT) or fixed "sinusoidal" ones (Vaswani et al.).
-    dropout: on the embeddings, the attention probabilities, the attention output and the MLP's hidden layer.
+    activation: the dense MLP's ("gelu", "gelu_tanh", "relu"); with mlp="geglu", which GELU gates ("gelu" or
+        "gelu_tanh", Gemma's); unused by mlp="swiglu" (always SiLU).
+    norm: "pre" (GPT-2: LayerNorm before each sublayer, one more at the end), "post" (BERT: LayerNorm after each
+        residual sum, one on the embeddings) or "rms" (Llama: pre-norm placement with RMSNorm, no bias; the attention
+        residual's add is fused into the second norm, bigmodel.ops.add_rms_norm).
+    positional: "learned" position embeddings (GPT-2, BERT), fixed "sinusoidal" ones (Vaswani et al.) or "rotary"
+        (RoPE, Llama: q and k rotated inside attention, Hugging Face's rotate_half convention; needs an even head_dim).
+    rope_theta: the rotary base: pair i of a head turns by position * rope_theta^(-2i / head_dim) (Llama 2: 10000,
+        Llama 3: 500000; Llama 3's long-context rope_scaling is not implemented).
+    mlp: "dense" (Linear - activation - Linear, GPT-2 / BERT), "swiglu" (Llama's gated MLP: down(silu(gate(x)) *
+        up(x)), bigmodel.nn.GatedFeedForward) or "geglu" (the same with GELU, see activation).
+    dropout: on the embeddings, the attention probabilities, the attention output and the MLP's hidden layer
+        (gated MLPs: on their output).
     tied_embeddings: the LM head reuses the token embedding matrix.
+    bias: biases in every Linear (and LayerNorm); RMSNorm has none.
+    layer_norm_eps: the eps of every norm, LayerNorm or RMSNorm (Llama's rms_norm_eps).
     backend: for every bigmodel module of the model: "triton", "cuda", "torch", "reference", "auto" or None (the process-wide
         choice; see bigmodel.backends).
     """
@@ -38,6 +51,8 @@ class TransformerConfig:
     dropout: float = 0.0
     norm: str = "pre"
     positional: str = "learned"
+    rope_theta: float = 10000.0
+    mlp: str = "dense"
     tied_embeddings: bool = True
     bias: bool = True
     layer_norm_eps: float = 1e-5
@@ -62,10 +77,20 @@ class TransformerConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("positional", self.positional, POSITIONALS)
+        _check_choice("mlp", self.mlp, MLPS)
         _check_choice("backend", self.backend, (*BACKEND_NAMES, None))
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"TransformerConfig: positional='sinusoidal' needs an even d_model (sin/cos pairs); "
                              f"got {self.d_model}")
+        if self.positional == "rotary" and self.head_dim % 2:
+            raise ValueError(f"TransformerConfig: positional='rotary' needs an even head dim (d_model // n_heads, "
+                             f"rotated in pairs); got {self.d_model} // {self.n_heads} = {self.head_dim}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) \
+                or not math.isfinite(self.rope_theta) or self.rope_theta <= 0:
+            raise ValueError(f"TransformerConfig: rope_theta must be a finite number > 0; got {self.rope_theta!r}")
+        if self.mlp == "geglu" and self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"TransformerConfig: mlp='geglu' gates with activation 'gelu' or 'gelu_tanh'; got "
+                             f"activation={self.activation!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerConfig: dropout must be a float in [0, 1); got {self.dropout!r}")
@@ -94,6 +119,16 @@ PRESETS = {
                        activation="gelu_tanh"),
     "bert-base": dict(vocab_size=30522, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_seq_len=512,
                       causal=False, norm="post", activation="gelu", layer_norm_eps=1e-12),
+    # Llama 3.2 1B's shape (1.24B parameters, tied): grouped-query attention (32 query heads of 64, 8 key/value
+    # heads), rotary positions, RMSNorm, SwiGLU, no biases. max_seq_len is Llama 3's 8192 (3.2 reaches 128k by
+    # rope_scaling, which this model does not implement).
+    "llama": dict(vocab_size=128256, d_model=2048, n_heads=32, n_kv_heads=8, n_layers=16, d_ff=8192,
+                  max_seq_len=8192, norm="rms", positional="rotary", rope_theta=500000.0, mlp="swiglu", bias=False,
+                  tied_embeddings=True, layer_norm_eps=1e-5),
+    # The same structure, byte-level and small enough for CPU tests and `bigmodel train` on a CPU in seconds.
+    "llama-tiny": dict(vocab_size=256, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=256, max_seq_len=256,
+                       norm="rms", positional="rotary", rope_theta=500000.0, mlp="swiglu", bias=False,
+                       tied_embeddings=True, layer_norm_eps=1e-5),
 }
 
 

@@ -1,6 +1,6 @@
-"""A GPT / BERT-style Transformer built from bigmodel.nn modules, in the spirit of nanoGPT's model.py.
+"""A GPT / BERT / Llama-style Transformer built from bigmodel.nn modules, in the spirit of nanoGPT's model.py.
 
-    config = TransformerConfig.from_preset("tiny")
+    config = TransformerConfig.from_preset("tiny")        # or "llama-tiny": RMSNorm, rotary, SwiGLU, GQA
     model = Transformer(config)
     logits = model(ids)                                   # (B, L, vocab)
     out = model.generate(ids, max_new_tokens=32, top_k=50)
@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import backends
-from ..nn import FeedForward, LayerNorm, Linear, SelfAttention
+from .. import backends, ops
+from ..nn import FeedForward, GatedFeedForward, LayerNorm, Linear, RMSNorm, SelfAttention
 from .config import TransformerConfig
 
 
@@ -31,6 +31,27 @@ class SinusoidalEmbedding(torch.nn.Module):
 
     def forward(self, positions):
         return self.table[positions]
+
+
+class RotaryEmbedding(torch.nn.Module):
+    """Rotary positions (RoPE: Su et al.; Llama): position p turns the feature pair (i, i + D/2) of every query and
+    key head by the angle p * theta^(-2i / D). Called with positions (L,) -> cos, sin (L, D), each half repeated
+    (Hugging Face's rotate_half convention, bigmodel.ops.rotary's default). Holds nothing (so model.to(dtype) cannot round the
+    frequencies): the angles are computed per forward in fp32 (fp64 for an fp64 model), as Hugging Face's Llama."""
+
+    def __init__(self, head_dim, theta=10000.0):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+
+    def forward(self, positions, dtype=torch.float32):
+        exponent = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=dtype) / self.head_dim
+        frequency = 1.0 / (self.theta ** exponent)  # (D/2,)
+        angles = positions.to(dtype)[:, None] * frequency[None, :]  # (L, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (L, D)
+        return angles.cos(), angles.sin()
+
+    def extra_repr(self):
+        return f"head_dim={self.head_dim}, theta={self.theta}"
 
 
 class KVCache:
@@ -53,52 +74,99 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-def layer_norm(config):
+class RotarySelfAttention(SelfAttention):
+    """bigmodel.nn.SelfAttention with rotary positions: q (B, H, L, D) and k (B, Hkv, L, D) are rotated by
+    bigmodel.ops.rotary after the projection and before the KV cache (cached keys are stored rotated, as Llama's), so
+    one (L, D) cos / sin pair serves every query and key/value head. forward(..., rope=(cos, sin)): the angles of
+    the L new positions (RotaryEmbedding), computed once per model forward."""
+
+    def forward(self, x, attention_mask=None, kv_cache=None, rope=None):
+        B, L, C = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+        k = k.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+        v = v.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+        cos, sin = rope  # (L, D) each
+        q = ops.rotary(q, cos, sin, backend=self.backend)
+        k = ops.rotary(k, cos, sin, backend=self.backend)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, Hkv, S, D): the cached keys, then this call's
+        mask, is_causal = self._mask(attention_mask, B, L, k.size(2), x.device)
+        dropout = self.dropout if self.training else 0.0
+        y = ops.attention(q, k, v, mask, dropout, is_causal, enable_gqa=True, backend=self.backend)  # (B, H, L, D)
+        y = self.out_proj(y.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+        return F.dropout(y, dropout) if dropout > 0 else y
+
+
+def norm(config):
+    """The block's normalisation: LayerNorm ("pre", "post") or RMSNorm ("rms")."""
+    if config.norm == "rms":
+        return RMSNorm(config.d_model, config.layer_norm_eps, backend=config.backend)
     return LayerNorm(config.d_model, config.layer_norm_eps, bias=config.bias, backend=config.backend)
 
 
 class Block(torch.nn.Module):
-    """Self-attention then MLP, each with a residual connection; LayerNorm before (pre) or after (post) each."""
+    """Self-attention then MLP, each with a residual connection; a norm before (pre, rms) or after (post) each."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = config
-        self.pre_norm = c.norm == "pre"
-        self.ln_1 = layer_norm(c)
-        self.attn = SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.causal, c.dropout, c.bias, backend=c.backend)
-        self.ln_2 = layer_norm(c)
-        self.mlp = FeedForward(c.d_model, c.d_ff, c.activation, c.bias, c.dropout, backend=c.backend)
+        self.placement = c.norm
+        self.ln_1 = norm(c)
+        attention = RotarySelfAttention if c.positional == "rotary" else SelfAttention
+        self.attn = attention(c.d_model, c.n_heads, c.n_kv_heads, c.causal, c.dropout, c.bias, backend=c.backend)
+        self.ln_2 = norm(c)
+        if c.mlp == "dense":
+            self.mlp = FeedForward(c.d_model, c.d_ff, c.activation, c.bias, c.dropout, backend=c.backend)
+        else:  # gated: dropout (if any) on its output, as on the attention's
+            gate = "silu" if c.mlp == "swiglu" else c.activation
+            self.mlp = GatedFeedForward(c.d_model, c.d_ff, gate, c.bias, backend=c.backend)
+        self.mlp_dropout = torch.nn.Dropout(c.dropout) if c.mlp != "dense" and c.dropout > 0 else None
 
-    def forward(self, x, attention_mask=None, kv_cache=None):  # x: (B, L, C)
-        if self.pre_norm:  # GPT-2
-            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache)
-            x = x + self.mlp(self.ln_2(x))
+    def forward(self, x, attention_mask=None, kv_cache=None, rope=None):  # x: (B, L, C)
+        rotary = () if rope is None else (rope,)  # (cos, sin) for RotarySelfAttention
+        if self.placement == "pre":  # GPT-2
+            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, *rotary)
+            x = x + self.feed_forward(self.ln_2(x))
+        elif self.placement == "rms":  # Llama: pre-norm; h = ln_2(x + attn) and the new stream x in one fused pass
+            a = self.attn(self.ln_1(x), attention_mask, kv_cache, *rotary)
+            h, x = ops.add_rms_norm(a.to(x.dtype), x, self.ln_2.normalized_shape, self.ln_2.weight, self.ln_2.eps,
+                                    backend=self.ln_2.backend)  # a.to: autocast's bf16 output joins the fp32 stream
+            x = x + self.feed_forward(h)
         else:  # post-norm, as BERT
-            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache))
-            x = self.ln_2(x + self.mlp(x))
+            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache, *rotary))
+            x = self.ln_2(x + self.feed_forward(x))
         return x
+
+    def feed_forward(self, h):
+        return self.mlp(h) if self.mlp_dropout is None else self.mlp_dropout(self.mlp(h))
 
 
 class Transformer(torch.nn.Module):
-    """Token + position embeddings, n_layers Blocks, a final LayerNorm (pre-norm) and the LM head."""
+    """Token + position embeddings (or rotary positions inside attention), n_layers Blocks, a final norm (pre-norm,
+    rms) and the LM head."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = self.config = config
         self.tok_emb = torch.nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = self.rotary = None
         if c.positional == "learned":
             self.pos_emb = torch.nn.Embedding(c.max_seq_len, c.d_model)
-        else:
+        elif c.positional == "sinusoidal":
             self.pos_emb = SinusoidalEmbedding(c.max_seq_len, c.d_model)
+        else:  # rotary: nothing added to the embeddings; q and k are rotated in every block
+            self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta)
         # Vaswani et al. scale token embeddings by sqrt(d_model) next to the fixed unit-amplitude sinusoids, which
         # would otherwise drown the small (std 0.02) token embeddings; learned positions start as small as tokens.
         self.emb_scale = math.sqrt(c.d_model) if c.positional == "sinusoidal" else 1.0
         self.drop = torch.nn.Dropout(c.dropout)
         # Post-norm blocks end in a LayerNorm, so the stream is normalised once at the start (BERT's embedding
         # LayerNorm); pre-norm blocks leave it un-normalised, so once at the end (GPT-2's ln_f).
-        self.ln_emb = layer_norm(c) if c.norm == "post" else None
+        self.ln_emb = norm(c) if c.norm == "post" else None
         self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c.n_layers))
-        self.ln_f = layer_norm(c) if c.norm == "pre" else None
+        self.ln_f = norm(c) if c.norm != "post" else None
         self.lm_head = Linear(c.d_model, c.vocab_size, bias=False, backend=c.backend)
         if c.tied_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # one (vocab, C) matrix, read both ways
@@ -115,7 +183,8 @@ class Transformer(torch.nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
             torch.nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
-            torch.nn.init.normal_(block.mlp.fc2.weight, mean=0.0, std=residual_std)
+            mlp_out = block.mlp.fc2 if self.config.mlp == "dense" else block.mlp.down_proj
+            torch.nn.init.normal_(mlp_out.weight, mean=0.0, std=residual_std)
 
     def forward(self, ids, attention_mask=None, kv_cache=None):
         """ids (B, L) long -> logits (B, L, vocab).
@@ -129,11 +198,17 @@ class Transformer(torch.nn.Module):
         if start + L > self.config.max_seq_len:
             raise ValueError(f"Transformer: {start + L} positions exceed max_seq_len = {self.config.max_seq_len}")
         positions = torch.arange(start, start + L, device=ids.device)  # (L,)
-        x = self.drop(self.tok_emb(ids) * self.emb_scale + self.pos_emb(positions))  # (B, L, C)
+        x = self.tok_emb(ids) * self.emb_scale  # (B, L, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        else:  # the (L, head_dim) cos / sin of these positions, for every block
+            rope = self.rotary(positions, torch.promote_types(self.tok_emb.weight.dtype, torch.float32))
+        x = self.drop(x)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, attention_mask, kv_cache[i] if kv_cache is not None else None)  # (B, L, C)
+            x = block(x, attention_mask, kv_cache[i] if kv_cache is not None else None, rope)  # (B, L, C)
         if self.ln_f is not None:
             x = self.ln_f(x)
         return self.lm_head(x)  # (B, L, vocab)
