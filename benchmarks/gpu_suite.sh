@@ -6,20 +6,24 @@
 # Steps, in order; each one's exit status is recorded and a failing step does not stop the next:
 #   build         nvidia-smi, then MAX_JOBS=16 BIGMODEL_CUDA_ARCHS=<this GPU> pip install --no-build-isolation
 #                 --no-deps -e .  (if that fails: again without the CUDA extension, so Triton still runs)
+#   wheels        pip install --no-index --no-deps wheels/*.whl, only if wheels/ holds any (the GPU box has no
+#                 network): peers for side-by-side rows, e.g. Liger-Kernel (`pip download liger-kernel --no-deps -d
+#                 wheels/` where there is network). wheels/ is git-ignored: the device call must carry it
+#                 (carry=["wheels"]); without it the liger rows are skipped with their reason
 #   tests         python -m pytest -m cuda tests
 #   bench         python -m bigmodel bench --out $OUT $BENCH_ARGS   (the GPU suite: the numbers to commit); its
 #                 "auto" rows make measured auto time its candidates, in a fresh cache (BIGMODEL_CACHE_DIR under
 #                 /tmp), copied to $OUT/autotune-*.json: commit it, then `python benchmarks/seed_table.py` seeds
 #                 the dispatch table from it
 #   pytest-bench  pytest-benchmark over benchmarks/, quick sizes, the cases matching PYBENCH_K (default
-#                 "fwd+bwd and triton": one path per bench_*.py file, ~25 cases; it shows the suites run on a GPU,
+#                 "fwd+bwd and triton": one path per bench_*.py file, ~33 cases; it shows the suites run on a GPU,
 #                 the numbers to commit come from bench; its table goes to bench.log)
 # Files in $OUT - the device tool brings back at most 8, so exactly these 8:
-#   build.log (nvidia-smi + versions + pip -v output), tests.log, tests.xml (junit), bench.log,
+#   build.log (nvidia-smi + versions + pip -v output + the wheels installed), tests.log, tests.xml (junit), bench.log,
 #   <date>-<gpu>.json / .md / .png (commit under benchmarks/results/), autotune-<versions>.json (auto's choices)
 # The end of stdout is a short summary: the benchmark table, then each step's status.
 #
-# Knobs: STEPS (default "build tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
+# Knobs: STEPS (default "build wheels tests bench pytest-bench"), SUITE_S (default 570: the whole script ends inside one
 # 600 s device call), BUILD_S / TESTS_S / PYBENCH_S (per-step caps; bench gets the time that is left), PYTHON,
 # BENCH_ARGS (more `bigmodel bench` options, e.g. "--ops train_step,linear_act" or "--dtype bf16,fp16"),
 # PYBENCH_K (pytest -k for pytest-bench; "" = every case), BIGMODEL_BENCH_FULL=1 (adds attention's flex provider).
@@ -31,12 +35,15 @@
 #   tier 0 (~110 s, 206 cases)  DESIGN.md's headline comparisons, in this order: train_step torch + bigmodel
 #          (GPT-2 small, 8 x 1024 tokens, tokens/s), linear_act fwd+bwd torch / cublas / triton / cuda at 3 sizes,
 #          layer_norm fwd, bwd and softmax fwd, bwd (torch, triton, cuda), attention fwd, fwd+bwd at L 1k/4k/16k
-#          (torch, sdpa-flash, sdpa-cudnn, triton, cuda)
+#          (torch, sdpa-flash, sdpa-cudnn, triton, cuda); the Llama-family ops (benchmarks/llama_cases.py, 36
+#          cases, ~15 s): rms_norm, add_rms_norm 16384x4096, rotary (8, 32, 2048, 128), swiglu 16384x14336 fwd and bwd,
+#          gated_feed_forward 16384x4096x14336 fwd+bwd, each on torch, triton, cuda, liger
 #   tier 1 (~300 s, 400 cases)  train_step torch.compile (compiles GPT-2's training graph, ~1 min),
 #          bigmodel-triton / -cuda; the other modes and sizes of the core providers of every op (feed_forward,
-#          gelu, relu, the fwd-only 8192x8192x32768 GEMM), addmm_activation; attention bwd and L 512/2k/8k
+#          gelu, relu, the fwd-only 8192x8192x32768 GEMM), addmm_activation; attention bwd and L 512/2k/8k; the
+#          Llama-family ops' other sizes and modes, geglu, auto (264 cases, ~2.5 min)
 #   tier 2 (~300 s, 281 cases)  torch.compile of the ops (a compile per shape and grad mode); attention's
-#          sdpa-efficient, sdpa-math, eager
+#          sdpa-efficient, sdpa-math, eager; torch.compile of the Llama-family ops (60 cases, ~5 min more)
 #   tier 3  flex (BIGMODEL_BENCH_FULL=1 only)
 # After the build and the tests, bench usually has 150-250 s: tier 0, then the start of tier 1. For more: STEPS="build
 # bench" (bench then gets ~300 s or more), or a second call with BENCH_ARGS="--ops ..." for the ops still missing.
@@ -45,7 +52,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 OUT=${OUT:-$PWD/bench-out/gpu}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build tests bench pytest-bench}
+STEPS=${STEPS:-build wheels tests bench pytest-bench}
 SUITE_S=${SUITE_S:-570}
 BUILD_S=${BUILD_S:-240}
 TESTS_S=${TESTS_S:-120}
@@ -87,6 +94,25 @@ if wants build; then
   fi
   grep -E "warning|error|spill" "$OUT/build.log" | grep -v "^ *$" | tail -n 15 || true
   "$PY" -c "import bigmodel._C as c; print('bigmodel._C:', c.__file__)" 2>&1 | tail -n 1 || true
+fi
+
+# ---------------------------------------------------------------------------------------------- peer wheels
+if wants wheels; then
+  shopt -s nullglob
+  WHEELS=(wheels/*.whl)
+  shopt -u nullglob
+  if (( ${#WHEELS[@]} )); then
+    banner "wheels: pip install --no-index --no-deps ${WHEELS[*]}"
+    rc=0
+    { echo "=== wheels"; "$PY" -m pip install --no-index --no-deps "${WHEELS[@]}"; } >> "$OUT/build.log" 2>&1 || rc=$?
+    STATUS[wheels]=$rc
+    [[ $rc == 0 ]] || echo "installing the wheels failed (exit $rc; see build.log): their rows are skipped"
+    "$PY" -c "import importlib.metadata as m; print('liger-kernel', m.version('liger-kernel'))" 2>/dev/null \
+      | tee -a "$OUT/build.log" || true
+  else
+    echo "no wheels/*.whl (carry wheels/ to the device for Liger-Kernel's rows): skipped"
+    STATUS[wheels]=0
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------- GPU tests
@@ -156,7 +182,7 @@ for case in suite.iter("testcase"):
 EOF
 fi
 worst=0
-for s in build tests bench pytest-bench; do
+for s in build wheels tests bench pytest-bench; do
   printf "%-13s %s\n" "$s" "$(wants "$s" && echo "exit ${STATUS[$s]:-not reached}" || echo "not asked")"
   [[ "${STATUS[$s]:-0}" == 0 ]] || worst=1
 done
