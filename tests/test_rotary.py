@@ -117,3 +117,87 @@ def test_bad_input():
         bigmodel.ops.rotary(x[..., :8], cos, sin)
     with pytest.raises(TypeError, match="cos must have dtype"):
         bigmodel.ops.rotary(x, cos.double(), sin.double())
+
+
+# ------------------------------------------------------------------------------------------ rotary_qk
+def check_qk(backend, q, k, cos, sin, interleaved=False):
+    """ops.rotary_qk vs the composition on q and k, in fp64 and in the low precision, outputs and both gradients."""
+    dq, dk = torch.randn(q.shape).to(q.dtype), torch.randn(k.shape).to(k.dtype)
+    runs = {}
+    for which, fn, cast in (("ours", lambda *a: bigmodel.ops.rotary_qk(*a, interleaved=interleaved, backend=backend),
+                             lambda t: t),
+                            ("ref64", lambda q, k, c, s: (hf_rotary(q, c, s, interleaved), hf_rotary(k, c, s, interleaved)),
+                             lambda t: t.double()),
+                            ("lowp", lambda q, k, c, s: (hf_rotary(q, c, s, interleaved), hf_rotary(k, c, s, interleaved)),
+                             lambda t: t)):
+        lq, lk = (cast(t.detach()).clone().requires_grad_(True) for t in (q, k))
+        yq, yk = fn(lq, lk, cast(cos), cast(sin))
+        torch.autograd.backward((yq, yk), (cast(dq), cast(dk)))
+        runs[which] = (yq.detach(), yk.detach(), lq.grad, lk.grad)
+    for i, name in enumerate(("yq", "yk", "dq", "dk")):
+        ours, ref, lowp = (runs[w][i] for w in ("ours", "ref64", "lowp"))
+        assert ours.dtype == q.dtype and ours.shape == ref.shape, name
+        assert_close_by_rule(name, ours, ref, lowp, "output" if name[0] == "y" else "grad")
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["rotate_half", "interleaved"])
+@pytest.mark.parametrize("d,r", [(64, 64), (80, 32)], ids=["d64", "d80-partial32"])
+def test_rotary_qk_matches_hugging_face_with_gqa(backend, dtype, interleaved, d, r):
+    B, Hq, Hk, L = 2, 4, 2, 7
+    q, k = torch.randn(B, Hq, L, d).to(dtype), torch.randn(B, Hk, L, d).to(dtype)
+    cos, sin = tables((B, 1, L), r, interleaved, dtype)
+    check_qk(backend, q, k, cos, sin, interleaved)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
+def test_rotary_qk_non_contiguous_and_tables_of_length_l(backend):
+    q = torch.randn(2, 6, 4, 32).transpose(1, 2)  # (B, H, L, D) views of (B, L, H, D) projections
+    k = torch.randn(2, 6, 1, 32).transpose(1, 2)
+    cos, sin = tables((6,), 32, False, torch.float32)
+    check_qk(backend, q, k, cos, sin)
+
+
+@requires_interpreter
+def test_rotary_qk_is_one_launch_on_triton(monkeypatch):
+    import bigmodel.kernels.rotary as kr
+    launches = []
+    for name in ("_rotary_kernel", "_rotary_qk_kernel"):
+        kernel = getattr(kr, name)
+        monkeypatch.setattr(kr, name, _Counting(kernel, name, launches))
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
+    cos, sin = tables((5,), 16, False, torch.float32)
+    bigmodel.ops.rotary_qk(q.requires_grad_(), k.requires_grad_(), cos, sin, backend="triton")[0].sum().backward()
+    assert launches == ["_rotary_qk_kernel", "_rotary_qk_kernel"], launches  # forward, backward
+
+
+class _Counting:
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
+
+
+def test_rotary_qk_custom_op_passes_opcheck():
+    q, k = torch.randn(2, 4, 5, 16, requires_grad=True), torch.randn(2, 2, 5, 16, requires_grad=True)
+    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    cq, sq, ck, sk = cos.expand(2, 4, 5, 16), sin.expand(2, 4, 5, 16), cos.expand(2, 2, 5, 16), sin.expand(2, 2, 5, 16)
+    torch.library.opcheck(torch.ops.bigmodel.rotary_qk.default, (q, k, cq, sq, ck, sk, False, "reference"))
+    fn = torch.compile(lambda q, k, c, s: bigmodel.ops.rotary_qk(q, k, c, s, backend="reference"), fullgraph=True,
+                       backend="aot_eager")
+    yq, yk = fn(q, k, cos, sin)
+    torch.testing.assert_close(yq, hf_rotary(q, cos, sin))
+    torch.testing.assert_close(yk, hf_rotary(k, cos, sin))
+
+
+def test_rotary_qk_bad_input():
+    q, k = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 5, 16)
+    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    with pytest.raises(ValueError, match=r"do not broadcast to k's"):
+        bigmodel.ops.rotary_qk(q, torch.randn(2, 2, 6, 16), cos, sin)
+    with pytest.raises(ValueError, match=r"k must have q's dtype and head dim"):
+        bigmodel.ops.rotary_qk(q, torch.randn(2, 2, 5, 32), cos, sin)
+    with pytest.raises(TypeError, match=r"k must have dtype"):
+        bigmodel.ops.rotary_qk(q, k.int(), cos, sin)

@@ -207,11 +207,20 @@ class TritonBackend(Backend):
     def rotary_bwd(self, dy, cos, sin, interleaved):
         return self._kernels("rotary").rotary_bwd(dy, cos, sin, interleaved)
 
-    def rotary_reasons(self, input, cos=None, sin=None, **_):
+    @_on_inputs_device
+    def rotary_qk_fwd(self, q, k, cq, sq, ck, sk, interleaved):
+        return self._kernels("rotary").rotary_qk_fwd(q, k, cq, sq, ck, sk, interleaved)
+
+    @_on_inputs_device
+    def rotary_qk_bwd(self, dq, dk, cq, sq, ck, sk, interleaved):
+        return self._kernels("rotary").rotary_qk_bwd(dq, dk, cq, sq, ck, sk, interleaved)
+
+    def rotary_reasons(self, input, cos=None, sin=None, key=None, **_):
         reasons = rotary_grad_reasons(cos, sin)
-        if input.numel() // max(input.size(-1), 1) > INT32_MAX:
-            reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the Triton kernel; got "
-                           f"{tuple(input.shape)}")
+        for t in (input, key):
+            if t is not None and t.numel() // max(t.size(-1), 1) > INT32_MAX:
+                reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the Triton kernel; "
+                               f"got {tuple(t.shape)}")
         return reasons
 
     @_on_inputs_device

@@ -5,7 +5,7 @@ from .attention import attention
 from .feed_forward import feed_forward, gated_feed_forward, linear_act
 from .layer_norm import layer_norm
 from .rms_norm import add_rms_norm, rms_norm
-from .rotary import rotary
+from .rotary import rotary, rotary_qk
 
 __all__ = ["add_rms_norm", "attention", "feed_forward", "gated_feed_forward", "geglu", "gelu", "layer_norm",
-           "linear_act", "relu", "rms_norm", "rotary", "silu", "softmax", "swiglu"]
+           "linear_act", "relu", "rms_norm", "rotary", "rotary_qk", "silu", "softmax", "swiglu"]
