@@ -90,6 +90,30 @@ def test_user_text_file_via_python_m_bigmodel(tmp_path):
     assert len(steps) == 6 and len(evals) == 1 and evals[0]["step"] == 6
 
 
+LLAMA_ARGS = ["--preset", "llama-tiny", "--backend", "torch", "--seq-len", "32", "--batch-size", "8", "--lr",
+              "3e-3", "--eval-every", "0", "--eval-batches", "2", "--log-every", "5", "--seed", "7"]
+
+
+def test_llama_tiny_preset_trains_and_resumes(tmp_path, capsys):
+    """The Llama-shaped preset (RMSNorm, rotary, SwiGLU, GQA) through `bigmodel train` (backend torch: the quicker
+    CPU path; tests/test_model_llama.py checks every backend against Hugging Face): the loss falls, the checkpoint
+    keeps the architecture (a resume rebuilds it from there) and generate() samples from it."""
+    out = tmp_path / "run"
+    first = tr.train(config(*LLAMA_ARGS, "--steps", "20", "--stop-at", "10", "--sample", "0", "--out", str(out)))
+    log = capsys.readouterr().out
+    assert "bigmodel train: llama-tiny (d_model 64, n_layers 2, n_heads 4, n_kv_heads 2, norm rms, positional " \
+           "rotary, mlp swiglu" in log
+    saved = torch.load(out / tr.CHECKPOINT, map_location="cpu", weights_only=False)["model_config"]
+    assert (saved["norm"], saved["positional"], saved["mlp"], saved["rope_theta"]) == \
+        ("rms", "rotary", "swiglu", 500000.0)
+    second = tr.train(config("--out", str(out), "--resume", "--sample", "16"))
+    losses = first["losses"] + second["losses"]
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    assert losses[0] == pytest.approx(np.log(256), abs=0.3)  # starts near uniform over bytes
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+    assert np.isfinite(second["eval_loss"]) and len(second["sample"]) > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], r"--steps must be an integer >= 1; got 0"),
     (["--stop-at", "40"], r"--stop-at 40 is past --steps 30"),

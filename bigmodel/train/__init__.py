@@ -1,6 +1,7 @@
 """Train a bigmodel Transformer on bytes: one process, or data-parallel under torchrun (DDP or FSDP2).
 
     python -m bigmodel train --steps 300                          # tiny preset on the built-in corpus
+    python -m bigmodel train --preset llama-tiny --steps 300      # the same, Llama-shaped (RMSNorm, RoPE, SwiGLU)
     python -m bigmodel train --data notes.txt --out run1          # your text; checkpoint in run1/
     python -m bigmodel train --out run1 --resume --steps 600      # continue run1 (its settings are reused)
     torchrun --nproc_per_node 2 -m bigmodel train --parallel fsdp --batch-size 64

@@ -285,8 +285,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
 
 def log_plan(run: Run, n_params: int, precision: str, start: int):
     cfg, d, mc, corpus, log = run.cfg, run.d, run.mc, run.corpus, run.reporter.log
-    log(f"bigmodel train: {cfg.preset} (d_model {mc.d_model}, n_layers {mc.n_layers}, n_heads {mc.n_heads}, "
-        f"{n_params / 1e6:.2f}M parameters) on {run.device}, {precision}, backend {cfg.backend or 'auto'}, "
+    kv = f", n_kv_heads {mc.n_kv_heads}" if mc.n_kv_heads != mc.n_heads else ""
+    shape = "" if (mc.norm, mc.positional, mc.mlp) == ("pre", "learned", "dense") else \
+        f", norm {mc.norm}, positional {mc.positional}, mlp {mc.mlp}"  # e.g. Llama's rms, rotary, swiglu
+    log(f"bigmodel train: {cfg.preset} (d_model {mc.d_model}, n_layers {mc.n_layers}, n_heads {mc.n_heads}{kv}"
+        f"{shape}, {n_params / 1e6:.2f}M parameters) on {run.device}, {precision}, backend {cfg.backend or 'auto'}, "
         f"world size {d.world}, parallel {d.mode}")
     log(f"data: {corpus.source}: {len(corpus.train):,} training bytes, {len(corpus.val):,} held out; "
         f"batch {cfg.batch_size} x {run.seq_len} = {run.tokens_per_step:,} tokens/step")
