@@ -1,11 +1,14 @@
 """bigmodel.patch(model): swap torch.nn (and Hugging Face activation) modules for their bigmodel drop-ins, in place."""
+import functools
 import inspect
 import logging
 import sys
+import types
 
 import torch
 
 from . import nn as bnn
+from . import ops
 
 log = logging.getLogger("bigmodel")
 
@@ -170,6 +173,119 @@ STRUCTURAL = [(lambda m: type(m).__name__.endswith("RMSNorm") and not isinstance
               (_is_gated_mlp, _gated_mlp_by_structure)]
 
 
+# ------------------------------------------------------------------------------------------ rotary function
+# Hugging Face's attention classes call a module-level apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1). patch()
+# rebinds that name for the patched model's attention modules only (a copy of their forward whose globals map it to
+# bigmodel.ops.rotary_qk): other models of the same family in the process keep Hugging Face's function.
+ROTARY_FN = "apply_rotary_pos_emb"
+ROTARY_EXTRA_ARGS = ("position_ids", "unsqueeze_dim")  # what HF's signatures have had after (q, k, cos, sin)
+
+
+def _innermost(fn):
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+def _calls_rotary_fn(m) -> bool:
+    forward = getattr(type(m), "forward", None)
+    inner = _innermost(forward) if forward is not None else None
+    return isinstance(inner, types.FunctionType) and ROTARY_FN in inner.__code__.co_names
+
+
+def _with_global(fn, name, value):
+    """A copy of fn whose global `name` is `value`, rebuilt through functools.wraps-style decorators that hold the
+    wrapped function in their closure (HF's deprecate_kwarg); None where a decorator hides it otherwise."""
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is None:
+        g = dict(fn.__globals__)
+        g[name] = value
+        new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    else:
+        rebuilt = _with_global(inner, name, value)
+        cells = [i for i, c in enumerate(fn.__closure__ or ()) if _cell(c) is inner]
+        if rebuilt is None or len(cells) != 1:
+            return None
+        closure = tuple(types.CellType(rebuilt) if i == cells[0] else c for i, c in enumerate(fn.__closure__))
+        new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure)
+        new.__wrapped__ = rebuilt
+    new.__kwdefaults__, new.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    new.__dict__.update({k: v for k, v in fn.__dict__.items() if k != "__wrapped__"})
+    return new
+
+
+def _cell(c):
+    try:
+        return c.cell_contents
+    except ValueError:  # an empty cell
+        return None
+
+
+def _rotary_fn_by_structure(cls, backend):
+    """(bigmodel's apply_rotary_pos_emb for cls's forward, None) or (None, reason): HF's function must take
+    (q, k, cos, sin[, position_ids][, unsqueeze_dim]) and compute Hugging Face's rotation, checked on a probe."""
+    original = _innermost(cls.forward).__globals__.get(ROTARY_FN)
+    try:
+        params = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return None, f"its {ROTARY_FN} has no readable signature"
+    if len(params) < 4 or any(p not in ROTARY_EXTRA_ARGS for p in params[4:]):
+        return None, f"its {ROTARY_FN}{tuple(params)} takes other arguments than (q, k, cos, sin, unsqueeze_dim)"
+    unsqueeze_at = params[4:].index("unsqueeze_dim") if "unsqueeze_dim" in params else None
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        dim = kwargs.get("unsqueeze_dim", args[unsqueeze_at] if unsqueeze_at is not None and len(args) > unsqueeze_at
+                         else 1)
+        if cos.dim() != 3 or dim not in (1, 2, -2, -3):  # layouts bigmodel.ops.rotary_qk is not written for
+            return original(q, k, cos, sin, *args, **kwargs)
+        if dim in (1, -3):  # q, k (B, H, L, D), cos / sin (B, L, R)
+            return ops.rotary_qk(q, k, cos.unsqueeze(1), sin.unsqueeze(1), backend=backend)
+        yq, yk = ops.rotary_qk(q.transpose(1, 2), k.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1),
+                               backend=backend)  # q, k (B, L, H, D)
+        return yq.transpose(1, 2), yk.transpose(1, 2)
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 16, generator=g), torch.randn(2, 2, 5, 16, generator=g)
+    theta = torch.randn(2, 5, 8, generator=g)
+    cos, sin = torch.cat((theta, theta), -1).cos(), torch.cat((theta, theta), -1).sin()
+    try:
+        with torch.no_grad():
+            want = original(q, k, cos, sin)
+            got = ops.rotary_qk(q, k, cos.unsqueeze(1), sin.unsqueeze(1), backend="reference")
+    except Exception as e:  # noqa: BLE001 - any failure means "not the function we replace"
+        return None, f"its {ROTARY_FN} failed on a probe input ({type(e).__name__}: {e})"
+    if not (isinstance(want, tuple) and len(want) == 2 and all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                                                              for a, b in zip(got, want))):
+        return None, f"its {ROTARY_FN} does not compute Hugging Face's rotate_half rotation"
+    return apply_rotary_pos_emb, None
+
+
+def _patch_rotary(model, targets, backend, counts, skipped):
+    """Rebind apply_rotary_pos_emb in the forward of each attention module that calls it (outside replaced modules)."""
+    built = {}
+    for name, m in model.named_modules():
+        if getattr(m.forward, "_bigmodel_rotary", False) or not _calls_rotary_fn(m):
+            continue
+        if any(name == t or name.startswith(t + ".") for t, _, _ in targets if t):
+            continue
+        cls = type(m)
+        if cls not in built:
+            fn, reason = _rotary_fn_by_structure(cls, backend)
+            forward = _with_global(cls.forward, ROTARY_FN, fn) if fn is not None else None
+            if fn is not None and forward is None:
+                reason = "a decorator on its forward hides the function it wraps"
+            if forward is not None:
+                forward._bigmodel_rotary = True
+            built[cls] = forward
+            if reason:
+                skipped[f"{cls.__name__}.{ROTARY_FN}"] = reason
+        if built[cls] is not None:
+            m.forward = types.MethodType(built[cls], m)
+            key = f"{cls.__name__}.{ROTARY_FN}"
+            counts[key] = counts.get(key, 0) + 1
+
+
 def _replacements() -> dict:
     table = dict(REPLACEMENTS)
     hf = sys.modules.get("transformers.activations")
@@ -182,8 +298,9 @@ def _replacements() -> dict:
 
 def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
     """Replace every module whose class is in REPLACEMENTS, or that a STRUCTURAL matcher recognises (Hugging Face
-    RMSNorm classes), with the bigmodel equivalent, sharing its parameters and keeping device, dtype and train/eval
-    state. Returns the same `model` object (patched in place); model.bigmodel_patched counts the replacements per
+    RMSNorm classes and gated MLPs), with the bigmodel equivalent, sharing its parameters and keeping device, dtype
+    and train/eval state; attention modules that call Hugging Face's apply_rotary_pos_emb call bigmodel's fused
+    q + k rotary instead (this model's modules only). Returns the same `model` object (patched in place); model.bigmodel_patched counts the replacements per
     class, model.bigmodel_skipped gives the reason for each similar-looking class left alone."""
     from .backends import check_name
 
@@ -215,6 +332,7 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    _patch_rotary(model, targets, backend, counts, skipped)
     summary = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "nothing"
     log.info("bigmodel.patch: replaced %s", summary)
     for cls, reason in skipped.items():

@@ -29,7 +29,7 @@ def families():
         "qwen3": (t.Qwen3Config, dict(head_dim=16), "Qwen3RMSNorm"),  # + q_norm / k_norm per layer
         "gemma": (t.GemmaConfig, dict(head_dim=16), "GemmaRMSNorm"),  # (1 + w)
         "gemma2": (t.Gemma2Config, dict(head_dim=16, sliding_window=64), "Gemma2RMSNorm"),  # (1 + w), 4 per layer
-        "phi3": (t.Phi3Config, {}, "Phi3RMSNorm"),
+        "phi3": (t.Phi3Config, dict(partial_rotary_factor=0.5), "Phi3RMSNorm"),  # rotates 8 of 16 head dims
     }
 
 
@@ -45,6 +45,17 @@ def build(name):
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.3)
     return model
+
+
+def count_rotary_calls(monkeypatch):
+    """A list that grows by one per bigmodel.ops.rotary_qk call (which patched attention modules make)."""
+    calls, real = [], bigmodel.ops.rotary_qk
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bigmodel.ops, "rotary_qk", counting)
+    return calls
 
 
 def rms_norm_count(model, cls_name):
@@ -64,7 +75,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, backend):
+def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, backend, monkeypatch):
     original = build(name)
     norm_cls = families()[name][2]
     expected = rms_norm_count(original, norm_cls)
@@ -72,8 +83,9 @@ def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, back
     mlp_cls = norm_cls.replace("RMSNorm", "MLP")
     mlps = rms_norm_count(original, mlp_cls)
     patched = bigmodel.patch(copy.deepcopy(original), backend=backend)
-    assert patched.bigmodel_patched == {norm_cls: expected, mlp_cls: COMMON["num_hidden_layers"]}, \
-        patched.bigmodel_patched
+    rotary = norm_cls.replace("RMSNorm", "Attention.apply_rotary_pos_emb")
+    assert patched.bigmodel_patched == {norm_cls: expected, mlp_cls: COMMON["num_hidden_layers"],
+                                        rotary: COMMON["num_hidden_layers"]}, patched.bigmodel_patched
     assert mlps == COMMON["num_hidden_layers"] and rms_norm_count(patched, norm_cls) == rms_norm_count(patched, mlp_cls) == 0
     assert not patched.bigmodel_skipped
     kinds = {type(m) for m in patched.modules()}
@@ -84,8 +96,11 @@ def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, back
                                                                   bigmodel.nn.FusedGatedFeedForward)))
     assert mlp.activation == ("gelu_tanh" if offset else "silu")
     ids = torch.randint(3, VOCAB, (2, 11))
+    calls = count_rotary_calls(monkeypatch)
     logits0, grads0 = loss_and_grads(original, ids)
+    assert calls == [], "the unpatched model must keep Hugging Face's apply_rotary_pos_emb"
     logits1, grads1 = loss_and_grads(patched, ids)
+    assert calls == [backend] * COMMON["num_hidden_layers"], calls
     assert rel(logits1, logits0) < 1e-5
     assert grads1.keys() == grads0.keys()
     worst = max(grads0, key=lambda n: rel(grads1[n], grads0[n]))
@@ -197,3 +212,51 @@ def test_look_alike_mlps_are_left_alone_with_a_reason():
     assert "extra behaviour" in model.bigmodel_skipped["ScaledMLP"]
     assert "not SiLU or GELU" in model.bigmodel_skipped["TanhMLP"]
     torch.testing.assert_close(model(x), before)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):  # GPT-J's pairs: not Hugging Face's rotate_half
+    def pairs(x):
+        return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + pairs(q) * sin, k * cos + pairs(k) * sin
+
+
+class PairsAttention(torch.nn.Module):  # calls this file's apply_rotary_pos_emb, a look-alike
+    def forward(self, q, k, cos, sin):
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+
+def test_look_alike_rotary_functions_are_left_alone_with_a_reason():
+    model = torch.nn.Sequential(PairsAttention())
+    bigmodel.patch(model, backend="reference")
+    assert model.bigmodel_patched == {}
+    assert "does not compute Hugging Face's rotate_half" in model.bigmodel_skipped["PairsAttention.apply_rotary_pos_emb"]
+    assert "forward" not in vars(model[0])
+
+
+def test_patching_twice_rebinds_the_rotary_function_once(monkeypatch):
+    model = bigmodel.patch(build("llama"), backend="reference")
+    forwards = [m.forward for m in model.modules() if "forward" in vars(m)]
+    bigmodel.patch(model, backend="reference")
+    assert [m.forward for m in model.modules() if "forward" in vars(m)] == forwards
+    assert len(forwards) == COMMON["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
+def test_patched_llama_compiles_with_fullgraph(backend, monkeypatch):
+    """torch.compile(fullgraph=True) of a patched Llama: no graph break around bigmodel's custom ops (RMSNorm,
+    gated MLP, q + k rotary), and the compiled logits and gradients equal the unpatched model's."""
+    original = build("llama")
+    patched = bigmodel.patch(copy.deepcopy(original), backend=backend)
+    ids = torch.randint(3, VOCAB, (2, 9))
+    logits0, grads0 = loss_and_grads(original, ids)
+    torch._dynamo.reset()
+    compiled = torch.compile(patched, fullgraph=True, backend="aot_eager")
+    calls = count_rotary_calls(monkeypatch)
+    logits1, _ = loss_and_grads(compiled, ids)
+    grads1 = {n: p.grad for n, p in patched.named_parameters() if p.grad is not None}  # compiled's are prefixed
+    assert calls, "the compiled model did not trace bigmodel's rotary"
+    assert rel(logits1, logits0) < 1e-5
+    assert grads1.keys() == grads0.keys()
+    worst = max(grads0, key=lambda n: rel(grads1[n], grads0[n]))
+    assert rel(grads1[worst], grads0[worst]) < 1e-5, worst
