@@ -40,6 +40,7 @@ yet): tier 0 ~15 s, tiers 0-1 ~3 min, all ~9 min.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -192,7 +193,21 @@ class LlamaBench(OpBench):
                             reference=on_pristine(ref) if ref else None, exact=on_pristine(exact) if exact else None,
                             check=on_pristine(fn) if mutates else None, extra=self.extra(case), **self.work(case))
 
-        return first_call("torch.compile" if case.provider in self.compiling else case.provider, build)
+        with no_donated_buffers() if case.provider in self.compiling else contextlib.nullcontext():
+            return first_call("torch.compile" if case.provider in self.compiling else case.provider, build)
+
+
+def no_donated_buffers():
+    """torch.compile's backward may "donate" (reuse) the forward's saved buffers, which forbids retain_graph: the bwd
+    mode times the backward of one graph again and again. Compiled graphs reuse each other across modes (cases.compiled
+    keys by shape), so every mode compiles without donation (memory only; the same kernels)."""
+    try:
+        from torch._functorch import config
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(config, "donated_buffer"):
+        return contextlib.nullcontext()
+    return config.patch(donated_buffer=False)
 
 
 def _weight(hidden: int, case: Case) -> torch.Tensor:
