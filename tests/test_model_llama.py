@@ -3,7 +3,7 @@
 transformers.LlamaForCausalLM with the same weights: logits and every loss gradient in fp32 (relative error
 ||bigmodel - hf|| / ||hf|| < 1e-5 per tensor) on the reference and torch backends, and on Triton under the
 interpreter; rotary positions after a KV-cache offset (chunked prefill, generate() with its cache = greedy decoding
-recomputed without one = Hugging Face's greedy generate).
+recomputed without one = Hugging Face's greedy generate); and the train_step benchmark's plain-PyTorch Llama twin.
 
 Weights are scrambled to O(1) (GPT-2's 0.02 init makes attention near-uniform and RMSNorm gains exactly 1, hiding
 layout bugs), and rope_theta is 10000 in the comparisons: with Llama 3's 500000 the low-frequency pairs of a
@@ -202,3 +202,25 @@ def test_generate_with_cache_on_triton():
     with torch.no_grad():
         expected = greedy_without_cache(model, prompt, 3)
     assert torch.equal(model.generate(prompt, 3, temperature=0.0), expected)
+
+
+# ------------------------------------------------------------------------------------------ the benchmark's baseline
+def test_train_step_benchmark_plain_llama_twin_is_llama():
+    """benchmarks/model_cases.py's "torch" provider for the Llama case (plain PyTorch, bigmodel's parameter names)
+    computes Hugging Face's Llama with the same weights, and its CPU / GPU cases are the Llama shapes."""
+    from benchmarks import model_cases
+
+    model = scramble(Transformer(tiny(backend="reference")))
+    twin = model_cases.twin_of(model, model.config)
+    assert isinstance(twin, model_cases.PlainLlama)
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert rel_err(twin(ids), hf_twin(model)(input_ids=ids).logits) < REL_TOL
+    bench = model_cases.TrainStepBench()
+    cpu = [c for c in bench.cases("cpu", ("fp32",), ("fwd+bwd",)) if c.params["model"] == "llama-micro"]
+    assert cpu and cpu[0].params["seqlen"] == 32 and bench.config(cpu[0]).mlp == "swiglu"
+    gpu = [c for c in bench.cases("cuda", ("bf16",), ("fwd+bwd",)) if c.params["model"] == "llama1b-4layers"]
+    c = bench.config(gpu[0])
+    assert gpu[0].params["seqlen"] == 2048 and (c.d_model, c.n_kv_heads, c.n_layers, c.positional) == \
+        (2048, 8, 4, "rotary")
+    assert {x.provider for x in gpu if bench.tier(x) == 0} == {"torch", "bigmodel"}  # the headline pair, tier 0
