@@ -83,10 +83,11 @@ def _max_shared_memory(device_index: int) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
-def _autotune(tiles, rows: str, cols: str, red: str, operand: str, flags=()):
-    """triton.autotune over `tiles` (fp16 / bf16) and FP32_TILES, naming the tile sizes of one kernel (rows x cols
-    output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks the table; `flags`:
-    constexpr arguments that enter the key."""
+def _autotune(tiles, rows: str, cols: str, red: str, operand: str, flags=(), operands=(1, 1), fp32_tiles=None):
+    """triton.autotune over `tiles` (fp16 / bf16) and `fp32_tiles` (default FP32_TILES), naming the tile sizes of one
+    kernel (rows x cols output tile, `red` the reduction block); `operand` names an input tensor whose dtype picks
+    the table; `flags`: constexpr arguments that enter the key; `operands`: how many (rows x red) and (cols x red)
+    operand tiles each pipeline stage holds (gated_linear's forward: x and two weights, (1, 2))."""
     # M (the token count) enters the key as its power-of-two bucket: a new batch size re-uses the tuned config.
     key = ["m_bucket", "N", "K", *flags]
 
@@ -98,7 +99,7 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str, flags=()):
         return triton.autotune([config(t, INTERPRETER_GROUP) for t in INTERPRETER_TILES], key=key)
     lowp = [config(t, GROUP) for t in tiles]
     lowp_sm80 = [config(t, GROUP) for t in SM80_TILES.get(tiles, tiles)]
-    fp32 = [config(t, GROUP) for t in FP32_TILES]
+    fp32 = [config(t, GROUP) for t in (fp32_tiles or FP32_TILES)]
 
     def prune(configs, named_args, **kwargs):
         x = named_args[operand]
@@ -106,7 +107,8 @@ def _autotune(tiles, rows: str, cols: str, red: str, operand: str, flags=()):
         limit = _max_shared_memory(x.device.index)
 
         def smem(c):  # pipelined operand tiles
-            return c.num_stages * (c.kwargs[rows] + c.kwargs[cols]) * c.kwargs[red] * x.element_size()
+            a, b = operands
+            return c.num_stages * (a * c.kwargs[rows] + b * c.kwargs[cols]) * c.kwargs[red] * x.element_size()
 
         return [c for c in table if smem(c) <= limit] or [min(table, key=smem)]
 
@@ -157,17 +159,20 @@ def _fwd_epilogue(acc, rm, rn, B, Y, Z, M, N, HAS_BIAS: tl.constexpr, ACTIVATION
     tl.store(Y + out_offs, apply_activation(acc, ACTIVATION).to(Y.dtype.element_ty), mask=out_mask)
 
 
-@_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DZ")
+@_autotune(DX_TILES, "BLOCK_M", "BLOCK_K", "BLOCK_N", "DZ", ("TWO",))
 @triton.jit(do_not_specialize=["m_bucket"])
-def _bwd_dx_kernel(DZ, W, DX, M, N, K, stride_dzm, m_bucket,
+def _bwd_dx_kernel(DZ, W, DZ2, W2, DX, M, N, K, stride_dzm, m_bucket, TWO: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
-    """dx = dz W, one (BLOCK_M, BLOCK_K) tile per program."""
+    """dx = dz W (+ dz2 W2 when TWO: gated_linear's gate and up halves, contiguous dz2), one (BLOCK_M, BLOCK_K)
+    tile per program."""
     pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     dz_ptrs = DZ + (rm % M).to(tl.int64)[:, None] * stride_dzm + rn[None, :]
     w_ptrs = W + rn.to(tl.int64)[:, None] * K + (rk % K)[None, :]
+    dz2_ptrs = DZ2 + (rm % M).to(tl.int64)[:, None] * N + rn[None, :]
+    w2_ptrs = W2 + rn.to(tl.int64)[:, None] * K + (rk % K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n_ok = rn < N - n0
@@ -176,6 +181,12 @@ def _bwd_dx_kernel(DZ, W, DX, M, N, K, stride_dzm, m_bucket,
         acc = tl.dot(dz, w, acc, input_precision="ieee")
         dz_ptrs += BLOCK_N
         w_ptrs += BLOCK_N * K
+        if TWO:
+            dz2 = tl.load(dz2_ptrs, mask=n_ok[None, :], other=0.0)
+            w2 = tl.load(w2_ptrs, mask=n_ok[:, None], other=0.0)
+            acc = tl.dot(dz2, w2, acc, input_precision="ieee")
+            dz2_ptrs += BLOCK_N
+            w2_ptrs += BLOCK_N * K
     mask = (rm < M)[:, None] & (rk < K)[None, :]
     tl.store(DX + rm.to(tl.int64)[:, None] * K + rk[None, :], acc.to(DX.dtype.element_ty), mask=mask)
 
@@ -253,7 +264,7 @@ def linear_act_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, save
     def grid_dw(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
-    _bwd_dx_kernel[grid_dx](dz, weight, dx, M, N, K, dz.stride(0), next_pow2(M))
+    _bwd_dx_kernel[grid_dx](dz, weight, dz, weight, dx, M, N, K, dz.stride(0), next_pow2(M), TWO=False)
     _bwd_dw_kernel[grid_dw](dz, x, dw, dw if db is None else db, M, N, K, dz.stride(0), x.stride(0), next_pow2(M),
                             HAS_BIAS=has_bias)
     return dx, dw, db
@@ -270,8 +281,8 @@ def compile_specs():
          lambda p: dict(X=p, W=p, B=p, Y=p, Z=p, M="i32", N="i32", K="i32", stride_xm="i32", m_bucket="i32"),
          lambda act: dict(HAS_BIAS=True, ACTIVATION=act, SAVE_Z=act in SAVES_PRE_ACTIVATION)),
         (_bwd_dx_kernel, DX_TILES, ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
-         lambda p: dict(DZ=p, W=p, DX=p, M="i32", N="i32", K="i32", stride_dzm="i32", m_bucket="i32"),
-         lambda act: dict()),
+         lambda p: dict(DZ=p, W=p, DZ2=p, W2=p, DX=p, M="i32", N="i32", K="i32", stride_dzm="i32", m_bucket="i32"),
+         lambda act: dict(TWO=False)),
         (_bwd_dw_kernel, DW_TILES, ("BLOCK_N", "BLOCK_K", "BLOCK_M"),
          lambda p: dict(DZ=p, X=p, DW=p, DB=p, M="i32", N="i32", K="i32", stride_dzm="i32", stride_xm="i32",
                         m_bucket="i32"),

@@ -84,12 +84,18 @@ def test_bad_input():
         bigmodel.ops.swiglu(torch.randn(3), [1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("triton", marks=requires_interpreter)])
-@pytest.mark.parametrize("activation,act", [("silu", F.silu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"))])
-def test_gated_feed_forward_matches_the_llama_mlp(backend, activation, act):
-    x = randn_input(2, 5, 32, scale=1.0, shift=0.0)
-    w_gate, w_up = (torch.randn(48, 32) / 32 ** 0.5 for _ in range(2))
-    w_down = torch.randn(32, 48) / 48 ** 0.5
+GATED_ACTS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("activation", list(GATED_ACTS))
+@pytest.mark.parametrize("lead,d_model,d_ff", [((2, 5), 32, 48), ((37,), 40, 72), ((1,), 16, 16)],
+                         ids=["2x5x32x48", "37x40x72", "1x16x16"])  # tails past the interpreter's 32-wide tiles
+def test_gated_feed_forward_matches_the_llama_mlp(backend, dtype, activation, lead, d_model, d_ff):
+    act = GATED_ACTS[activation]
+    x = randn_input(*lead, d_model, scale=1.0, shift=0.0).to(dtype)
+    w_gate, w_up = ((torch.randn(d_ff, d_model) / d_model ** 0.5).to(dtype) for _ in range(2))
+    w_down = (torch.randn(d_model, d_ff) / d_ff ** 0.5).to(dtype)
 
     def ours(x, wg, wu, wd):
         return bigmodel.ops.gated_feed_forward(x, wg, wu, wd, activation, backend=backend)
@@ -97,7 +103,45 @@ def test_gated_feed_forward_matches_the_llama_mlp(backend, activation, act):
     def theirs(x, wg, wu, wd):
         return F.linear(act(F.linear(x, wg)) * F.linear(x, wu), wd)
 
-    run(ours, theirs, (x, w_gate, w_up, w_down), torch.randn(2, 5, 32))
+    run(ours, theirs, (x, w_gate, w_up, w_down), torch.randn(*lead, d_model).to(dtype))
+
+
+@requires_interpreter
+def test_gated_feed_forward_runs_the_fused_gemm_on_triton(monkeypatch):
+    """On triton, gate and up come from the one fused GEMM kernel (not two GEMMs + the elementwise pass), with g and
+    u saved only when a gradient is needed; the backward's dX is one two-pair kernel launch."""
+    import bigmodel.kernels.gated_linear as gl
+    launches = []
+    for name in ("_gated_fwd_kernel", "_bwd_dx2_kernel"):
+        real = getattr(gl, name)
+        monkeypatch.setattr(gl, name, _Counting(real, name, launches))
+    x, wg, wu, wd = torch.randn(9, 32), torch.randn(40, 32), torch.randn(40, 32), torch.randn(32, 40)
+    with torch.no_grad():
+        h, g, u = gl.gated_linear_fwd(x, wg, wu, "silu", save=False)
+    assert g is None and u is None
+    torch.testing.assert_close(h, F.silu(x @ wg.t()) * (x @ wu.t()), rtol=1e-5, atol=1e-5)
+    x.requires_grad_()
+    bigmodel.ops.gated_feed_forward(x, wg, wu, wd, backend="triton").sum().backward()
+    assert launches == ["_gated_fwd_kernel", "_gated_fwd_kernel", "_bwd_dx2_kernel"], launches
+
+
+class _Counting:
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
+
+
+def test_gated_linear_custom_op_passes_opcheck():
+    x = randn_input(5, 16).requires_grad_()
+    wg, wu = torch.randn(24, 16, requires_grad=True), torch.randn(24, 16, requires_grad=True)
+    torch.library.opcheck(torch.ops.bigmodel.gated_linear.default, (x, wg, wu, "silu", True, "reference"))
+    fn = torch.compile(lambda x, a, b, c: bigmodel.ops.gated_feed_forward(x, a, b, c, backend="reference"),
+                       fullgraph=True, backend="aot_eager")
+    wd = torch.randn(16, 24)
+    torch.testing.assert_close(fn(x, wg, wu, wd), F.linear(F.silu(x @ wg.t()) * (x @ wu.t()), wd))
 
 
 def test_gated_feed_forward_module_loads_a_hugging_face_mlp_state_dict():

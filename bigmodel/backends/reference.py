@@ -133,10 +133,24 @@ class ReferenceBackend(Backend):
         acc = _acc_dtype(gate)
         return (_act(gate.to(acc), activation) * up.to(acc)).to(gate.dtype)
 
-    def gated_activation_bwd(self, dy, gate, up, activation):
+    def gated_activation_bwd(self, dy, gate, up, activation, keep_acc=False):
         acc = _acc_dtype(gate)
         g, u, d = gate.to(acc), up.to(acc), dy.to(acc)
-        return (d * u * _act_grad(g, activation)).to(gate.dtype), (d * _act(g, activation)).to(up.dtype)
+        dg, du = d * u * _act_grad(g, activation), d * _act(g, activation)
+        return (dg, du) if keep_acc else (dg.to(gate.dtype), du.to(up.dtype))
+
+    # ---- gated_linear: x (M, K), w_gate / w_up (N, K); see kernels/gated_linear.py for the math
+    def gated_linear_fwd(self, x, w_gate, w_up, activation, save):
+        acc = _acc_dtype(x)
+        g, u = x.to(acc) @ w_gate.to(acc).t(), x.to(acc) @ w_up.to(acc).t()
+        h = (_act(g, activation) * u).to(x.dtype)
+        return (h, g.to(x.dtype), u.to(x.dtype)) if save else (h, None, None)
+
+    def gated_linear_bwd(self, dh, x, w_gate, w_up, g, u, activation):
+        dg, du = self.gated_activation_bwd(dh, g, u, activation, keep_acc=True)  # unrounded: fp32 / fp64
+        acc = dg.dtype
+        dx = dg @ w_gate.to(acc) + du @ w_up.to(acc)
+        return dx.to(x.dtype), (dg.t() @ x.to(acc)).to(w_gate.dtype), (du.t() @ x.to(acc)).to(w_up.dtype)
 
     def activation_bwd(self, dy, x, activation):
         acc = _acc_dtype(x)

@@ -164,6 +164,11 @@ class TritonBackend(Backend):
                     f"{tuple(input.shape)}, weight {tuple(weight.shape)}"]
         return []
 
+    def gated_activation_reasons(self, input, weight=None, **_):
+        if weight is not None:  # gated_linear's GEMM
+            return self.linear_act_reasons(input, weight)
+        return []
+
     MAX_HEAD_DIM = 256  # head dims are padded to a power of two inside the kernels
 
     def attention_reasons(self, q, k, v, attn_mask=None, **_):
@@ -230,6 +235,15 @@ class TritonBackend(Backend):
     @_on_inputs_device
     def gated_activation_bwd(self, dy, gate, up, activation):
         return self._kernels("activation").gated_bwd(dy, gate, up, activation)
+
+    # gated_linear: one GEMM kernel for gate and up, act(g) * u in its epilogue (kernels/gated_linear.py)
+    @_on_inputs_device
+    def gated_linear_fwd(self, x, w_gate, w_up, activation, save):
+        return self._kernels("gated_linear").gated_linear_fwd(x, w_gate, w_up, activation, save)
+
+    @_on_inputs_device
+    def gated_linear_bwd(self, dh, x, w_gate, w_up, g, u, activation):
+        return self._kernels("gated_linear").gated_linear_bwd(dh, x, w_gate, w_up, g, u, activation)
 
     @_on_inputs_device
     def softmax_fwd(self, x):

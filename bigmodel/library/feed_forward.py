@@ -240,3 +240,72 @@ def _gated_grad(ctx, grad_y):
 
 
 gated_activation.register_autograd(_gated_grad, setup_context=_gated_setup)
+
+
+# ------------------------------------------------------------------------------------------ gated linear
+# h = act(x W_gate^T) * (x W_up^T), saving g and u for the backward. A backend with `gated_linear_fwd` (triton: one
+# GEMM kernel, act(g) * u in its epilogue) runs it whole; otherwise (cuda) cuBLAS makes g and u and the backend's
+# fused gated_activation kernel makes h. Backward: dg, du by the fused gated pass, then dx = dg Wg + du Wu,
+# dWg = dg^T x, dWu = du^T x.
+@torch.library.custom_op("bigmodel::gated_linear", mutates_args=())
+@autocast_off
+def gated_linear(x: Tensor, w_gate: Tensor, w_up: Tensor, activation: str, save: bool,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """x (M, K) unit column stride, w_gate / w_up (N, K) contiguous. Returns (h, g, u); g, u empty unless save."""
+    impl = backends.kernel("gated_activation", backend, input=x, weight=w_gate, weight_up=w_up, activation=activation)
+    if x.numel() == 0 or w_gate.numel() == 0:  # K = 0: g = u = 0; M or N = 0: nothing to compute
+        g = x.new_zeros(x.size(0), w_gate.size(0))
+        h, u = g.clone(), g.clone()
+    elif hasattr(impl, "gated_linear_fwd"):
+        h, g, u = impl.gated_linear_fwd(x, w_gate, w_up, activation, save)
+    else:
+        g, u = torch.mm(x, w_gate.t()), torch.mm(x, w_up.t())
+        h = impl.gated_activation_fwd(g, u, activation)
+    return (h, g, u) if save else (h, _empty_grad(x), _empty_grad(x))
+
+
+@gated_linear.register_fake
+def _(x, w_gate, w_up, activation, save, backend):
+    h = x.new_empty(x.size(0), w_gate.size(0))
+    return (h, torch.empty_like(h), torch.empty_like(h)) if save else (h, _empty_grad(x), _empty_grad(x))
+
+
+@torch.library.custom_op("bigmodel::gated_linear_backward", mutates_args=())
+@autocast_off
+def gated_linear_backward(grad_h: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, g: Tensor, u: Tensor,
+                          activation: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw_gate, dw_up)."""
+    impl = backends.kernel("gated_activation", backend, input=x, weight=w_gate, weight_up=w_up, activation=activation)
+    grad_h = grad_h.contiguous()
+    if x.numel() == 0 or w_gate.numel() == 0:
+        return torch.zeros_like(x), torch.zeros_like(w_gate), torch.zeros_like(w_up)
+    if hasattr(impl, "gated_linear_bwd"):
+        return impl.gated_linear_bwd(grad_h, x, w_gate, w_up, g, u, activation)
+    dg, du = impl.gated_activation_bwd(grad_h, g, u, activation)
+    return torch.addmm(torch.mm(dg, w_gate), du, w_up), torch.mm(dg.t(), x), torch.mm(du.t(), x)
+
+
+@gated_linear_backward.register_fake
+def _(grad_h, x, w_gate, w_up, g, u, activation, backend):
+    return torch.empty_like(x), torch.empty_like(w_gate), torch.empty_like(w_up)
+
+
+def _gated_linear_setup(ctx, inputs, output):
+    x, w_gate, w_up, activation, save, backend = inputs
+    _h, g, u = output
+    ctx.save_for_backward(x, w_gate, w_up, g, u)
+    ctx.activation, ctx.backend, ctx.saved = activation, backend, save
+    ctx.mark_non_differentiable(g, u)
+
+
+def _gated_linear_grad(ctx, grad_h, _grad_g, _grad_u):
+    if not ctx.saved:
+        raise RuntimeError("bigmodel::gated_linear ran with save=False (no gradient was expected) but a backward was "
+                           "requested; bigmodel.ops.gated_feed_forward sets save when an input requires grad")
+    x, w_gate, w_up, g, u = ctx.saved_tensors
+    dx, dwg, dwu = torch.ops.bigmodel.gated_linear_backward(grad_h, x, w_gate, w_up, g, u, ctx.activation,
+                                                            ctx.backend)
+    return dx, dwg, dwu, None, None, None
+
+
+gated_linear.register_autograd(_gated_linear_grad, setup_context=_gated_linear_setup)

@@ -88,12 +88,14 @@ def gated_feed_forward(input, w_gate, w_up, w_down, activation="silu", *, backen
     """`F.linear(act(F.linear(input, w_gate)) * F.linear(input, w_up), w_down)`: the Llama MLP (activation "silu"),
     Gemma's ("gelu_tanh"), or "gelu". w_gate / w_up (d_ff, d_model), w_down (d_model_out, d_ff), one dtype.
 
-    Today: the three GEMMs run on PyTorch (cuBLAS) and act(g) * u, forward and backward, in one fused elementwise
-    pass on the chosen backend (ops.swiglu / ops.geglu); the GEMM-epilogue fusion is not built yet."""
+    The first half, h = act(x W_gate^T) * (x W_up^T), is one op (bigmodel::gated_linear): on triton one GEMM kernel
+    computes both products and writes h from its epilogue (plus g and u when a gradient is needed); on cuda, cuBLAS
+    GEMMs and the fused gated kernel; on torch, PyTorch's composition. The down projection is F.linear."""
     op = "gated_feed_forward"
     if activation not in GATED_ACTIVATIONS:
         raise ValueError(f"bigmodel.ops.{op}: activation must be one of {', '.join(map(repr, GATED_ACTIVATIONS))}; "
                          f"got {activation!r}")
+    input, w_gate, w_up, w_down = _checks.autocast_inputs(input, w_gate, w_up, w_down)
     _check_input(op, input)
     _check_layer(op, input, input.size(-1), f"input's last dim (input is {tuple(input.shape)})", "w_gate", w_gate,
                  "b_gate", None)
@@ -104,6 +106,18 @@ def gated_feed_forward(input, w_gate, w_up, w_down, activation="silu", *, backen
                          f"{tuple(w_up.shape)}")
     _check_layer(op, input, w_gate.size(0), f"w_gate's out_features (w_gate is {tuple(w_gate.shape)})", "w_down",
                  w_down, "b_down", None)
-    from .activation import gated
-    hidden = gated(op, F.linear(input, w_gate), F.linear(input, w_up), activation, backend)
-    return F.linear(hidden, w_down)
+    return F.linear(_gated_linear(input, w_gate, w_up, activation, backends.requested(backend)), w_down)
+
+
+def _gated_linear(x, w_gate, w_up, activation, backend_name):
+    """h = act(x W_gate^T) * (x W_up^T) on the chosen backend (x (..., d_model) -> h (..., d_ff))."""
+    rows = _checks.rows_like(x, x.size(-1), x.numel() // x.size(-1) if x.size(-1) else math.prod(x.shape[:-1]))
+    training = _checks.needs_grad(x, w_gate, w_up)
+    impl = backends.select("gated_activation", backend_name, training=training,
+                           trial=lambda b, fresh: _gated_linear(fresh(x), fresh(w_gate), fresh(w_up), activation, b),
+                           input=rows, weight=w_gate, weight_up=w_up, activation=activation)
+    if impl.name == "torch":
+        return impl.gated_activation(F.linear(x, w_gate), F.linear(x, w_up), activation)
+    h, _g, _u = torch.ops.bigmodel.gated_linear(row_view(x, x.size(-1)), w_gate.contiguous(), w_up.contiguous(),
+                                                activation, training, impl.name)
+    return h.view(*x.shape[:-1], w_gate.size(0))
