@@ -30,7 +30,8 @@ Bytes (the fewest one call must move; e = the dtype's bytes, N x H the rows, sta
 recompute rstd from x, which it reads anyway):
   rms_norm      fwd read x, w, write y: 2NHe + He;  bwd read x, dy, w, write dx, dw: 3NHe + 2He
   add_rms_norm  fwd read x, r, w, write y, h: 4NHe + He;  bwd read dy, dh, h, w, write dx (= dr), dw: 4NHe + 2He
-  rotary        fwd and bwd each read x (dy) and the cos / sin tables, write y (dx), all D features: 2 x numel + 2 tables
+  rotary        fwd and bwd each read x (dy) and the cos / sin tables, write y (dx), all D features:
+                2 x numel + 2 tables
   swiglu, geglu fwd read g, u, write y: 3 x numel;  bwd read dy, g, u, write dg, du: 5 x numel
   fwd+bwd: the sum of the two.  gated_feed_forward: flops 2 x 3 x tokens x d_model x d_ff forward, twice that backward.
 Tiers: 0 = the headline shape (rms_norm / add_rms_norm 16384 x 4096, rotary (8, 32, 2048, 128), swiglu 16384 x 14336:

@@ -43,7 +43,8 @@ FIXED_COLORS = {"torch": 0, "torch.compile": 1, "cuda": 2, "triton": 3, "bigmode
 # auto is never slower than the best backend beyond noise).
 AUTO_BASELINE = {"best_backend": ("torch", "triton", "cuda")}
 EXTRA_COLUMNS = {"best_backend": "vs fastest backend", "best_sdpa": "vs best SDPA", "sdpa_flash": "vs SDPA flash",  # speed-up column titles
-                 "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS", "matmul_cpu": "vs torch.matmul (CPU)"}
+                 "torch_compile": "vs torch.compile", "cublas": "vs cuBLAS", "matmul_cpu": "vs torch.matmul (CPU)",
+                 "liger": "vs Liger-Kernel"}
 # What a row's rate is, first present wins: a training step's tokens/s, a GEMM's TFLOP/s, a memory-bound op's GB/s.
 METRICS = (("tokens_per_s", "tokens/s"), ("tflops", "TFLOP/s"), ("gbps", "GB/s"))
 CPU_LABEL = "CPU timings — not performance numbers"
