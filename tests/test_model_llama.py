@@ -6,8 +6,8 @@ interpreter; rotary positions after a KV-cache offset (chunked prefill, generate
 recomputed without one = Hugging Face's greedy generate); and the train_step benchmark's plain-PyTorch Llama twin.
 
 Weights are scrambled to O(1) (GPT-2's 0.02 init makes attention near-uniform and RMSNorm gains exactly 1, hiding
-layout bugs), and rope_theta is 10000 in the comparisons: with Llama 3's 500000 the low-frequency pairs of a
-16-dim head barely turn over a few dozen positions, so a mix-up of the pairs would go unseen.
+layout bugs), and rope_theta is 10000 in the model comparisons (Llama 3's 500000 in the angle test): with 500000 the
+low-frequency pairs of a 16-dim head barely turn over a few dozen positions, so half the rotation would go untested.
 """
 import math
 
