@@ -430,7 +430,10 @@ class GeGLUBench(GatedBench):
 # ------------------------------------------------------------------------------------------ gated_feed_forward
 class GatedFeedForwardBench(LlamaBench):
     name = "gated_feed_forward"
-    backend_op = "gated_activation"  # the GEMMs run on PyTorch on every backend; the backend fuses act(g) * u
+    # what ops.gated_feed_forward asks the backends about (its h = act(x Wg^T) * (x Wu^T), bigmodel::gated_linear:
+    # on triton one GEMM kernel for both with act(g) * u in its epilogue; on cuda cuBLAS + the fused gated kernel);
+    # the down projection is F.linear on every backend
+    backend_op = "gated_activation"
     dims = ("tokens", "d_model", "d_ff", "activation")
     gpu = ((16384, 2048, 8192, "silu"), (16384, 4096, 14336, "silu"))
     gpu_quick = gpu[1:]
@@ -462,10 +465,8 @@ class GatedFeedForwardBench(LlamaBench):
         return lambda x, wg, wu, wd: F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
 
     def backend_inputs(self, case: Case, sample: InputSet) -> dict:
-        m, f = case.params["tokens"], case.params["d_ff"]
-        # what the backend's gated activation gets: (tokens, d_ff) gate and up (stride-0 stand-ins: no memory)
-        like = torch.empty((), device=case.device, dtype=case.torch_dtype).expand(m, f)
-        return dict(input=like, up=like, activation=case.params["activation"])
+        x, wg, wu, _wd = sample.args
+        return dict(input=x, weight=wg, weight_up=wu, activation=case.params["activation"])
 
     def fused(self, case: Case, backend: str) -> Callable:
         act = case.params["activation"]
