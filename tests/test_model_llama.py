@@ -158,6 +158,19 @@ def test_untied_geglu_gemma_style_block_matches_hugging_face_mlp():
     assert model.lm_head.weight is not model.tok_emb.weight
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_bf16_autocast_step(backend):
+    """`bigmodel train`'s GPU precision on CPU: under bf16 autocast the attention output (bf16) joins the fp32 stream
+    in add_rms_norm, rotary takes bf16 q / k with fp32 angles; logits come out bf16, every gradient is finite."""
+    model = Transformer(tiny(backend=backend))
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids)
+    assert logits.dtype == torch.bfloat16
+    F.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
 # ------------------------------------------------------------------------------------------ KV cache offsets
 def test_chunked_prefill_with_cache_matches_hugging_face():
     """Rotary angles continue at the cache's length: chunks through the cache = one full Hugging Face forward."""
