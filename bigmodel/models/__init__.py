@@ -4,7 +4,7 @@
     model = Transformer(TransformerConfig.from_preset("tiny"))
 """
 from .config import PRESETS, TransformerConfig
-from .transformer import Block, KVCache, RotaryEmbedding, RotarySelfAttention, SinusoidalEmbedding, Transformer
+from .transformer import Block, KVCache, RotaryEmbedding, SinusoidalEmbedding, Transformer
 
-__all__ = ["Block", "KVCache", "PRESETS", "RotaryEmbedding", "RotarySelfAttention", "SinusoidalEmbedding",
+__all__ = ["Block", "KVCache", "PRESETS", "RotaryEmbedding", "SinusoidalEmbedding",
            "Transformer", "TransformerConfig"]

@@ -74,31 +74,6 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-class RotarySelfAttention(SelfAttention):
-    """bigmodel.nn.SelfAttention with rotary positions: q (B, H, L, D) and k (B, Hkv, L, D) are rotated by
-    bigmodel.ops.rotary after the projection and before the KV cache (cached keys are stored rotated, as Llama's), so
-    one (L, D) cos / sin pair serves every query and key/value head. forward(..., rope=(cos, sin)): the angles of
-    the L new positions (RotaryEmbedding), computed once per model forward."""
-
-    def forward(self, x, attention_mask=None, kv_cache=None, rope=None):
-        B, L, C = x.shape
-        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = q.view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
-        k = k.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
-        v = v.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
-        cos, sin = rope  # (L, D) each
-        q = ops.rotary(q, cos, sin, backend=self.backend)
-        k = ops.rotary(k, cos, sin, backend=self.backend)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, Hkv, S, D): the cached keys, then this call's
-        mask, is_causal = self._mask(attention_mask, B, L, k.size(2), x.device)
-        dropout = self.dropout if self.training else 0.0
-        y = ops.attention(q, k, v, mask, dropout, is_causal, enable_gqa=True, backend=self.backend)  # (B, H, L, D)
-        y = self.out_proj(y.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
-        return F.dropout(y, dropout) if dropout > 0 else y
-
-
 def norm(config):
     """The block's normalisation: LayerNorm ("pre", "post") or RMSNorm ("rms")."""
     if config.norm == "rms":
@@ -114,8 +89,7 @@ class Block(torch.nn.Module):
         c = config
         self.placement = c.norm
         self.ln_1 = norm(c)
-        attention = RotarySelfAttention if c.positional == "rotary" else SelfAttention
-        self.attn = attention(c.d_model, c.n_heads, c.n_kv_heads, c.causal, c.dropout, c.bias, backend=c.backend)
+        self.attn = SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.causal, c.dropout, c.bias, backend=c.backend)
         self.ln_2 = norm(c)
         if c.mlp == "dense":
             self.mlp = FeedForward(c.d_model, c.d_ff, c.activation, c.bias, c.dropout, backend=c.backend)
@@ -125,17 +99,16 @@ class Block(torch.nn.Module):
         self.mlp_dropout = torch.nn.Dropout(c.dropout) if c.mlp != "dense" and c.dropout > 0 else None
 
     def forward(self, x, attention_mask=None, kv_cache=None, rope=None):  # x: (B, L, C)
-        rotary = () if rope is None else (rope,)  # (cos, sin) for RotarySelfAttention
         if self.placement == "pre":  # GPT-2
-            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, *rotary)
+            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
             x = x + self.feed_forward(self.ln_2(x))
         elif self.placement == "rms":  # Llama: pre-norm; h = ln_2(x + attn) and the new stream x in one fused pass
-            a = self.attn(self.ln_1(x), attention_mask, kv_cache, *rotary)
+            a = self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
             h, x = ops.add_rms_norm(a.to(x.dtype), x, self.ln_2.normalized_shape, self.ln_2.weight, self.ln_2.eps,
                                     backend=self.ln_2.backend)  # a.to: autocast's bf16 output joins the fp32 stream
             x = x + self.feed_forward(h)
         else:  # post-norm, as BERT
-            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache, *rotary))
+            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache, rope))
             x = self.ln_2(x + self.feed_forward(x))
         return x
 

@@ -38,13 +38,17 @@ class SelfAttention(torch.nn.Module):
         self.qkv_proj = Linear(d_model, d_model + 2 * kv_dim, bias, device, dtype, backend=backend)
         self.out_proj = Linear(d_model, d_model, bias, device, dtype, backend=backend)
 
-    def forward(self, x, attention_mask=None, kv_cache=None):
+    def forward(self, x, attention_mask=None, kv_cache=None, rope=None):
+        """rope=(cos, sin), each (L, D): rotary angles of the L new positions; q and k are rotated (one fused
+        launch, bigmodel.ops.rotary_qk) before the KV cache, so cached keys are stored rotated, as Llama's."""
         B, L, C = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
         q = q.view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
         k = k.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
         v = v.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+        if rope is not None:
+            q, k = ops.rotary_qk(q, k, *rope, backend=self.backend)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, Hkv, S, D): the cached keys, then this call's
         mask, is_causal = self._mask(attention_mask, B, L, k.size(2), x.device)
