@@ -19,31 +19,66 @@ std::vector<c10::optional<at::Tensor>> layer_norm_bwd(const at::Tensor& dy, cons
                                                       const c10::optional<at::Tensor>& bias,
                                                       const at::Tensor& mean, const at::Tensor& rstd);
 
+// ---- RMSNorm (csrc/layer_norm, the LayerNorm kernels with kRms: no mean, no bias) ----
+// x: (rows, cols) with unit column stride; weight: None or (cols,) contiguous in x's dtype or float32.
+// Returns {y = x * rstd * weight (rows, cols), rstd = rsqrt(mean(x^2) + eps) (rows,) fp32}.
+std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight, double eps);
+// dy: x's shape and dtype, unit column stride. With xhat = x * rstd, g = dy * weight:
+// dx = rstd * (g - xhat * mean(g * xhat)); dweight = sum over rows of dy * xhat (fixed order). Returns
+// {dx, dweight or None}.
+std::vector<c10::optional<at::Tensor>> rms_norm_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                    const c10::optional<at::Tensor>& weight, const at::Tensor& rstd);
+// residual: x's shape and dtype. h = x + residual (rounded to x's dtype) is normalised. Returns {y, h, rstd}.
+std::vector<at::Tensor> add_rms_norm_fwd(const at::Tensor& x, const at::Tensor& residual,
+                                         const c10::optional<at::Tensor>& weight, double eps);
+// dy, dh: the gradients of y and h, h's shape and dtype. Returns {dx = rms_norm_bwd's dx + dh (the gradient of both
+// x and residual), dweight or None}.
+std::vector<c10::optional<at::Tensor>> add_rms_norm_bwd(const at::Tensor& dy, const at::Tensor& dh,
+                                                        const at::Tensor& h, const c10::optional<at::Tensor>& weight,
+                                                        const at::Tensor& rstd);
+// ---- end RMSNorm ----
+
+// ---- rotary (csrc/rotary) ----
+// x: (B, H, L, D), unit last stride; cos / sin: (B, H, L, R) views (stride 0 on broadcast dims, unit last stride),
+// x's dtype or float32, R even in [2, D]: the first R features rotate, the rest pass through. interleaved: GPT-J
+// pairs (2i, 2i + 1), else rotate_half's (i, i + R/2). Returns y = x cos + rotate_half(x) sin, (B, H, L, D)
+// contiguous; fp32 math.
+at::Tensor rotary_fwd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool interleaved);
+// The transposed rotation (by -theta): dx1 = dy1 c1 + dy2 s2, dx2 = dy2 c2 - dy1 s1. dy laid out as x above.
+at::Tensor rotary_bwd(const at::Tensor& dy, const at::Tensor& cos, const at::Tensor& sin, bool interleaved);
+// ---- end rotary ----
+
 // ---- feed-forward / activation / softmax (csrc/bias_act, csrc/activation, csrc/softmax) ----
-// activation: "gelu" (erf), "gelu_tanh", "relu" or "none" (bias_act_*); act_* take the first three.
+// activation: "gelu" (erf), "gelu_tanh", "relu", "silu" or "none" (bias_act_*); act_* take all but "none".
 // z: (M, N) with unit column stride; bias: (N,) contiguous, z's dtype. Returns {y = act(z + bias) (M, N),
-// pre = z + bias (M, N) for gelu / gelu_tanh, an empty tensor for relu / none}.
+// pre = z + bias (M, N) for gelu / gelu_tanh / silu, an empty tensor for relu / none}.
 std::vector<at::Tensor> bias_act_fwd(const at::Tensor& z, const c10::optional<at::Tensor>& bias,
                                      const std::string& activation);
-// dy: (M, N), unit column stride; pre: the forward's pre (gelu*), its y (relu), unused (none). Returns
+// dy: (M, N), unit column stride; pre: the forward's pre (gelu*, silu), its y (relu), unused (none). Returns
 // {dz = act'(pre) * dy (M, N), dbias = column sums of dz (N,) (deterministic) or an empty tensor}.
 std::vector<at::Tensor> bias_act_bwd(const at::Tensor& dy, const at::Tensor& pre, const std::string& activation,
                                      bool want_dbias);
 // Any-shape contiguous x (and dy). y = act(x); dx = act'(x) * dy.
 at::Tensor act_fwd(const at::Tensor& x, const std::string& activation);
 at::Tensor act_bwd(const at::Tensor& dy, const at::Tensor& x, const std::string& activation);
+// Gated (SwiGLU "silu", GeGLU "gelu" / "gelu_tanh"): gate, up (and dy) contiguous, one shape and dtype; fp32 math.
+// y = act(gate) * up.
+at::Tensor gated_activation_fwd(const at::Tensor& gate, const at::Tensor& up, const std::string& activation);
+// Returns {dgate = dy * up * act'(gate), dup = dy * act(gate)}.
+std::vector<at::Tensor> gated_activation_bwd(const at::Tensor& dy, const at::Tensor& gate, const at::Tensor& up,
+                                             const std::string& activation);
 // x, y, dy: (M, N) with unit column stride; softmax over the last dim. dx = y * (dy - rowsum(dy * y)).
 at::Tensor softmax_fwd(const at::Tensor& x);
 at::Tensor softmax_bwd(const at::Tensor& dy, const at::Tensor& y);
 // linear_act (csrc/linear_act): x (M, K), weight (N, K), bias (N,) or None, one dtype; activation as bias_act_*.
-// Returns {y = act(x weight^T + bias) (M, N) contiguous, pre = x weight^T + bias (M, N) for gelu / gelu_tanh, an
-// empty tensor for relu / none}: one cuBLASLt GEMM with a bias / ReLU / GELU-aux epilogue (exact GELU: + one
-// elementwise kernel).
+// Returns {y = act(x weight^T + bias) (M, N) contiguous, pre = x weight^T + bias (M, N) for gelu / gelu_tanh / silu,
+// an empty tensor for relu / none}: one cuBLASLt GEMM with a bias / ReLU / GELU-aux epilogue (exact GELU and SiLU:
+// GEMM + bias, then one elementwise kernel).
 std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x, const at::Tensor& weight,
                                        const c10::optional<at::Tensor>& bias, const std::string& activation);
 // How many cuBLASLt GEMMs found no algorithm and took the fallback (GEMM + bias, then the elementwise kernel).
 int64_t linear_act_fallbacks();
-// dy (M, N) unit column stride; saved: the forward's pre (gelu*), its y (relu), unused (none).
+// dy (M, N) unit column stride; saved: the forward's pre (gelu*, silu), its y (relu), unused (none).
 // Returns {dx (M, K), dweight (N, K), dbias (N,) (deterministic) or an empty tensor}.
 std::vector<at::Tensor> linear_act_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                                        const at::Tensor& saved, const std::string& activation, bool want_dbias);

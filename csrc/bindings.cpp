@@ -10,6 +10,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
   m.def("layer_norm_bwd", &bigmodel::layer_norm_bwd, "LayerNorm backward: (dx, dweight, dbias)", py::arg("dy"),
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("rstd"));
+  // ---- RMSNorm ----
+  m.def("rms_norm_fwd", &bigmodel::rms_norm_fwd, "RMSNorm forward: (y, rstd)", py::arg("x"), py::arg("weight"),
+        py::arg("eps"));
+  m.def("rms_norm_bwd", &bigmodel::rms_norm_bwd, "RMSNorm backward: (dx, dweight)", py::arg("dy"), py::arg("x"),
+        py::arg("weight"), py::arg("rstd"));
+  m.def("add_rms_norm_fwd", &bigmodel::add_rms_norm_fwd, "h = x + residual, y = RMSNorm(h): (y, h, rstd)",
+        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"));
+  m.def("add_rms_norm_bwd", &bigmodel::add_rms_norm_bwd, "add_rms_norm backward: (dx = dresidual, dweight)",
+        py::arg("dy"), py::arg("dh"), py::arg("h"), py::arg("weight"), py::arg("rstd"));
+  // ---- end RMSNorm ----
+  // ---- rotary ----
+  m.def("rotary_fwd", &bigmodel::rotary_fwd, "rotary embedding: x cos + rotate_half(x) sin", py::arg("x"),
+        py::arg("cos"), py::arg("sin"), py::arg("interleaved"));
+  m.def("rotary_bwd", &bigmodel::rotary_bwd, "rotary backward: rotation by -theta", py::arg("dy"), py::arg("cos"),
+        py::arg("sin"), py::arg("interleaved"));
+  // ---- end rotary ----
   // ---- feed-forward / activation / softmax ----
   m.def("bias_act_fwd", &bigmodel::bias_act_fwd, "y = act(z + bias): (y, pre)", py::arg("z"), py::arg("bias"),
         py::arg("activation"));
@@ -18,6 +34,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("act_fwd", &bigmodel::act_fwd, "y = act(x), elementwise", py::arg("x"), py::arg("activation"));
   m.def("act_bwd", &bigmodel::act_bwd, "dx = act'(x) * dy, elementwise", py::arg("dy"), py::arg("x"),
         py::arg("activation"));
+  m.def("gated_activation_fwd", &bigmodel::gated_activation_fwd, "y = act(gate) * up (SwiGLU / GeGLU)",
+        py::arg("gate"), py::arg("up"), py::arg("activation"));
+  m.def("gated_activation_bwd", &bigmodel::gated_activation_bwd,
+        "dgate = dy * up * act'(gate), dup = dy * act(gate): (dgate, dup)", py::arg("dy"), py::arg("gate"),
+        py::arg("up"), py::arg("activation"));
   m.def("softmax_fwd", &bigmodel::softmax_fwd, "softmax over the last dim of (M, N)", py::arg("x"));
   m.def("softmax_bwd", &bigmodel::softmax_bwd, "dx = y * (dy - rowsum(dy * y))", py::arg("dy"), py::arg("y"));
   m.def("linear_act_fwd", &bigmodel::linear_act_fwd, "y = act(x W^T + b), one cuBLASLt GEMM + epilogue: (y, pre)",

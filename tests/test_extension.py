@@ -48,3 +48,153 @@ def test_extension_rejects_cpu_tensors_with_clear_message(ext):
         ext.layer_norm_fwd(x, None, None, 1e-5)
     with pytest.raises(RuntimeError, match=r"layer_norm_bwd: x must be a CUDA tensor"):
         ext.layer_norm_bwd(x, x, None, None, torch.zeros(4), torch.ones(4))
+
+
+# ---- the Llama-family entry points: RMSNorm, rotary, silu and the gated activations
+NEW_FUNCTIONS = ("rms_norm_fwd", "rms_norm_bwd", "add_rms_norm_fwd", "add_rms_norm_bwd", "rotary_fwd", "rotary_bwd",
+                 "gated_activation_fwd", "gated_activation_bwd")
+
+
+@pytest.fixture(scope="module")
+def ext_llama():
+    return extension_or_skip(*NEW_FUNCTIONS)
+
+
+def test_extension_has_the_llama_kernels(ext_llama):
+    out = subprocess.run([_cuobjdump(), "-res-usage", ext_llama.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    for kernel in ("rotary_kernel", "gated_kernel", "ln_fwd_kernel", "ln_bwd_dx_kernel"):
+        assert kernel in out, f"bigmodel._C has no {kernel}"
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape).to(dtype)
+
+
+def raises(pattern, fn, *args):
+    with pytest.raises(RuntimeError, match=pattern):
+        fn(*args)
+
+
+def test_rms_norm_rejects_bad_input(ext_llama):
+    e = ext_llama
+    x, w, rstd = _t(4, 8), _t(8), torch.ones(4)
+    raises(r"rms_norm_fwd: x must be a CUDA tensor; got a tensor on cpu", e.rms_norm_fwd, x, w, 1e-6)
+    raises(r"rms_norm_fwd: x must be a CUDA tensor; got a tensor on cpu", e.rms_norm_fwd, x, None, 1e-6)
+    raises(r"rms_norm_fwd: x must be 2-D \(rows, cols\); got shape \[2, 2, 8\]", e.rms_norm_fwd, _t(2, 2, 8), w, 1e-6)
+    raises(r"rms_norm_fwd: x must be float32, float16 or bfloat16; got Long", e.rms_norm_fwd,
+           torch.ones(4, 8, dtype=torch.long), None, 1e-6)
+    raises(r"rms_norm_fwd: x must have 1 to \d+ columns; got 0", e.rms_norm_fwd, _t(4, 0), None, 1e-6)
+    raises(r"rms_norm_fwd: x must have unit stride in its last dim", e.rms_norm_fwd, _t(8, 4).t(), w, 1e-6)
+    raises(r"rms_norm_fwd: weight must have shape \[8\]; got \[7\]", e.rms_norm_fwd, x, _t(7), 1e-6)
+    raises(r"rms_norm_fwd: weight must have x's dtype \(bfloat16\) or float32; got float16", e.rms_norm_fwd,
+           _t(4, 8, dtype=torch.bfloat16), _t(8, dtype=torch.float16), 1e-6)
+    raises(r"rms_norm_fwd: weight must be contiguous", e.rms_norm_fwd, x, _t(16)[::2], 1e-6)
+    raises(r"rms_norm_fwd: eps must be non-negative; got -1", e.rms_norm_fwd, x, w, -1.0)
+    raises(r"rms_norm_bwd: x must be a CUDA tensor; got a tensor on cpu", e.rms_norm_bwd, x, x, w, rstd)
+    raises(r"rms_norm_bwd: dy must have shape \[4, 8\]; got \[4, 9\]", e.rms_norm_bwd, _t(4, 9), x, w, rstd)
+    raises(r"rms_norm_bwd: dy must have x's dtype \(Float\); got Half", e.rms_norm_bwd,
+           _t(4, 8, dtype=torch.float16), x, w, rstd)
+    raises(r"rms_norm_bwd: rstd must have shape \[4\]; got \[5\]", e.rms_norm_bwd, x, x, w, torch.ones(5))
+    raises(r"rms_norm_bwd: rstd must be a contiguous float32 tensor; got Half", e.rms_norm_bwd, x, x, w,
+           torch.ones(4, dtype=torch.float16))
+
+
+def test_add_rms_norm_rejects_bad_input(ext_llama):
+    e = ext_llama
+    x, w, rstd = _t(4, 8), _t(8), torch.ones(4)
+    raises(r"add_rms_norm_fwd: x must be a CUDA tensor; got a tensor on cpu", e.add_rms_norm_fwd, x, x, w, 1e-6)
+    raises(r"add_rms_norm_fwd: residual must have shape \[4, 8\]; got \[4, 9\]", e.add_rms_norm_fwd, x, _t(4, 9),
+           w, 1e-6)
+    raises(r"add_rms_norm_fwd: residual must have x's dtype \(Float\); got BFloat16", e.add_rms_norm_fwd, x,
+           _t(4, 8, dtype=torch.bfloat16), w, 1e-6)
+    raises(r"add_rms_norm_fwd: residual must have unit stride in its last dim", e.add_rms_norm_fwd, x,
+           _t(8, 4).t(), w, 1e-6)
+    raises(r"add_rms_norm_bwd: h must be a CUDA tensor; got a tensor on cpu", e.add_rms_norm_bwd, x, x, x, w, rstd)
+    raises(r"add_rms_norm_bwd: dh must have shape \[4, 8\]; got \[3, 8\]", e.add_rms_norm_bwd, x, _t(3, 8), x, w,
+           rstd)
+    raises(r"add_rms_norm_bwd: dy must have h's dtype", e.add_rms_norm_bwd, _t(4, 8, dtype=torch.float16), x, x, w,
+           rstd)
+
+
+def test_rotary_rejects_bad_input(ext_llama):
+    e = ext_llama
+    x, c = _t(2, 3, 5, 16), _t(2, 3, 5, 16)
+    raises(r"rotary_fwd: x must be a CUDA tensor; got a tensor on cpu", e.rotary_fwd, x, c, c, False)
+    raises(r"rotary_bwd: dy must be a CUDA tensor; got a tensor on cpu", e.rotary_bwd, x, c, c, True)
+    # a broadcast (stride-0) table view is the expected layout, not an error
+    cb = _t(5, 8).expand(2, 3, 5, 8)
+    raises(r"rotary_fwd: x must be a CUDA tensor", e.rotary_fwd, x, cb, cb, False)
+    raises(r"rotary_fwd: x must be 4-D \(B, H, L, D\); got shape \[3, 5, 16\]", e.rotary_fwd, _t(3, 5, 16), c, c,
+           False)
+    raises(r"rotary_fwd: x must be float32, float16 or bfloat16; got Double", e.rotary_fwd, x.double(), c, c, False)
+    raises(r"rotary_fwd: x must have unit stride in its last dim", e.rotary_fwd, _t(2, 3, 16, 5).transpose(2, 3),
+           _t(2, 3, 16, 5), _t(2, 3, 16, 5), False)
+    raises(r"rotary_fwd: cos must have x's dtype \(bfloat16\) or float32; got float16", e.rotary_fwd,
+           x.bfloat16(), c.half(), c.half(), False)
+    raises(r"rotary_fwd: sin must have cos's dtype \(Float\); got BFloat16", e.rotary_fwd, x, c, c.bfloat16(), False)
+    raises(r"rotary_fwd: the rotary dim R = cos.size\(-1\) must be even and in \[2, 16\] \(x's head dim\); got 7",
+           e.rotary_fwd, x, _t(2, 3, 5, 7), _t(2, 3, 5, 7), False)
+    raises(r"rotary_fwd: the rotary dim .* got 18", e.rotary_fwd, x, _t(2, 3, 5, 18), _t(2, 3, 5, 18), False)
+    raises(r"rotary_fwd: cos must be 4-D \(B, H, L, R\)", e.rotary_fwd, x, _t(5, 16), _t(5, 16), False)
+    raises(r"rotary_fwd: cos must have shape \[2, 3, 5, 16\]; got \[2, 3, 4, 16\]", e.rotary_fwd, x,
+           _t(2, 3, 4, 16), _t(2, 3, 4, 16), False)
+    raises(r"rotary_fwd: sin must have shape \[2, 3, 5, 16\]; got \[2, 3, 5, 8\]", e.rotary_fwd, x, c,
+           _t(2, 3, 5, 8), False)
+    raises(r"rotary_fwd: cos must have unit stride in its last dim", e.rotary_fwd, x, _t(2, 3, 16, 5).transpose(2, 3)[
+        :, :, :5], c, False)
+
+
+def test_gated_activation_rejects_bad_input(ext_llama):
+    e = ext_llama
+    g = _t(4, 8)
+    raises(r"gated_activation_fwd: gate must be a CUDA tensor; got a tensor on cpu", e.gated_activation_fwd, g, g,
+           "silu")
+    raises(r"gated_activation_bwd: gate must be a CUDA tensor; got a tensor on cpu", e.gated_activation_bwd, g, g, g,
+           "gelu_tanh")
+    raises(r"gated_activation_fwd: activation must be one of 'silu', 'gelu', 'gelu_tanh'; got 'relu'",
+           e.gated_activation_fwd, g, g, "relu")
+    raises(r"gated_activation_fwd: gate must be float32, float16 or bfloat16; got Int", e.gated_activation_fwd,
+           torch.ones(4, 8, dtype=torch.int), g, "silu")
+    raises(r"gated_activation_fwd: gate must be contiguous", e.gated_activation_fwd, _t(8, 4).t(), g, "silu")
+    raises(r"gated_activation_fwd: up must have gate's dtype \(Float\); got Half", e.gated_activation_fwd, g,
+           g.half(), "silu")
+    raises(r"gated_activation_fwd: up must have gate's shape \[4, 8\]; got \[4, 9\]", e.gated_activation_fwd, g,
+           _t(4, 9), "gelu")
+    raises(r"gated_activation_bwd: dy must have gate's shape \[4, 8\]; got \[8, 4\]", e.gated_activation_bwd,
+           _t(8, 4), g, g, "silu")
+    raises(r"gated_activation_bwd: up must be contiguous", e.gated_activation_bwd, g, g, _t(8, 4).t(), "silu")
+
+
+def test_silu_is_a_cuda_activation(ext_llama):
+    e, x = ext_llama, _t(4, 8)
+    raises(r"act_fwd: x must be a CUDA tensor; got a tensor on cpu", e.act_fwd, x, "silu")
+    raises(r"act_bwd: x must be a CUDA tensor; got a tensor on cpu", e.act_bwd, x, x, "silu")
+    raises(r"act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu'; got 'swish'", e.act_fwd, x,
+           "swish")
+    raises(r"bias_act_fwd: z must be a CUDA tensor; got a tensor on cpu", e.bias_act_fwd, x, _t(8), "silu")
+    raises(r"bias_act_bwd: dy must be a CUDA tensor; got a tensor on cpu", e.bias_act_bwd, x, x, "silu", True)
+    raises(r"bias_act_bwd: pre must have dy's shape", e.bias_act_bwd, x, _t(4, 9), "silu", True)
+    raises(r"linear_act_fwd: x must be a CUDA tensor; got a tensor on cpu", e.linear_act_fwd, x, _t(3, 8), None,
+           "silu")
+    raises(r"linear_act_bwd: saved \(the pre-activation\) must have shape \[4, 3\]; got \[0\]", e.linear_act_bwd,
+           _t(4, 3), x, _t(3, 8), torch.empty(0), "silu", False)
+
+
+def test_cuda_backend_offers_the_llama_ops(monkeypatch):
+    """With the machine's reasons cleared, the cuda backend names only the device for CPU inputs, and its own limits."""
+    from bigmodel.backends import BACKENDS
+
+    cuda = BACKENDS["cuda"]
+    monkeypatch.setattr(cuda, "machine_reasons", lambda: [])
+    device = ["inputs are on cpu; the cuda backend needs CUDA tensors"]
+    x, c = torch.randn(4, 8), torch.randn(1, 1, 4, 8)
+    assert cuda.not_supported_reasons("rms_norm", input=x, weight=None) == device
+    assert cuda.not_supported_reasons("add_rms_norm", input=x, residual=x, weight=torch.randn(8)) == device
+    assert cuda.not_supported_reasons("rotary", input=x.view(1, 1, 4, 8), cos=c, sin=c, interleaved=True) == device
+    for act in ("silu", "gelu", "gelu_tanh"):
+        assert cuda.not_supported_reasons("gated_activation", input=x, up=x, activation=act) == device
+    assert cuda.not_supported_reasons("activation", input=x, activation="silu") == device
+    assert "not 'relu'" in cuda.not_supported_reasons("gated_activation", input=x, up=x, activation="relu")[-1]
+    assert "at least 1 column" in cuda.not_supported_reasons("rms_norm", input=torch.randn(4, 0), weight=None)[-1]
+    assert cuda.SAVES_PRE_ACTIVATION == ("gelu", "gelu_tanh", "silu")

@@ -4,7 +4,7 @@ import importlib
 
 import torch
 
-from .base import Backend, mask_grad_reasons, trace_constant
+from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
 
 
 @functools.cache
@@ -19,7 +19,7 @@ def load_extension():
 
 MIN_CAPABILITY = 80  # cp.async, bf16 mma.sync: every kernel in bigmodel._C needs sm_80+
 INT32_MAX = 2**31 - 1
-MAX_COLS = 2**30  # the LayerNorm / softmax column loops use 32-bit indices (csrc/*/_api.cpp)
+MAX_COLS = 2**30  # the LayerNorm / RMSNorm / softmax column loops use 32-bit indices (csrc/*/_api.cpp)
 MAX_GRID_YZ = 65535  # CUDA grid axes y / z: the attention kernels put heads on y and batch on z
 MAX_ATTENTION_LEN = 2**30
 
@@ -70,6 +70,13 @@ def _rows_cols_reasons(op, x, max_cols=None):
     return reasons
 
 
+def _rms_reasons(op, x):
+    reasons = _rows_cols_reasons(op, x, MAX_COLS)
+    if x.size(-1) == 0:
+        reasons.append(f"{op}: the CUDA kernels need at least 1 column; got 0")
+    return reasons
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
@@ -83,6 +90,22 @@ class CudaBackend(Backend):
 
     def layer_norm_reasons(self, input, **_):
         return _rows_cols_reasons("layer_norm", input, MAX_COLS)
+
+    def rms_norm_reasons(self, input, **_):
+        return _rms_reasons("rms_norm", input)
+
+    def add_rms_norm_reasons(self, input, **_):
+        return _rms_reasons("add_rms_norm", input)
+
+    def rotary_reasons(self, input, cos=None, sin=None, **_):
+        reasons = rotary_grad_reasons(cos, sin)
+        rows = input.numel() // max(input.size(-1), 1)
+        if rows > INT32_MAX:
+            reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the CUDA kernel; got "
+                           f"{tuple(input.shape)}")
+        if input.size(-1) > INT32_MAX:
+            reasons.append(f"rotary: head dims of at most {INT32_MAX} in the CUDA kernel; got {input.size(-1)}")
+        return reasons
 
     def softmax_reasons(self, input, **_):
         return _rows_cols_reasons("softmax", input, MAX_COLS)
@@ -101,6 +124,30 @@ class CudaBackend(Backend):
     def layer_norm_bwd(self, dy, x, weight, bias, mean, rstd):
         dx, dw, db = self._C.layer_norm_bwd(dy, x, weight, bias, mean, rstd)
         return dx, dw, db
+
+    # rms_norm / add_rms_norm: the LayerNorm kernels with kRms (and the residual / dh pointers), csrc/layer_norm
+    def rms_norm_fwd(self, x, weight, eps):
+        y, rstd = self._C.rms_norm_fwd(x, weight, eps)
+        return y, rstd
+
+    def rms_norm_bwd(self, dy, x, weight, rstd):
+        dx, dw = self._C.rms_norm_bwd(dy, x, weight, rstd)
+        return dx, dw
+
+    def add_rms_norm_fwd(self, x, residual, weight, eps):
+        y, h, rstd = self._C.add_rms_norm_fwd(x, residual, weight, eps)
+        return y, h, rstd
+
+    def add_rms_norm_bwd(self, dy, dh, h, weight, rstd):
+        dx, dw = self._C.add_rms_norm_bwd(dy, dh, h, weight, rstd)
+        return dx, dw
+
+    # rotary: csrc/rotary; cos / sin are read through their (stride-0) broadcast strides
+    def rotary_fwd(self, x, cos, sin, interleaved):
+        return self._C.rotary_fwd(x, cos, sin, interleaved)
+
+    def rotary_bwd(self, dy, cos, sin, interleaved):
+        return self._C.rotary_bwd(dy, cos, sin, interleaved)
 
     ATTENTION_HEAD_DIMS = (64, 128)
     ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
@@ -132,17 +179,21 @@ class CudaBackend(Backend):
         dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
         return dq, dk, dv
 
-    # linear_act: one cuBLASLt GEMM with the bias / ReLU / GELU-aux epilogue (csrc/linear_act); the backward is the
-    # fused dz + deterministic dbias kernel (none: dbias of dy only, no dz copy) and two cuBLAS GEMMs.
+    # linear_act: one cuBLASLt GEMM with the bias / ReLU / GELU-aux epilogue (csrc/linear_act; exact GELU and SiLU:
+    # GEMM + bias, then the elementwise kernel); the backward is the fused dz + deterministic dbias kernel (none: dbias
+    # of dy only, no dz copy) and two cuBLAS GEMMs.
+    SAVES_PRE_ACTIVATION = ("gelu", "gelu_tanh", "silu")
+
     def linear_act_fwd(self, x, weight, bias, activation):
         y, pre = self._C.linear_act_fwd(x, weight, bias, activation)
-        return y, pre if activation in ("gelu", "gelu_tanh") else None
+        return y, pre if activation in self.SAVES_PRE_ACTIVATION else None
 
     def linear_act_bwd(self, dy, x, weight, saved, y, activation, has_bias):
         dx, dw, db = self._C.linear_act_bwd(dy, x, weight, y if activation == "relu" else saved, activation, has_bias)
         return dx, dw, db if has_bias else None
 
-    CUDA_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+    CUDA_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+    CUDA_GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")  # SwiGLU, GeGLU (erf / tanh)
 
     def activation_reasons(self, activation=None, **_):
         if activation is not None and activation not in self.CUDA_ACTIVATIONS:
@@ -155,6 +206,19 @@ class CudaBackend(Backend):
 
     def activation_bwd(self, dy, x, activation):
         return self._C.act_bwd(dy, x, activation)
+
+    def gated_activation_reasons(self, activation=None, **_):
+        if activation not in self.CUDA_GATED_ACTIVATIONS:
+            return [f"the CUDA gated activation kernels have {', '.join(self.CUDA_GATED_ACTIVATIONS)}; not "
+                    f"{activation!r}"]
+        return []
+
+    def gated_activation_fwd(self, gate, up, activation):
+        return self._C.gated_activation_fwd(gate, up, activation)
+
+    def gated_activation_bwd(self, dy, gate, up, activation):
+        dgate, dup = self._C.gated_activation_bwd(dy, gate, up, activation)
+        return dgate, dup
 
     def softmax_fwd(self, x):
         return self._C.softmax_fwd(x)

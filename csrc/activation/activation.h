@@ -22,4 +22,20 @@ struct ActParams {
 cudaError_t act_fwd_cuda(const ActParams& p, cudaStream_t stream);
 cudaError_t act_bwd_cuda(const ActParams& p, cudaStream_t stream);
 
+// Gated activation (SwiGLU / GeGLU): y = act(gate) * up; every tensor contiguous, one shape and dtype.
+struct GatedParams {
+  int64_t n = 0;
+  DType dtype = DType::kFloat32;
+  Activation act = Activation::kSilu;  // silu, gelu or gelu_tanh
+  const void* gate = nullptr;
+  const void* up = nullptr;
+  const void* dy = nullptr;  // backward only
+  void* out = nullptr;       // y (forward) or dgate (backward)
+  void* out2 = nullptr;      // dup (backward only)
+  int sm_count = 1;
+};
+
+cudaError_t gated_fwd_cuda(const GatedParams& p, cudaStream_t stream);
+cudaError_t gated_bwd_cuda(const GatedParams& p, cudaStream_t stream);
+
 }  // namespace bigmodel

@@ -22,7 +22,7 @@ struct BiasActParams {
   void* pre = nullptr;  // nullptr: not saved (relu / none)
   // backward: dz = act'(pre) * dy (relu: from y), dbias = column sums of dz
   const void* dy = nullptr;
-  const void* saved = nullptr;  // pre (gelu / gelu_tanh) or y (relu); unused for none
+  const void* saved = nullptr;  // pre (gelu / gelu_tanh / silu) or y (relu); unused for none
   void* dz = nullptr;  // nullptr: not written (linear_act_bwd with no activation only wants dbias of dy)
   void* dbias = nullptr;     // nullptr: not wanted
   float* partial = nullptr;  // fp32 scratch: splits * cols (one row of column sums per row split)

@@ -40,7 +40,7 @@ std::vector<at::Tensor> bias_act_fwd(const at::Tensor& z, const c10::optional<at
 
   const c10::cuda::CUDAGuard guard(z.device());
   at::Tensor y = at::empty({rows, cols}, z.options());
-  const bool save_pre = act == Activation::kGelu || act == Activation::kGeluTanh;
+  const bool save_pre = act == Activation::kGelu || act == Activation::kGeluTanh || act == Activation::kSilu;
   at::Tensor pre = save_pre ? at::empty({rows, cols}, z.options()) : at::empty({0}, z.options());
   if (rows == 0 || cols == 0) return {y, pre};
 

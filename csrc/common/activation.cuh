@@ -6,6 +6,8 @@
 //              dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 //   relu       y = max(x, 0) (NaN propagates);  dx = x > 0 ? dy : 0 (a select, as threshold_backward: the
 //              same test works on the input or on the output y, since y > 0 exactly when x > 0)
+//   silu       y = x s,  s = sigmoid(x) = 1 / (1 + exp(-x));  dy/dx = s (1 + x (1 - s))  (exp(-x) = inf for
+//              x << 0 gives s = 0, y = -0, dy/dx = 0: no NaN)
 //   none       y = x;  dx = dy
 #pragma once
 #include "common/activation.h"
@@ -26,6 +28,8 @@ __device__ __forceinline__ float activation_fwd(float x) {
     return 0.5f * x * (1.f + tanhf(u));
   } else if constexpr (A == Activation::kRelu) {
     return x < 0.f ? 0.f : x;  // NaN < 0 is false: NaN passes through, like torch.relu
+  } else if constexpr (A == Activation::kSilu) {
+    return x / (1.f + expf(-x));
   } else {
     return x;
   }
@@ -46,6 +50,9 @@ __device__ __forceinline__ float activation_bwd(float dy, float x) {
     return dy * (left + right);
   } else if constexpr (A == Activation::kRelu) {
     return x > 0.f ? dy : 0.f;
+  } else if constexpr (A == Activation::kSilu) {
+    const float s = 1.f / (1.f + expf(-x));
+    return dy * (s * (1.f + x * (1.f - s)));
   } else {
     return dy;
   }

@@ -4,13 +4,14 @@
 
 namespace bigmodel {
 
-enum class Activation { kGelu, kGeluTanh, kRelu, kNone };
+enum class Activation { kGelu, kGeluTanh, kRelu, kSilu, kNone };
 
 inline const char* activation_name(Activation a) {
   switch (a) {
     case Activation::kGelu: return "gelu";
     case Activation::kGeluTanh: return "gelu_tanh";
     case Activation::kRelu: return "relu";
+    case Activation::kSilu: return "silu";
     case Activation::kNone: return "none";
   }
   return "?";
@@ -30,5 +31,6 @@ inline const char* activation_name(Activation a) {
     BIGMODEL_DISPATCH_ACT_CASE(kGelu, A, __VA_ARGS__)         \
     BIGMODEL_DISPATCH_ACT_CASE(kGeluTanh, A, __VA_ARGS__)     \
     BIGMODEL_DISPATCH_ACT_CASE(kRelu, A, __VA_ARGS__)         \
+    BIGMODEL_DISPATCH_ACT_CASE(kSilu, A, __VA_ARGS__)         \
     BIGMODEL_DISPATCH_ACT_CASE(kNone, A, __VA_ARGS__)         \
   }

@@ -13,9 +13,10 @@ inline Activation parse_activation(const std::string& s, const char* op, bool al
   if (s == "gelu") return Activation::kGelu;
   if (s == "gelu_tanh") return Activation::kGeluTanh;
   if (s == "relu") return Activation::kRelu;
+  if (s == "silu") return Activation::kSilu;
   if (allow_none && s == "none") return Activation::kNone;
-  TORCH_CHECK(false, op, ": activation must be one of 'gelu', 'gelu_tanh', 'relu'", allow_none ? ", 'none'" : "",
-              "; got '", s, "'");
+  TORCH_CHECK(false, op, ": activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu'",
+              allow_none ? ", 'none'" : "", "; got '", s, "'");
   return Activation::kNone;
 }
 

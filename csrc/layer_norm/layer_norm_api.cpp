@@ -16,9 +16,10 @@ constexpr const char* kFwd = "bigmodel._C.layer_norm_fwd";
 constexpr const char* kBwd = "bigmodel._C.layer_norm_bwd";
 constexpr int64_t kMaxCols = int64_t{1} << 30;
 
-// x: CUDA, 2-D, unit column stride, a kernel dtype. Returns its DType.
-DType check_rows(const at::Tensor& x, const char* op, const char* name) {
-  check_cuda(x, op, name);
+// x: 2-D, unit column stride, a kernel dtype, then CUDA (cuda = false: the caller checks the device later, so that
+// the other arguments' shape / dtype checks run on CPU tensors too). Returns its DType.
+DType check_rows(const at::Tensor& x, const char* op, const char* name, bool cuda = true) {
+  if (cuda) check_cuda(x, op, name);
   TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D (rows, cols); got shape ", x.sizes());
   // Column loops use 32-bit indices; grids take one row (block mode) or 4 rows (warp mode) per block.
   TORCH_CHECK(x.size(1) > 0 && x.size(1) <= kMaxCols, op, ": ", name, " must have 1 to ", kMaxCols,
@@ -28,11 +29,18 @@ DType check_rows(const at::Tensor& x, const char* op, const char* name) {
   return to_dtype(x, op, name);
 }
 
+// t: x's shape and dtype, unit column stride (any row stride); device checked by the caller.
+void check_like_rows(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name,
+                     const char* x_name) {
+  check_shape(t, x.sizes(), op, name);
+  check_same_dtype(t, x, op, name, x_name);
+  check_unit_last_stride(t, op, name);
+}
+
 // weight / bias: absent, or CUDA, contiguous, shape (cols,), dtype = x's or float32. Sets *param_dtype.
 void check_param(const c10::optional<at::Tensor>& t, const at::Tensor& x, DType x_dtype, const char* op,
                  const char* name, DType* param_dtype, bool* seen) {
   if (!t.has_value()) return;
-  check_same_device(*t, x, op, name, "x");
   check_shape(*t, {x.size(1)}, op, name);
   TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous; got strides ", t->strides());
   const DType dt = to_dtype(*t, op, name);
@@ -42,6 +50,7 @@ void check_param(const c10::optional<at::Tensor>& t, const at::Tensor& x, DType 
               dtype_name(*param_dtype), " and ", dtype_name(dt));
   *param_dtype = dt;
   *seen = true;
+  check_same_device(*t, x, op, name, "x");
 }
 
 DType check_params(const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
@@ -54,6 +63,105 @@ DType check_params(const c10::optional<at::Tensor>& weight, const c10::optional<
 }
 
 const void* ptr_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+// rstd: (rows,) contiguous float32 (device checked by the caller).
+void check_stat(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  check_shape(t, {x.size(0)}, op, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": ", name,
+              " must be a contiguous float32 tensor; got ", t.scalar_type(), " with strides ", t.strides());
+}
+
+constexpr const char* kRmsFwd = "bigmodel._C.rms_norm_fwd";
+constexpr const char* kRmsBwd = "bigmodel._C.rms_norm_bwd";
+constexpr const char* kAddRmsFwd = "bigmodel._C.add_rms_norm_fwd";
+constexpr const char* kAddRmsBwd = "bigmodel._C.add_rms_norm_bwd";
+
+// The RMSNorm forward, with h = x + residual when residual is given (add_rms_norm). Returns {y, h or empty, rstd}.
+std::vector<at::Tensor> rms_fwd(const at::Tensor& x, const at::Tensor* residual,
+                                const c10::optional<at::Tensor>& weight, double eps, const char* op) {
+  const DType dtype = check_rows(x, op, "x", /*cuda=*/false);
+  if (residual) check_like_rows(*residual, x, op, "residual", "x");
+  const DType param_dtype = check_params(weight, c10::nullopt, x, dtype, op);
+  TORCH_CHECK(eps >= 0, op, ": eps must be non-negative; got ", eps);
+  check_cuda(x, op, "x");
+  if (residual) check_same_device(*residual, x, op, "residual", "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor y = at::empty({rows, cols}, x.options());
+  at::Tensor h = residual ? at::empty({rows, cols}, x.options()) : at::empty({0}, x.options());
+  at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  if (rows == 0) return {y, h, rstd};
+
+  LayerNormParams p;
+  p.rows = rows;
+  p.cols = cols;
+  p.x_stride = x.stride(0);
+  p.dtype = dtype;
+  p.param_dtype = param_dtype;
+  p.x = x.data_ptr();
+  p.weight = ptr_or_null(weight);
+  p.eps = static_cast<float>(eps);
+  if (residual) {
+    p.residual = residual->data_ptr();
+    p.residual_stride = residual->stride(0);
+    p.h = h.data_ptr();
+  }
+  p.y = y.data_ptr();
+  p.rstd = rstd.data_ptr<float>();
+  check_launch(rms_norm_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+  return {y, h, rstd};
+}
+
+// The RMSNorm backward at x (add_rms_norm: x = h, and dh is added to dx). Returns {dx, dweight or None}.
+std::vector<c10::optional<at::Tensor>> rms_bwd(const at::Tensor& dy, const at::Tensor* dh, const at::Tensor& x,
+                                               const char* x_name, const c10::optional<at::Tensor>& weight,
+                                               const at::Tensor& rstd, const char* op) {
+  const DType dtype = check_rows(x, op, x_name, /*cuda=*/false);
+  check_like_rows(dy, x, op, "dy", x_name);
+  if (dh) check_like_rows(*dh, x, op, "dh", x_name);
+  const DType param_dtype = check_params(weight, c10::nullopt, x, dtype, op);
+  check_stat(rstd, x, op, "rstd");
+  check_cuda(x, op, x_name);
+  check_same_device(dy, x, op, "dy", x_name);
+  if (dh) check_same_device(*dh, x, op, "dh", x_name);
+  check_same_device(rstd, x, op, "rstd", x_name);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor dx = at::empty({rows, cols}, x.options());
+  c10::optional<at::Tensor> dweight;
+  if (weight.has_value()) dweight = at::empty_like(*weight);
+  if (rows == 0) {
+    if (dweight) dweight->zero_();  // a sum over no rows
+    return {dx, dweight};
+  }
+
+  LayerNormParams p;
+  p.rows = rows;
+  p.cols = cols;
+  p.x_stride = x.stride(0);
+  p.dy_stride = dy.stride(0);
+  p.dtype = dtype;
+  p.param_dtype = param_dtype;
+  p.x = x.data_ptr();
+  p.weight = ptr_or_null(weight);
+  p.rstd = rstd.data_ptr<float>();
+  p.dy = dy.data_ptr();
+  if (dh) {
+    p.dh = dh->data_ptr();
+    p.dh_stride = dh->stride(0);
+  }
+  p.dx = dx.data_ptr();
+  p.dweight = dweight ? dweight->data_ptr() : nullptr;
+  p.sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  p.param_splits = layer_norm_param_splits(rows, cols, p.sm_count);
+  at::Tensor partial;
+  if (p.dweight) {
+    partial = at::empty({p.param_splits * cols}, x.options().dtype(at::kFloat));  // dW rows only
+    p.partial = partial.data_ptr<float>();
+  }
+  check_launch(rms_norm_bwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+  return {dx, dweight};
+}
 
 }  // namespace
 
@@ -139,6 +247,31 @@ std::vector<c10::optional<at::Tensor>> layer_norm_bwd(const at::Tensor& dy, cons
   }
   check_launch(layer_norm_bwd_cuda(p, at::cuda::getCurrentCUDAStream()), kBwd);
   return {dx, dweight, dbias};
+}
+
+}  // namespace bigmodel
+
+namespace bigmodel {
+
+std::vector<at::Tensor> rms_norm_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight, double eps) {
+  std::vector<at::Tensor> r = rms_fwd(x, nullptr, weight, eps, kRmsFwd);
+  return {r[0], r[2]};
+}
+
+std::vector<c10::optional<at::Tensor>> rms_norm_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                    const c10::optional<at::Tensor>& weight, const at::Tensor& rstd) {
+  return rms_bwd(dy, nullptr, x, "x", weight, rstd, kRmsBwd);
+}
+
+std::vector<at::Tensor> add_rms_norm_fwd(const at::Tensor& x, const at::Tensor& residual,
+                                         const c10::optional<at::Tensor>& weight, double eps) {
+  return rms_fwd(x, &residual, weight, eps, kAddRmsFwd);
+}
+
+std::vector<c10::optional<at::Tensor>> add_rms_norm_bwd(const at::Tensor& dy, const at::Tensor& dh,
+                                                        const at::Tensor& h, const c10::optional<at::Tensor>& weight,
+                                                        const at::Tensor& rstd) {
+  return rms_bwd(dy, &dh, h, "h", weight, rstd, kAddRmsBwd);
 }
 
 }  // namespace bigmodel

@@ -7,6 +7,7 @@
 //              that is not takes the two-step path.
 //   gelu       cuBLASLt has no erf GELU: GEMM + BIAS writes z = the saved pre-activation, then one elementwise GELU
 //              kernel (csrc/activation) writes y.
+//   silu       no SiLU epilogue either: as gelu (z saved, the backward reads act'(z)).
 // Where cuBLASLt offers no algorithm (alignment, degenerate shapes) the two-step path runs, with torch's own GEMM
 // if need be. K = 0 needs no GEMM: y = act(b). The backward is the fused dz = act'(pre) * dy + deterministic dbias
 // kernel (csrc/bias_act; with no activation dz is dy itself and only dbias is computed) and two torch GEMMs.
@@ -94,7 +95,7 @@ std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor&
   check_same_device(weight_in, x_in, kFwd, "weight", "x");
 
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const bool save_pre = act == Activation::kGelu || act == Activation::kGeluTanh;
+  const bool save_pre = act == Activation::kGelu || act == Activation::kGeluTanh || act == Activation::kSilu;
   at::Tensor y = at::empty({m, n}, x_in.options());
   at::Tensor pre = save_pre ? at::empty({m, n}, x_in.options()) : at::empty({0}, x_in.options());
   if (m == 0 || n == 0) return {y, pre};
@@ -131,7 +132,7 @@ std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor&
   g.stream = at::cuda::getCurrentCUDAStream();
 
   // 1. The whole op in one GEMM.
-  if (act != Activation::kGelu && !(act == Activation::kGeluTanh && n % 8 != 0)) {
+  if (act != Activation::kGelu && act != Activation::kSilu && !(act == Activation::kGeluTanh && n % 8 != 0)) {
     g.y = y.data_ptr();
     g.ldy = n;
     g.epilogue = act == Activation::kRelu ? LtEpilogue::kRelu
@@ -143,7 +144,8 @@ std::vector<at::Tensor> linear_act_fwd(const at::Tensor& x_in, const at::Tensor&
     }
     if (run_lt(g)) return {y, pre};
   }
-  // 2. z = x W^T + b, then y = act(z) elementwise (exact GELU always; the others only where step 1 had no algorithm).
+  // 2. z = x W^T + b, then y = act(z) elementwise (exact GELU and SiLU always; the others only where step 1 had no
+  // algorithm).
   g.y = z.data_ptr();
   g.ldy = n;
   g.epilogue = LtEpilogue::kIdentity;
