@@ -223,3 +223,21 @@ def check_attention_case(result, rows=None):
         # 1e-16 noise. Only then, measure their error on the scale of dv, the same products without the cancellation.
         floor = dv_scale if key in ("dq", "dk") and _max_abs(ref64) < 1e-10 * dv_scale else REF_FLOOR
         assert_close_by_rule(key, ours, ref64, lowp, "output" if key == "out" else "grad", floor=floor)
+
+
+def count_launches(monkeypatch, module, names) -> list:
+    """Wrap the kernels `names` of a kernel module so each `kernel[grid](...)` launch appends its name to the list
+    returned (the launch itself still runs)."""
+    launches = []
+
+    class Counting:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in names:
+        monkeypatch.setattr(module, name, Counting(getattr(module, name), name))
+    return launches

@@ -43,7 +43,7 @@ class TestBiasActChecks:
 
     def test_unknown_activation(self, ext):
         z = torch.randn(4, 8)
-        msg = r"bias_act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'none'; got 'swish'"
+        msg = r"bias_act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu', 'none'; got 'swish'"
         with pytest.raises(RuntimeError, match=msg):
             ext.bias_act_fwd(z, None, "swish")
         with pytest.raises(RuntimeError, match=r"bias_act_bwd: activation must be one of .*; got 'GELU'"):
@@ -107,7 +107,7 @@ class TestActChecks:
 
     def test_unknown_activation(self, ext):
         x = torch.randn(5)
-        msg = r"act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu'; got 'none'"
+        msg = r"act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu'; got 'none'"
         with pytest.raises(RuntimeError, match=msg):
             ext.act_fwd(x, "none")
         with pytest.raises(RuntimeError, match=r"act_bwd: activation must be one of .*; got 'tanh'"):
@@ -165,9 +165,9 @@ class TestLinearActChecks:
 
     def test_unknown_activation(self, ext):
         x, w = torch.randn(4, 8), torch.randn(5, 8)
-        msg = r"linear_act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'none'; got 'silu'"
+        msg = r"linear_act_fwd: activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu', 'none'; got 'swish'"
         with pytest.raises(RuntimeError, match=msg):
-            ext.linear_act_fwd(x, w, None, "silu")
+            ext.linear_act_fwd(x, w, None, "swish")
         with pytest.raises(RuntimeError, match=r"linear_act_bwd: activation must be one of .*; got 'Relu'"):
             ext.linear_act_bwd(torch.randn(4, 5), x, w, torch.empty(0), "Relu", False)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, randn_input, requires_interpreter
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, count_launches, randn_input, requires_interpreter
 
 BACKEND_DTYPES = OP_BACKEND_DTYPES
 GATED = {
@@ -111,10 +111,7 @@ def test_gated_feed_forward_runs_the_fused_gemm_on_triton(monkeypatch):
     """On triton, gate and up come from the one fused GEMM kernel (not two GEMMs + the elementwise pass), with g and
     u saved only when a gradient is needed; the backward's dX is one two-pair kernel launch."""
     import bigmodel.kernels.gated_linear as gl
-    launches = []
-    for name in ("_gated_fwd_kernel", "_bwd_dx2_kernel"):
-        real = getattr(gl, name)
-        monkeypatch.setattr(gl, name, _Counting(real, name, launches))
+    launches = count_launches(monkeypatch, gl, ("_gated_fwd_kernel", "_bwd_dx2_kernel"))
     x, wg, wu, wd = torch.randn(9, 32), torch.randn(40, 32), torch.randn(40, 32), torch.randn(32, 40)
     with torch.no_grad():
         h, g, u = gl.gated_linear_fwd(x, wg, wu, "silu", save=False)
@@ -124,14 +121,6 @@ def test_gated_feed_forward_runs_the_fused_gemm_on_triton(monkeypatch):
     bigmodel.ops.gated_feed_forward(x, wg, wu, wd, backend="triton").sum().backward()
     assert launches == ["_gated_fwd_kernel", "_gated_fwd_kernel", "_bwd_dx2_kernel"], launches
 
-
-class _Counting:
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        self.log.append(self.name)
-        return self.kernel[grid]
 
 
 def test_gated_linear_custom_op_passes_opcheck():

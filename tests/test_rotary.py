@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bigmodel
-from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, requires_interpreter
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, count_launches, requires_interpreter
 
 BACKEND_DTYPES = OP_BACKEND_DTYPES
 
@@ -161,23 +161,12 @@ def test_rotary_qk_non_contiguous_and_tables_of_length_l(backend):
 @requires_interpreter
 def test_rotary_qk_is_one_launch_on_triton(monkeypatch):
     import bigmodel.kernels.rotary as kr
-    launches = []
-    for name in ("_rotary_kernel", "_rotary_qk_kernel"):
-        kernel = getattr(kr, name)
-        monkeypatch.setattr(kr, name, _Counting(kernel, name, launches))
+    launches = count_launches(monkeypatch, kr, ("_rotary_kernel", "_rotary_qk_kernel"))
     q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
     cos, sin = tables((5,), 16, False, torch.float32)
     bigmodel.ops.rotary_qk(q.requires_grad_(), k.requires_grad_(), cos, sin, backend="triton")[0].sum().backward()
     assert launches == ["_rotary_qk_kernel", "_rotary_qk_kernel"], launches  # forward, backward
 
-
-class _Counting:
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        self.log.append(self.name)
-        return self.kernel[grid]
 
 
 def test_rotary_qk_custom_op_passes_opcheck():
