@@ -241,3 +241,46 @@ def count_launches(monkeypatch, module, names) -> list:
     for name in names:
         monkeypatch.setattr(module, name, Counting(getattr(module, name), name))
     return launches
+
+
+# ------------------------------------------------------------------------------------------ op cases
+def op_case(ours, theirs, inputs, grads):
+    """ours(*inputs) vs theirs(*inputs) in fp64 (reference) and in the inputs' precision (plain PyTorch), both
+    returning a tuple of outputs, backward with `grads`. Inputs keep their strides for ours. Returns
+    {name: (ours, ref64, lowp)} for each output ("out0", ...) and each input's gradient ("d0", ...)."""
+    runs = {}
+    for which, fn in (("ours", ours), ("ref64", theirs), ("lowp", theirs)):
+        cast = (lambda t: t.double()) if which == "ref64" else (lambda t: t)
+        leaves = [None if t is None else cast(t.detach()).contiguous().clone().requires_grad_(True) for t in inputs]
+        ins = [None if t is None else with_layout(leaf, t) for leaf, t in zip(leaves, inputs)]
+        outs = fn(*ins)
+        torch.autograd.backward(outs, [with_layout(cast(g), g) for g in grads])
+        runs[which] = [o.detach() for o in outs] + [None if t is None else t.grad for t in leaves]
+    names = [f"out{i}" for i in range(len(grads))] + [f"d{i}" for i in range(len(inputs))]
+    return {name: tuple(runs[w][i] for w in ("ours", "ref64", "lowp"))
+            for i, name in enumerate(names) if runs["ref64"][i] is not None}
+
+
+def check_op_case(result):
+    for name, (ours, ref64, lowp) in result.items():
+        assert ours is not None, f"{name}: missing"
+        assert ours.dtype == lowp.dtype, f"{name}: dtype {ours.dtype}, PyTorch gives {lowp.dtype}"
+        assert_close_by_rule(name, ours, ref64, lowp, "output" if name.startswith("out") else "grad")
+
+
+def hf_rotary(x, cos, sin, interleaved=False):
+    """Hugging Face's rotate_half / GPT-J's rotate_every_two, partial rotary as Phi-3."""
+    r = cos.size(-1)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        rotated = torch.cat((-x_rot[..., r // 2:], x_rot[..., :r // 2]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+def rotary_tables(shape, r, interleaved, dtype, device="cpu"):
+    """cos / sin of fresh random angles, duplicated over the pairs as the embeddings build them."""
+    theta = torch.randn(*shape, r // 2, device=device) * 3
+    emb = theta.repeat_interleave(2, -1) if interleaved else torch.cat((theta, theta), -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import assert_close_by_rule, randn_input, with_layout
+from numerics import check_op_case, hf_rotary, op_case, randn_input, rotary_tables
 
 pytestmark = pytest.mark.cuda
 
@@ -21,28 +21,8 @@ def backend(gpu_backend):
     return gpu_backend
 
 
-def case(ours, theirs, inputs, grads):
-    """ours(*inputs) vs theirs(*inputs) in fp64 (reference) and in the inputs' precision (plain PyTorch), both
-    returning a tuple of outputs, backward with `grads`. Inputs keep their strides for ours. Returns
-    {name: (ours, ref64, lowp)} for each output ("out0", ...) and each input's gradient ("d0", ...)."""
-    runs = {}
-    for which, fn in (("ours", ours), ("ref64", theirs), ("lowp", theirs)):
-        cast = (lambda t: t.double()) if which == "ref64" else (lambda t: t)
-        leaves = [None if t is None else cast(t.detach()).contiguous().clone().requires_grad_(True) for t in inputs]
-        ins = [None if t is None else with_layout(leaf, t) for leaf, t in zip(leaves, inputs)]
-        outs = fn(*ins)
-        torch.autograd.backward(outs, [with_layout(cast(g), g) for g in grads])
-        runs[which] = [o.detach() for o in outs] + [None if t is None else t.grad for t in leaves]
-    names = [f"out{i}" for i in range(len(grads))] + [f"d{i}" for i in range(len(inputs))]
-    return {name: tuple(runs[w][i] for w in ("ours", "ref64", "lowp"))
-            for i, name in enumerate(names) if runs["ref64"][i] is not None}
 
 
-def check(result):
-    for name, (ours, ref64, lowp) in result.items():
-        assert ours is not None, f"{name}: missing"
-        assert ours.dtype == lowp.dtype, f"{name}: dtype {ours.dtype}, PyTorch gives {lowp.dtype}"
-        assert_close_by_rule(name, ours, ref64, lowp, "output" if name.startswith("out") else "grad")
 
 
 def grad_like(x):
@@ -56,7 +36,7 @@ def weight_of(n, dtype):
 # ------------------------------------------------------------------------------------------------ rms_norm
 def rms_case(backend, x, weight, eps=1e-6, dy=None):
     n = x.size(-1)
-    return case(lambda x, w: (bigmodel.ops.rms_norm(x, (n,), w, eps, backend=backend),),
+    return op_case(lambda x, w: (bigmodel.ops.rms_norm(x, (n,), w, eps, backend=backend),),
                 lambda x, w: (F.rms_norm(x, (n,), w, eps),), (x, weight), (grad_like(x) if dy is None else dy,))
 
 
@@ -67,7 +47,7 @@ RMS_SIZES = [(16384, 768), (16384, 1024), (16384, 4096), (16384, 8192), (512, 65
 @pytest.mark.parametrize("rows,hidden", RMS_SIZES, ids=[f"{m}x{n}" for m, n in RMS_SIZES])
 def test_rms_norm_gpu(backend, dtype, rows, hidden):
     x = randn_input(rows, hidden, dtype=dtype, device="cuda")
-    check(rms_case(backend, x, weight_of(hidden, dtype)))
+    check_op_case(rms_case(backend, x, weight_of(hidden, dtype)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -75,7 +55,7 @@ def test_rms_norm_gpu(backend, dtype, rows, hidden):
 def test_rms_norm_gpu_odd_sizes(backend, dtype, hidden):
     x = randn_input(1031, hidden, dtype=dtype, device="cuda")
     # hidden 1: dx = rstd g (1 - x^2 / (x^2 + eps)) cancels past fp32 at eps = 1e-6; eps = 0.1 is well conditioned
-    check(rms_case(backend, x, weight_of(hidden, dtype), eps=0.1 if hidden == 1 else 1e-6))
+    check_op_case(rms_case(backend, x, weight_of(hidden, dtype), eps=0.1 if hidden == 1 else 1e-6))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -87,7 +67,7 @@ def test_rms_norm_gpu_no_weight_or_fp32_weight(backend, dtype, weight):
     assert set(res) == {"out0", "d0"} | ({"d1"} if w is not None else set())
     if w is not None:
         assert res["d1"][0].dtype == torch.float32
-    check(res)
+    check_op_case(res)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -95,7 +75,7 @@ def test_rms_norm_gpu_no_weight_or_fp32_weight(backend, dtype, weight):
 def test_rms_norm_gpu_non_contiguous(backend, dtype, hidden):
     x = randn_input(4096, hidden + 64, dtype=dtype, device="cuda")[:, :hidden]  # padded rows
     dy = torch.randn(hidden, 4096, device="cuda").to(dtype).t()                # transposed
-    check(rms_case(backend, x, weight_of(hidden, dtype), dy=dy))
+    check_op_case(rms_case(backend, x, weight_of(hidden, dtype), dy=dy))
 
 
 ADD_SIZES = [(16384, 4096), (4096, 8192), (512, 65536), (1031, 33)]
@@ -111,9 +91,9 @@ def test_add_rms_norm_gpu(backend, dtype, rows, hidden):
         h = x + r
         return F.rms_norm(h, (hidden,), w, 1e-6), h
 
-    res = case(lambda x, r, w: bigmodel.ops.add_rms_norm(x, r, (hidden,), w, 1e-6, backend=backend), composed,
+    res = op_case(lambda x, r, w: bigmodel.ops.add_rms_norm(x, r, (hidden,), w, 1e-6, backend=backend), composed,
                (x, r, weight_of(hidden, dtype)), (grad_like(x), grad_like(x)))
-    check(res)
+    check_op_case(res)
     assert torch.equal(res["out1"][0], x + r), "h must be x + residual rounded as the unfused add"
     assert torch.equal(res["d0"][0], res["d1"][0]), "d(input) and d(residual) must be the same gradient"
 
@@ -137,25 +117,12 @@ def test_rms_norm_gpu_bitwise_deterministic(backend, dtype, rows, hidden):
 
 
 # ------------------------------------------------------------------------------------------------ rotary
-def hf_rotary(x, cos, sin, interleaved=False):
-    """Hugging Face's rotate_half / GPT-J's rotate_every_two, partial rotary as Phi-3."""
-    r = cos.size(-1)
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    if interleaved:
-        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
-    else:
-        rotated = torch.cat((-x_rot[..., r // 2:], x_rot[..., :r // 2]), dim=-1)
-    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
 
-def tables(shape, r, interleaved, dtype):
-    theta = torch.randn(*shape, r // 2, device="cuda") * 3
-    emb = theta.repeat_interleave(2, -1) if interleaved else torch.cat((theta, theta), -1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def rotary_case(backend, x, cos, sin, interleaved):
-    return case(lambda x: (bigmodel.ops.rotary(x, cos, sin, interleaved=interleaved, backend=backend),),
+    return op_case(lambda x: (bigmodel.ops.rotary(x, cos, sin, interleaved=interleaved, backend=backend),),
                 lambda x: (hf_rotary(x, cos.to(x.dtype), sin.to(x.dtype), interleaved),), (x,), (grad_like(x),))
 
 
@@ -166,24 +133,25 @@ def rotary_case(backend, x, cos, sin, interleaved):
 def test_rotary_gpu(backend, dtype, interleaved, d, r, table):
     B, H, L = 4, 32, 2048
     x = torch.randn(B, H, L, d, device="cuda").to(dtype)
-    cos, sin = tables((L,) if table == "L" else (B, 1, L), r, interleaved, dtype)  # (L, R) / HF's (B, 1, L, R)
-    check(rotary_case(backend, x, cos, sin, interleaved))
+    shape = (L,) if table == "L" else (B, 1, L)  # (L, R) / Hugging Face's (B, 1, L, R)
+    cos, sin = rotary_tables(shape, r, interleaved, dtype, "cuda")
+    check_op_case(rotary_case(backend, x, cos, sin, interleaved))
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")])
 def test_rotary_gpu_fp32_tables_and_non_contiguous(backend, dtype):
     B, H, L, d = 2, 16, 1024, 128
     x = torch.randn(B, L, H, d, device="cuda").to(dtype).transpose(1, 2)  # (B, H, L, D) view of (B, L, H, D)
-    cos, sin = tables((B, 1, L), d, False, torch.float32)
-    check(rotary_case(backend, x, cos, sin, False))
+    cos, sin = rotary_tables((B, 1, L), d, False, torch.float32, "cuda")
+    check_op_case(rotary_case(backend, x, cos, sin, False))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rotary_gpu_odd_rotary_dim(backend, dtype):
     x = torch.randn(3, 5, 77, 10, device="cuda").to(dtype)  # D 10, R 6: no 16-byte vectors anywhere
     for interleaved in (False, True):
-        cos, sin = tables((77,), 6, interleaved, dtype)
-        check(rotary_case(backend, x, cos, sin, interleaved))
+        cos, sin = rotary_tables((77,), 6, interleaved, dtype, "cuda")
+        check_op_case(rotary_case(backend, x, cos, sin, interleaved))
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -199,13 +167,14 @@ GATED = {"swiglu": (lambda g, u, b: bigmodel.ops.swiglu(g, u, backend=b), lambda
 def test_gated_activation_gpu(backend, dtype, kind, shape):
     ours, theirs = GATED[kind]
     g, u = randn_input(*shape, dtype=dtype, device="cuda"), torch.randn(shape, device="cuda").to(dtype)
-    check(case(lambda g, u: (ours(g, u, backend),), lambda g, u: (theirs(g, u),), (g, u), (grad_like(g),)))
+    check_op_case(op_case(lambda g, u: (ours(g, u, backend),), lambda g, u: (theirs(g, u),), (g, u), (grad_like(g),)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_gpu(backend, dtype):
     x = randn_input(16384, 4096, dtype=dtype, device="cuda")
-    check(case(lambda x: (bigmodel.ops.silu(x, backend=backend),), lambda x: (F.silu(x),), (x,), (grad_like(x),)))
+    check_op_case(op_case(lambda x: (bigmodel.ops.silu(x, backend=backend),), lambda x: (F.silu(x),), (x,),
+                          (grad_like(x),)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -216,5 +185,5 @@ def test_linear_act_silu_gpu(backend, dtype, with_bias, m, k, n):
     w = (torch.randn(n, k, device="cuda") * k**-0.5).to(dtype)
     b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
     dy = torch.randn(m, n, device="cuda").to(dtype)
-    check(case(lambda x, w, b: (bigmodel.ops.linear_act(x, w, b, "silu", backend=backend),),
+    check_op_case(op_case(lambda x, w, b: (bigmodel.ops.linear_act(x, w, b, "silu", backend=backend),),
                lambda x, w, b: (F.silu(F.linear(x, w, b)),), (x, w, b), (dy,)))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import bigmodel
 from bigmodel.kernels.layer_norm import MAX_FUSED_N
-from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, randn_input, requires_interpreter, with_layout
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, check_op_case, op_case, randn_input, requires_interpreter
 
 BACKEND_DTYPES = OP_BACKEND_DTYPES
 KERNELS = [pytest.param("reference", id="reference"), pytest.param("triton", id="triton", marks=requires_interpreter)]
@@ -18,33 +18,13 @@ def weight_of(n, dtype):
     return (torch.randn(n) * 0.5 + 1.0).to(dtype)
 
 
-def _case(ours, theirs, inputs, grads):
-    """ours(*inputs) and theirs(*inputs) (the composition in PyTorch), each returning a tuple of outputs; run in the
-    inputs' precision (both) and in fp64 (theirs), backward with `grads` (one per output). Returns
-    {name: (ours, ref64, lowp)} for the outputs ("out0", "out1", ...) and each input's gradient ("d0", "d1", ...)."""
-    runs = {}
-    for which, fn in (("ours", ours), ("ref64", theirs), ("lowp", theirs)):
-        cast = (lambda t: t.double()) if which == "ref64" else (lambda t: t)
-        leaves = [None if t is None else cast(t.detach()).contiguous().clone().requires_grad_(True) for t in inputs]
-        ins = [None if t is None else with_layout(leaf, t) for leaf, t in zip(leaves, inputs)]
-        outs = fn(*ins)
-        torch.autograd.backward(outs, [cast(g) for g in grads])
-        runs[which] = [o.detach() for o in outs] + [None if t is None else t.grad for t in leaves]
-    names = [f"out{i}" for i in range(len(grads))] + [f"d{i}" for i in range(len(inputs))]
-    return {name: tuple(runs[w][i] for w in ("ours", "ref64", "lowp"))
-            for i, name in enumerate(names) if runs["ref64"][i] is not None}
 
 
-def check(result):
-    for name, (ours, ref64, lowp) in result.items():
-        assert ours is not None, f"{name}: missing"
-        assert ours.dtype == lowp.dtype, f"{name}: dtype {ours.dtype}, PyTorch gives {lowp.dtype}"
-        assert_close_by_rule(name, ours, ref64, lowp, "output" if name.startswith("out") else "grad")
 
 
 def rms_case(backend, x, shape, weight, eps=1e-6, dy=None):
     dy = torch.randn(x.shape).to(x.dtype) if dy is None else dy
-    return _case(lambda x, w: (bigmodel.ops.rms_norm(x, shape, w, eps, backend=backend),),
+    return op_case(lambda x, w: (bigmodel.ops.rms_norm(x, shape, w, eps, backend=backend),),
                  lambda x, w: (F.rms_norm(x, shape, w, eps),), (x, weight), (dy,))
 
 
@@ -55,7 +35,7 @@ def add_rms_case(backend, x, r, shape, weight, eps=1e-6):
         h = x + r
         return F.rms_norm(h, shape, w, eps), h
 
-    return _case(lambda x, r, w: bigmodel.ops.add_rms_norm(x, r, shape, w, eps, backend=backend), composed,
+    return op_case(lambda x, r, w: bigmodel.ops.add_rms_norm(x, r, shape, w, eps, backend=backend), composed,
                  (x, r, weight), grads)
 
 
@@ -70,7 +50,7 @@ def test_rms_norm_sizes(backend, dtype, rows, hidden):
     # (PyTorch's own fp32 error is ~1e-3 there); at eps = 0.1 it is well conditioned.
     eps = 0.1 if hidden == 1 else 1e-6
     res = rms_case(backend, x, (hidden,), weight_of(hidden, dtype), eps)
-    check(res)
+    check_op_case(res)
     assert set(res) == {"out0", "d0", "d1"} and res["out0"][0].shape == x.shape
 
 
@@ -79,7 +59,7 @@ def test_rms_norm_sizes(backend, dtype, rows, hidden):
 def test_add_rms_norm_sizes(backend, dtype, rows, hidden):
     x, r = randn_input(rows, hidden, dtype=dtype), randn_input(rows, hidden, dtype=dtype, shift=-0.5)
     res = add_rms_case(backend, x, r, (hidden,), weight_of(hidden, dtype))
-    check(res)
+    check_op_case(res)
     assert torch.equal(res["d0"][0], res["d1"][0]), "d(input) and d(residual) must be the same gradient"
 
 
@@ -97,18 +77,18 @@ def test_add_rms_norm_sum_is_rounded_like_the_unfused_add(backend):
 @pytest.mark.parametrize("backend", KERNELS)
 def test_rms_norm_no_weight_3d_and_multi_dim_shape(backend):
     x = randn_input(2, 5, 6, 8)
-    check(rms_case(backend, x, (6, 8), None))
-    check(rms_case(backend, x[:, :, 0], (8,), weight_of(8, torch.float32)))
+    check_op_case(rms_case(backend, x, (6, 8), None))
+    check_op_case(rms_case(backend, x[:, :, 0], (8,), weight_of(8, torch.float32)))
 
 
 @pytest.mark.parametrize("backend", KERNELS)
 def test_rms_norm_non_contiguous_input_and_grad(backend):
     x = randn_input(48, 10).t()  # (10, 48) with column stride 10
     dy = torch.randn(48, 10).t()
-    check(rms_case(backend, x, (48,), weight_of(48, torch.float32), dy=dy))
+    check_op_case(rms_case(backend, x, (48,), weight_of(48, torch.float32), dy=dy))
     xr = randn_input(10, 64)[:, :48]  # padded rows
     r = randn_input(10, 64)[:, 8:56]
-    check(add_rms_case(backend, xr, r, (48,), weight_of(48, torch.float32)))
+    check_op_case(add_rms_case(backend, xr, r, (48,), weight_of(48, torch.float32)))
 
 
 @pytest.mark.parametrize("backend", KERNELS)

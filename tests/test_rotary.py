@@ -5,27 +5,14 @@ import pytest
 import torch
 
 import bigmodel
-from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, count_launches, requires_interpreter
+from numerics import (OP_BACKEND_DTYPES, assert_close_by_rule, count_launches, hf_rotary, requires_interpreter,
+                      rotary_tables)
 
 BACKEND_DTYPES = OP_BACKEND_DTYPES
 
 
-def hf_rotary(x, cos, sin, interleaved=False):
-    """Written as Hugging Face (rotate_half) / GPT-J (rotate_every_two) do, partial rotary as Phi-3."""
-    r = cos.size(-1)
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    if interleaved:
-        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
-    else:
-        rotated = torch.cat((-x_rot[..., r // 2:], x_rot[..., :r // 2]), dim=-1)
-    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
 
-def tables(shape, r, interleaved, dtype):
-    """cos / sin of fresh random angles, duplicated over the pairs as the embeddings build them."""
-    theta = torch.randn(*shape, r // 2) * 3
-    emb = theta.repeat_interleave(2, -1) if interleaved else torch.cat((theta, theta), -1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def check(backend, x, cos, sin, interleaved=False):
@@ -52,7 +39,7 @@ def check(backend, x, cos, sin, interleaved=False):
 def test_rotary_matches_hugging_face(backend, dtype, interleaved, d, r):
     B, H, L = 2, 3, 7
     x = torch.randn(B, H, L, d).to(dtype)
-    cos, sin = tables((B, 1, L), r, interleaved, dtype)  # Hugging Face's (B, L, R) unsqueezed at the head dim
+    cos, sin = rotary_tables((B, 1, L), r, interleaved, dtype)  # Hugging Face's (B, L, R) unsqueezed at the head dim
     check(backend, x, cos, sin, interleaved)
 
 
@@ -60,17 +47,17 @@ def test_rotary_matches_hugging_face(backend, dtype, interleaved, d, r):
 @pytest.mark.parametrize("table_shape", [(9,), (1, 1, 9), (2, 3, 9)], ids=["(L,R)", "(1,1,L,R)", "(B,H,L,R)"])
 def test_rotary_broadcasts_cos_sin(backend, table_shape):
     x = torch.randn(2, 3, 9, 32)
-    cos, sin = tables(table_shape, 32, False, torch.float32)
+    cos, sin = rotary_tables(table_shape, 32, False, torch.float32)
     check(backend, x, cos, sin)
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
 def test_rotary_non_contiguous_and_other_ranks(backend):
     x = torch.randn(2, 6, 4, 64).transpose(1, 2)  # (B, H, L, D) view of (B, L, H, D) storage
-    cos, sin = tables((2, 1, 6), 64, False, torch.float32)
+    cos, sin = rotary_tables((2, 1, 6), 64, False, torch.float32)
     check(backend, x, cos, sin)
     x3 = torch.randn(4, 6, 64)  # (H, L, D)
-    c3, s3 = tables((6,), 64, True, torch.float32)
+    c3, s3 = rotary_tables((6,), 64, True, torch.float32)
     torch.testing.assert_close(bigmodel.ops.rotary(x3, c3, s3, interleaved=True, backend=backend),
                                hf_rotary(x3, c3, s3, True))
 
@@ -78,7 +65,7 @@ def test_rotary_non_contiguous_and_other_ranks(backend):
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])
 def test_rotary_tables_with_any_strides(backend):
     x = torch.randn(2, 3, 5, 16)
-    cos, sin = tables((5,), 16, False, torch.float32)
+    cos, sin = rotary_tables((5,), 16, False, torch.float32)
     cos_t, sin_t = cos.t().contiguous().t(), sin.t().contiguous().t()  # the same values with strides (1, 5)
     assert cos_t.stride(-1) != 1
     torch.testing.assert_close(bigmodel.ops.rotary(x, cos_t, sin_t, backend=backend), hf_rotary(x, cos, sin))
@@ -86,7 +73,7 @@ def test_rotary_tables_with_any_strides(backend):
 
 def test_rotary_gives_cos_sin_a_gradient_on_torch_only():
     x = torch.randn(1, 2, 5, 16)
-    cos, sin = (t.requires_grad_() for t in tables((5,), 16, False, torch.float32))
+    cos, sin = (t.requires_grad_() for t in rotary_tables((5,), 16, False, torch.float32))
     y = bigmodel.ops.rotary(x, cos, sin)  # auto: the kernels cannot, torch can
     y.sum().backward()
     assert cos.grad is not None and sin.grad is not None
@@ -96,7 +83,7 @@ def test_rotary_gives_cos_sin_a_gradient_on_torch_only():
 
 def test_custom_op_passes_opcheck_and_compiles():
     x = torch.randn(2, 3, 5, 16, requires_grad=True)
-    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    cos, sin = rotary_tables((2, 1, 5), 16, False, torch.float32)
     c4, s4 = cos.expand(2, 3, 5, 16), sin.expand(2, 3, 5, 16)
     torch.library.opcheck(torch.ops.bigmodel.rotary.default, (x, c4, s4, False, "reference"))
     fn = torch.compile(lambda x, c, s: bigmodel.ops.rotary(x, c, s, backend="reference"), fullgraph=True,
@@ -106,7 +93,7 @@ def test_custom_op_passes_opcheck_and_compiles():
 
 def test_bad_input():
     x = torch.randn(2, 3, 5, 16)
-    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    cos, sin = rotary_tables((2, 1, 5), 16, False, torch.float32)
     with pytest.raises(ValueError, match=r"do not broadcast to x's \(\.\.\., L, R\)"):
         bigmodel.ops.rotary(x, cos[:, :, :4], sin[:, :, :4])
     with pytest.raises(ValueError, match="cos and sin must have one shape"):
@@ -124,12 +111,11 @@ def check_qk(backend, q, k, cos, sin, interleaved=False):
     """ops.rotary_qk vs the composition on q and k, in fp64 and in the low precision, outputs and both gradients."""
     dq, dk = torch.randn(q.shape).to(q.dtype), torch.randn(k.shape).to(k.dtype)
     runs = {}
+    def theirs(q, k, c, s):
+        return hf_rotary(q, c, s, interleaved), hf_rotary(k, c, s, interleaved)
+
     for which, fn, cast in (("ours", lambda *a: bigmodel.ops.rotary_qk(*a, interleaved=interleaved, backend=backend),
-                             lambda t: t),
-                            ("ref64", lambda q, k, c, s: (hf_rotary(q, c, s, interleaved), hf_rotary(k, c, s, interleaved)),
-                             lambda t: t.double()),
-                            ("lowp", lambda q, k, c, s: (hf_rotary(q, c, s, interleaved), hf_rotary(k, c, s, interleaved)),
-                             lambda t: t)):
+                             lambda t: t), ("ref64", theirs, lambda t: t.double()), ("lowp", theirs, lambda t: t)):
         lq, lk = (cast(t.detach()).clone().requires_grad_(True) for t in (q, k))
         yq, yk = fn(lq, lk, cast(cos), cast(sin))
         torch.autograd.backward((yq, yk), (cast(dq), cast(dk)))
@@ -146,7 +132,7 @@ def check_qk(backend, q, k, cos, sin, interleaved=False):
 def test_rotary_qk_matches_hugging_face_with_gqa(backend, dtype, interleaved, d, r):
     B, Hq, Hk, L = 2, 4, 2, 7
     q, k = torch.randn(B, Hq, L, d).to(dtype), torch.randn(B, Hk, L, d).to(dtype)
-    cos, sin = tables((B, 1, L), r, interleaved, dtype)
+    cos, sin = rotary_tables((B, 1, L), r, interleaved, dtype)
     check_qk(backend, q, k, cos, sin, interleaved)
 
 
@@ -154,7 +140,7 @@ def test_rotary_qk_matches_hugging_face_with_gqa(backend, dtype, interleaved, d,
 def test_rotary_qk_non_contiguous_and_tables_of_length_l(backend):
     q = torch.randn(2, 6, 4, 32).transpose(1, 2)  # (B, H, L, D) views of (B, L, H, D) projections
     k = torch.randn(2, 6, 1, 32).transpose(1, 2)
-    cos, sin = tables((6,), 32, False, torch.float32)
+    cos, sin = rotary_tables((6,), 32, False, torch.float32)
     check_qk(backend, q, k, cos, sin)
 
 
@@ -163,7 +149,7 @@ def test_rotary_qk_is_one_launch_on_triton(monkeypatch):
     import bigmodel.kernels.rotary as kr
     launches = count_launches(monkeypatch, kr, ("_rotary_kernel", "_rotary_qk_kernel"))
     q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
-    cos, sin = tables((5,), 16, False, torch.float32)
+    cos, sin = rotary_tables((5,), 16, False, torch.float32)
     bigmodel.ops.rotary_qk(q.requires_grad_(), k.requires_grad_(), cos, sin, backend="triton")[0].sum().backward()
     assert launches == ["_rotary_qk_kernel", "_rotary_qk_kernel"], launches  # forward, backward
 
@@ -171,7 +157,7 @@ def test_rotary_qk_is_one_launch_on_triton(monkeypatch):
 
 def test_rotary_qk_custom_op_passes_opcheck():
     q, k = torch.randn(2, 4, 5, 16, requires_grad=True), torch.randn(2, 2, 5, 16, requires_grad=True)
-    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    cos, sin = rotary_tables((2, 1, 5), 16, False, torch.float32)
     cq, sq, ck, sk = cos.expand(2, 4, 5, 16), sin.expand(2, 4, 5, 16), cos.expand(2, 2, 5, 16), sin.expand(2, 2, 5, 16)
     torch.library.opcheck(torch.ops.bigmodel.rotary_qk.default, (q, k, cq, sq, ck, sk, False, "reference"))
     fn = torch.compile(lambda q, k, c, s: bigmodel.ops.rotary_qk(q, k, c, s, backend="reference"), fullgraph=True,
@@ -183,7 +169,7 @@ def test_rotary_qk_custom_op_passes_opcheck():
 
 def test_rotary_qk_bad_input():
     q, k = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 5, 16)
-    cos, sin = tables((2, 1, 5), 16, False, torch.float32)
+    cos, sin = rotary_tables((2, 1, 5), 16, False, torch.float32)
     with pytest.raises(ValueError, match=r"do not broadcast to k's"):
         bigmodel.ops.rotary_qk(q, torch.randn(2, 2, 6, 16), cos, sin)
     with pytest.raises(ValueError, match=r"k must have q's dtype and head dim"):
