@@ -76,6 +76,15 @@ def _free_cuda_memory(request):
         torch.cuda.empty_cache()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: on a shared CPU, extra intra-op threads only fight (20x slower steps here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def interpreter():
     """Use in tests that run Triton kernels on CPU tensors: skips when the interpreter is off."""

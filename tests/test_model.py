@@ -15,13 +15,7 @@ from numerics import assert_close_by_rule, requires_interpreter
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: on a shared CPU, extra intra-op threads only fight (20x slower steps here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest.py)
 
 
 def small_config(**overrides):

@@ -23,13 +23,7 @@ transformers = pytest.importorskip("transformers")
 REL_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a shared CPU, extra intra-op threads only fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest.py)
 
 
 def tiny(**overrides):
