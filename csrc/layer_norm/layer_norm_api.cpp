@@ -71,6 +71,22 @@ void check_stat(const at::Tensor& t, const at::Tensor& x, const char* op, const 
               " must be a contiguous float32 tensor; got ", t.scalar_type(), " with strides ", t.strides());
 }
 
+// The forward's common parameters: x (rows, cols) and its row stride, dtypes, weight (or null), eps, y.
+LayerNormParams fwd_params(const at::Tensor& x, const at::Tensor& y, const c10::optional<at::Tensor>& weight,
+                           DType dtype, DType param_dtype, double eps) {
+  LayerNormParams p;
+  p.rows = x.size(0);
+  p.cols = x.size(1);
+  p.x_stride = x.stride(0);
+  p.dtype = dtype;
+  p.param_dtype = param_dtype;
+  p.x = x.data_ptr();
+  p.weight = ptr_or_null(weight);
+  p.eps = static_cast<float>(eps);
+  p.y = y.data_ptr();
+  return p;
+}
+
 constexpr const char* kRmsFwd = "bigmodel._C.rms_norm_fwd";
 constexpr const char* kRmsBwd = "bigmodel._C.rms_norm_bwd";
 constexpr const char* kAddRmsFwd = "bigmodel._C.add_rms_norm_fwd";
@@ -92,21 +108,12 @@ std::vector<at::Tensor> rms_fwd(const at::Tensor& x, const at::Tensor* residual,
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return {y, h, rstd};
 
-  LayerNormParams p;
-  p.rows = rows;
-  p.cols = cols;
-  p.x_stride = x.stride(0);
-  p.dtype = dtype;
-  p.param_dtype = param_dtype;
-  p.x = x.data_ptr();
-  p.weight = ptr_or_null(weight);
-  p.eps = static_cast<float>(eps);
+  LayerNormParams p = fwd_params(x, y, weight, dtype, param_dtype, eps);
   if (residual) {
     p.residual = residual->data_ptr();
     p.residual_stride = residual->stride(0);
     p.h = h.data_ptr();
   }
-  p.y = y.data_ptr();
   p.rstd = rstd.data_ptr<float>();
   check_launch(rms_norm_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
   return {y, h, rstd};
@@ -177,17 +184,8 @@ std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const c10::optional<
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return {y, mean, rstd};
 
-  LayerNormParams p;
-  p.rows = rows;
-  p.cols = cols;
-  p.x_stride = x.stride(0);
-  p.dtype = dtype;
-  p.param_dtype = param_dtype;
-  p.x = x.data_ptr();
-  p.weight = ptr_or_null(weight);
+  LayerNormParams p = fwd_params(x, y, weight, dtype, param_dtype, eps);
   p.bias = ptr_or_null(bias);
-  p.eps = static_cast<float>(eps);
-  p.y = y.data_ptr();
   p.mean = mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
   check_launch(layer_norm_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), kFwd);
