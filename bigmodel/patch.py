@@ -237,8 +237,9 @@ def _rotary_fn_by_structure(cls, backend):
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         dim = kwargs.get("unsqueeze_dim", args[unsqueeze_at] if unsqueeze_at is not None and len(args) > unsqueeze_at
                          else 1)
-        if cos.dim() != 3 or dim not in (1, 2, -2, -3):  # layouts bigmodel.ops.rotary_qk is not written for
-            return original(q, k, cos, sin, *args, **kwargs)
+        if cos.dim() != 3 or dim not in (1, 2, -2, -3) or k.dtype != q.dtype or sin.dtype != cos.dtype \
+                or cos.dtype not in (q.dtype, torch.float32):  # layouts / dtype mixes ops.rotary_qk does not take:
+            return original(q, k, cos, sin, *args, **kwargs)  # Hugging Face's own formula (type promotion)
         if dim in (1, -3):  # q, k (B, H, L, D), cos / sin (B, L, R)
             return ops.rotary_qk(q, k, cos.unsqueeze(1), sin.unsqueeze(1), backend=backend)
         yq, yk = ops.rotary_qk(q.transpose(1, 2), k.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1),
@@ -270,6 +271,9 @@ def _patch_rotary(model, targets, backend, counts, skipped):
         if any(name == t or name.startswith(t + ".") for t, _, _ in targets if t):
             continue
         cls = type(m)
+        if "forward" in vars(m):  # another library's per-instance forward (a hook wrapper): keep it
+            skipped[f"{cls.__name__}.{ROTARY_FN}"] = "the module already has its own per-instance forward"
+            continue
         if cls not in built:
             fn, reason = _rotary_fn_by_structure(cls, backend)
             forward = _with_global(cls.forward, ROTARY_FN, fn) if fn is not None else None
@@ -306,7 +310,7 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
 
     if backend is not None:
         check_name(backend)
-    counts, skipped = {}, {}
+    counts, skipped = dict(getattr(model, "bigmodel_patched", {})), {}  # a second patch() adds to the first's
     table = _replacements()
     targets = []
     for name, m in model.named_modules():

@@ -143,6 +143,32 @@ def test_gated_feed_forward_module_loads_a_hugging_face_mlp_state_dict():
     torch.testing.assert_close(ours(x), hf(x), rtol=1e-5, atol=1e-6)
 
 
+class LoraLinear(torch.nn.Linear):  # shaped like PEFT's adapters: weight is the base layer's, forward adds a delta
+    def forward(self, x):
+        return super().forward(x) + 0.5 * x.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["gate_up_down", "gate_up_proj"])
+def test_gated_modules_call_wrapped_linears_as_modules(fused):
+    """A Linear subclass (a LoRA adapter) must be called: the fused op would read its weight and drop the delta."""
+    cls = bigmodel.nn.FusedGatedFeedForward if fused else bigmodel.nn.GatedFeedForward
+    m = cls(16, 24, backend="reference")
+    name = "gate_up_proj" if fused else "up_proj"
+    plain = getattr(m, name)
+    wrapped = LoraLinear(plain.in_features, plain.out_features, bias=False)
+    wrapped.weight = plain.weight
+    x = randn_input(3, 16, scale=1.0, shift=0.0)
+    before = m(x)
+    setattr(m, name, wrapped)
+    after = m(x)
+    if fused:
+        g, u = wrapped(x).chunk(2, -1)
+    else:
+        g, u = m.gate_proj(x), wrapped(x)
+    torch.testing.assert_close(after, m.down_proj(F.silu(g) * u))
+    assert not torch.allclose(after, before)
+
+
 def test_gated_feed_forward_bad_shapes():
     x = torch.randn(2, 8)
     with pytest.raises(ValueError, match=r"w_up must have w_gate's shape \(12, 8\)"):

@@ -236,10 +236,28 @@ def test_look_alike_rotary_functions_are_left_alone_with_a_reason():
 
 def test_patching_twice_rebinds_the_rotary_function_once(monkeypatch):
     model = bigmodel.patch(build("llama"), backend="reference")
+    counts = dict(model.bigmodel_patched)
     forwards = [m.forward for m in model.modules() if "forward" in vars(m)]
     bigmodel.patch(model, backend="reference")
     assert [m.forward for m in model.modules() if "forward" in vars(m)] == forwards
     assert len(forwards) == COMMON["num_hidden_layers"]
+    assert model.bigmodel_patched == counts  # the second call found nothing new and keeps the first's report
+
+
+def test_patched_rotary_keeps_hugging_faces_type_promotion_for_mixed_dtypes():
+    from transformers.models.llama import modeling_llama
+    model = bigmodel.patch(build("llama"), backend="reference")
+    attn = model.model.layers[0].self_attn
+    patched_fn = attn.forward.__func__.__wrapped__.__globals__[modeling_llama.apply_rotary_pos_emb.__name__]
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16).bfloat16()
+    theta = torch.randn(1, 5, 8)
+    cos, sin = torch.cat((theta, theta), -1).cos(), torch.cat((theta, theta), -1).sin()
+    for args in ((q, k, cos, sin), (q.bfloat16(), k, cos.half(), sin.half())):
+        want = modeling_llama.apply_rotary_pos_emb(*args)
+        got = patched_fn(*args)
+        assert [t.dtype for t in got] == [t.dtype for t in want]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_interpreter)])

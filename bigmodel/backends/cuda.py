@@ -97,12 +97,12 @@ class CudaBackend(Backend):
     def add_rms_norm_reasons(self, input, **_):
         return _rms_reasons("add_rms_norm", input)
 
-    def rotary_reasons(self, input, cos=None, sin=None, **_):
+    def rotary_reasons(self, input, cos=None, sin=None, key=None, **_):
         reasons = rotary_grad_reasons(cos, sin)
-        rows = input.numel() // max(input.size(-1), 1)
-        if rows > INT32_MAX:
-            reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the CUDA kernel; got "
-                           f"{tuple(input.shape)}")
+        for t in (input, key):  # key: rotary_qk's k
+            if t is not None and t.numel() // max(t.size(-1), 1) > INT32_MAX:
+                reasons.append(f"rotary: at most {INT32_MAX} rows (batch x heads x length) in the CUDA kernel; got "
+                               f"{tuple(t.shape)}")
         if input.size(-1) > INT32_MAX:
             reasons.append(f"rotary: head dims of at most {INT32_MAX} in the CUDA kernel; got {input.size(-1)}")
         return reasons

@@ -41,11 +41,18 @@ class FeedForward(torch.nn.Module):
         return self.fc2(self.dropout(self.fc1(x)))
 
 
+def _plain_linears(*linears) -> bool:
+    """Exactly torch.nn.Linear, no bias, hooks or parametrizations: its weight alone says what it computes, so the
+    fused op may read it (a subclass or wrapper, e.g. a LoRA adapter, must be called as a module)."""
+    return all(type(m) is torch.nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
+               and not torch.nn.utils.parametrize.is_parametrized(m) for m in linears)
+
+
 class GatedFeedForward(torch.nn.Module):
     """The gated MLP of Llama / Mistral / Qwen (activation "silu") and Gemma ("gelu_tanh"):
     down_proj(act(gate_proj(x)) * up_proj(x)), with Hugging Face's parameter names (a Llama MLP's state_dict
-    loads). act(g) * u runs fused, forward and backward (ops.gated_feed_forward / ops.swiglu); with biases or hooks
-    on the Linears, they are called as modules."""
+    loads). act(g) * u runs fused, forward and backward (ops.gated_feed_forward / ops.swiglu); Linears with biases,
+    hooks or parametrizations, and subclasses / wrappers of Linear (LoRA adapters), are called as modules."""
 
     def __init__(self, d_model, d_ff, activation="silu", bias=False, device=None, dtype=None, *, backend=None):
         super().__init__()
@@ -55,8 +62,7 @@ class GatedFeedForward(torch.nn.Module):
         self.activation, self.backend = activation, backend
 
     def forward(self, x):  # (..., d_model)
-        linears = (self.gate_proj, self.up_proj, self.down_proj)
-        if all(m.bias is None and not m._forward_hooks and not m._forward_pre_hooks for m in linears):
+        if _plain_linears(self.gate_proj, self.up_proj, self.down_proj):
             return ops.gated_feed_forward(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
                                           self.activation, backend=self.backend)
         return self.down_proj(gated("gated_feed_forward", self.gate_proj(x), self.up_proj(x), self.activation,
@@ -77,8 +83,7 @@ class FusedGatedFeedForward(torch.nn.Module):
         self.activation, self.backend = activation, backend
 
     def forward(self, x):
-        linears = (self.gate_up_proj, self.down_proj)
-        if all(m.bias is None and not m._forward_hooks and not m._forward_pre_hooks for m in linears):
+        if _plain_linears(self.gate_up_proj, self.down_proj):
             w_gate, w_up = self.gate_up_proj.weight.chunk(2, dim=0)  # row blocks: contiguous views
             return ops.gated_feed_forward(x, w_gate, w_up, self.down_proj.weight, self.activation,
                                           backend=self.backend)
