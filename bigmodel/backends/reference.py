@@ -164,6 +164,48 @@ class ReferenceBackend(Backend):
         yf, dyf = y.to(acc), dy.to(acc)
         return (yf * (dyf - (dyf * yf).sum(-1, keepdim=True))).to(y.dtype)
 
+    # ---- cross_entropy: logits (N, C) (unit column stride), target (N,) int64; see kernels/cross_entropy.py.
+    # Per row, with z = softcap * tanh(logits / softcap) (softcap 0: z = logits) and eps = label_smoothing:
+    #   loss_i = (1 - eps) (lse_i - z_{i,t_i}) + eps (lse_i - mean_j z_ij),   0 where t_i == ignore_index
+    #   dlogits_ij = g_i (softmax(z_i)_j - (1 - eps) [j == t_i] - eps / C) * dz/dlogits,  dz/dlogits = 1 - tanh^2
+    # loss and lse are fp32 (fp64 for fp64 logits: the oracle keeps its precision). No range check here: the ops
+    # layer checks targets; an out-of-range non-ignored target raises in gather.
+    def cross_entropy_fwd(self, logits, target, ignore_index, label_smoothing, softcap):
+        acc = _acc_dtype(logits)
+        z = _softcapped(logits.to(acc), softcap)
+        lse = torch.logsumexp(z, dim=1)
+        valid = target != ignore_index
+        zt = z.gather(1, torch.where(valid, target, 0)[:, None]).squeeze(1)
+        loss = lse - zt
+        if label_smoothing:
+            loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - z.mean(dim=1))
+        out = torch.float64 if acc == torch.float64 else torch.float32
+        return torch.where(valid, loss, 0.0).to(out), lse.to(out)
+
+    def cross_entropy_bwd(self, grad_loss, logits, target, lse, ignore_index, label_smoothing, softcap, out):
+        """Writes dlogits into `out` (which may be `logits`: every read happens before the write) and returns it.
+        The softmax is recomputed from the logits in the accumulation dtype (the oracle does not trust `lse`)."""
+        acc = _acc_dtype(logits)
+        x = logits.to(acc)
+        z = _softcapped(x, softcap)
+        valid = target != ignore_index
+        d = torch.softmax(z, dim=1)
+        if label_smoothing:
+            d = d - label_smoothing / logits.size(1)
+        d = d.scatter_add(1, torch.where(valid, target, 0)[:, None],
+                          torch.full((logits.size(0), 1), -(1.0 - label_smoothing), dtype=acc, device=x.device))
+        d = d * torch.where(valid, grad_loss.to(acc), 0.0)[:, None]
+        if softcap:
+            t = torch.tanh(x / softcap)
+            d = d * (1.0 - t * t)
+        out.copy_(d)
+        return out
+
+
+def _softcapped(x, softcap):
+    """softcap * tanh(x / softcap) (Gemma 2's final_logit_softcapping); softcap 0 is off."""
+    return softcap * torch.tanh(x / softcap) if softcap else x
+
 
 def _repeat_kv(t, heads):
     """(B, Hkv, L, D) -> (B, heads, L, D): each kv head serves heads // Hkv query heads (GQA)."""
