@@ -168,15 +168,15 @@ class ReferenceBackend(Backend):
     # Per row, with z = softcap * tanh(logits / softcap) (softcap 0: z = logits) and eps = label_smoothing:
     #   loss_i = (1 - eps) (lse_i - z_{i,t_i}) + eps (lse_i - mean_j z_ij),   0 where t_i == ignore_index
     #   dlogits_ij = g_i (softmax(z_i)_j - (1 - eps) [j == t_i] - eps / C) * dz/dlogits,  dz/dlogits = 1 - tanh^2
-    # loss and lse are fp32 (fp64 for fp64 logits: the oracle keeps its precision). No range check here: the ops
-    # layer checks targets; an out-of-range non-ignored target raises in gather.
+    # loss and lse are fp32 (fp64 for fp64 logits: the oracle keeps its precision). The ops layer checks targets;
+    # a non-ignored target outside [0, C) that gets here anyway (a compiled graph) gives NaN rows, as the kernels.
     def cross_entropy_fwd(self, logits, target, ignore_index, label_smoothing, softcap):
         acc = _acc_dtype(logits)
         z = _softcapped(logits.to(acc), softcap)
         lse = torch.logsumexp(z, dim=1)
-        valid = target != ignore_index
-        zt = z.gather(1, torch.where(valid, target, 0)[:, None]).squeeze(1)
-        loss = lse - zt
+        valid, inside = target != ignore_index, (target >= 0) & (target < logits.size(1))
+        zt = z.gather(1, torch.where(valid & inside, target, 0)[:, None]).squeeze(1)
+        loss = torch.where(inside, lse - zt, float("nan"))
         if label_smoothing:
             loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - z.mean(dim=1))
         out = torch.float64 if acc == torch.float64 else torch.float32
@@ -188,13 +188,14 @@ class ReferenceBackend(Backend):
         acc = _acc_dtype(logits)
         x = logits.to(acc)
         z = _softcapped(x, softcap)
-        valid = target != ignore_index
+        valid, inside = target != ignore_index, (target >= 0) & (target < logits.size(1))
         d = torch.softmax(z, dim=1)
         if label_smoothing:
             d = d - label_smoothing / logits.size(1)
-        d = d.scatter_add(1, torch.where(valid, target, 0)[:, None],
-                          torch.full((logits.size(0), 1), -(1.0 - label_smoothing), dtype=acc, device=x.device))
-        d = d * torch.where(valid, grad_loss.to(acc), 0.0)[:, None]
+        d = d.scatter_add(1, torch.where(valid & inside, target, 0)[:, None],
+                          inside.to(acc)[:, None] * -(1.0 - label_smoothing))
+        g = torch.where(inside, grad_loss.to(acc), float("nan"))
+        d = torch.where(valid[:, None], d * g[:, None], 0.0)
         if softcap:
             t = torch.tanh(x / softcap)
             d = d * (1.0 - t * t)

@@ -252,3 +252,17 @@ class TritonBackend(Backend):
     @_on_inputs_device
     def softmax_bwd(self, dy, y):
         return self._kernels("softmax").softmax_bwd(dy, y)
+
+    # cross_entropy: one program per row, the row walked in chunks (kernels/cross_entropy.py)
+    @_on_inputs_device
+    def cross_entropy_fwd(self, logits, target, ignore_index, label_smoothing, softcap):
+        return self._kernels("cross_entropy").cross_entropy_fwd(logits, target, ignore_index, label_smoothing,
+                                                                softcap)
+
+    @_on_inputs_device
+    def cross_entropy_bwd(self, grad_loss, logits, target, lse, ignore_index, label_smoothing, softcap, out):
+        return self._kernels("cross_entropy").cross_entropy_bwd(grad_loss, logits, target, lse, ignore_index,
+                                                                label_smoothing, softcap, out)
+
+    def cross_entropy_reasons(self, input, **_):
+        return _rows_reasons("cross_entropy", input, looped=True)
