@@ -44,7 +44,7 @@ class PyTorchBackend(Backend):
     name = "torch"
     dtypes = ALL_FLOAT
     OPS = ("attention", "layer_norm", "rms_norm", "add_rms_norm", "softmax", "activation", "gated_activation",
-           "linear_act", "rotary")
+           "linear_act", "rotary", "cross_entropy")
 
     def not_supported_reasons(self, op, **inputs):
         if op not in self.OPS:
@@ -101,3 +101,9 @@ class PyTorchBackend(Backend):
 
     def linear_act(self, x, weight, bias, activation):
         return activate(F.linear(x, weight, bias), activation)
+
+    def cross_entropy(self, x, target, ignore_index, reduction, label_smoothing):
+        """F.cross_entropy itself (its own autograd and autocast policy: fp32 under autocast). bigmodel.ops has
+        checked the shapes, dtypes and target range; only the logits go to not_supported_reasons."""
+        return F.cross_entropy(x, target, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=label_smoothing)

@@ -42,4 +42,4 @@ def _empty_grad(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-from . import attention, feed_forward, layer_norm, rms_norm, rotary  # noqa: E402,F401  (each registers its ops)
+from . import attention, cross_entropy, feed_forward, layer_norm, rms_norm, rotary  # noqa: E402,F401  (each registers its ops)

@@ -2,6 +2,7 @@
 ("triton", "cuda", "torch", "reference" or "auto"); see bigmodel.backends for how one is chosen."""
 from .activation import geglu, gelu, relu, silu, softmax, swiglu
 from .attention import attention
+from .cross_entropy import cross_entropy
 from .feed_forward import feed_forward, gated_feed_forward, linear_act
 from .layer_norm import layer_norm
 from .rms_norm import add_rms_norm, rms_norm
@@ -9,3 +10,4 @@ from .rotary import rotary, rotary_qk
 
 __all__ = ["add_rms_norm", "attention", "feed_forward", "gated_feed_forward", "geglu", "gelu", "layer_norm",
            "linear_act", "relu", "rms_norm", "rotary", "rotary_qk", "silu", "softmax", "swiglu"]
+__all__ += ["cross_entropy"]
