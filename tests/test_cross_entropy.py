@@ -40,7 +40,7 @@ def _case(fn, x, *grad_weight):
     """fn(x) and d(sum(fn(x) * w)) / dx with a fixed random w of fn's output shape."""
     x = x.detach().clone().requires_grad_()
     y = fn(x)
-    w = grad_weight[0] if grad_weight else torch.randn(y.shape, dtype=torch.float64)
+    w = grad_weight[0] if grad_weight else torch.randn(y.shape, dtype=torch.float64, device=y.device)
     (gx,) = torch.autograd.grad((y.double() * w).sum(), x)
     return y.detach(), gx, w
 
@@ -365,3 +365,19 @@ def test_row_program_id_is_widened_to_int64():
             uses = [line.strip() for line in ttir.splitlines()
                     if re.search(re.escape(pid) + r"(?![\w.])", line) and not line.strip().startswith(pid + " =")]
             assert uses and all("arith.extsi" in u and "to i64" in u for u in uses), f"{name}: {pid} used as {uses}"
+
+
+# ------------------------------------------------------------------------------------------ GPU (skips here)
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("c", [32000, 128256])
+def test_triton_gpu_vocab_sizes(dtype, c):
+    """The Triton kernels on a GPU at Llama-size vocabularies, bf16 included, against fp64."""
+    x = _logits(64, c, dtype).cuda()
+    t = _targets(64, c, ignore=(3, 40)).cuda()
+    for kw in (dict(), dict(label_smoothing=0.1, reduction="sum")):
+        ours, g_ours, w = _case(lambda z: bigmodel.ops.cross_entropy(z, t, backend="triton", **kw), x)
+        ref, g_ref, _ = _case(lambda z: F.cross_entropy(z, t, **kw), x.double(), w)
+        lowp, g_lowp, _ = _case(lambda z: F.cross_entropy(z, t, **kw), x, w)
+        assert_close_by_rule("loss", ours, ref, lowp if dtype != torch.float32 else None)
+        assert_close_by_rule("dlogits", g_ours, g_ref, g_lowp if dtype != torch.float32 else None, "grad")
