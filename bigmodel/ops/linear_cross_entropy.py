@@ -116,8 +116,11 @@ def _select(x, weight, rows, chunk, training, trial, backend_name, reduction, la
     if backend_name == "torch":
         return "torch"
     stand_in = _checks.rows_like(x, weight.size(0), max(1, min(chunk, rows)))
+    # fused="linear" and the weight keep auto's measured choice apart from the plain cross_entropy op's on the
+    # same (rows, V) logits: here "torch" means this chunked loop with PyTorch per-chunk math, and d matters.
     return backends.select("cross_entropy", backend_name, training=training, trial=trial, input=stand_in,
-                           reduction=reduction, label_smoothing=label_smoothing).name
+                           weight=weight, reduction=reduction, label_smoothing=label_smoothing,
+                           fused="linear").name
 
 
 def _linear_cross_entropy(input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap,
