@@ -19,11 +19,13 @@ For reduction "none" each row's gradient weight (grad_loss_i) is unknown until t
 the losses only and the backward op (linear_cross_entropy_backward) walks the chunks again: the logits are recomputed,
 one GEMM more than the "mean" / "sum" path.
 
-16-bit dW accumulation: on CUDA, torch.mm(..., out_dtype=torch.float32) (aten::mm.dtype, torch >= 2.8, CUDA only in
-torch 2.11-2.14) gives the fp32 product of bf16 / fp16 operands on the tensor cores, added into the fp32 buffer.
-Elsewhere (CPU: aten::mm.dtype has no CPU kernel in these versions), the chunk's dlogits and x are upcast to fp32 and
-multiplied there (an fp32 chunk x V temporary). addmm's out_dtype variant is not used: torch 2.11's requires `self`
-in the operands' dtype, so it cannot accumulate into an fp32 buffer.
+16-bit dW accumulation: on CUDA, torch.mm(..., out_dtype=torch.float32) (aten::mm.dtype, present in torch 2.11 and
+2.14, with a CUDA kernel only) gives the fp32 product of bf16 / fp16 operands on the tensor cores, added into the
+fp32 buffer (a (V, d) fp32 temporary per chunk). On the CPU (no aten::mm.dtype kernel there in 2.11-2.14) the
+chunk's dlogits and x are upcast to fp32 and multiplied in fp32 (an fp32 chunk x V temporary). addmm's out_dtype
+variant (aten::addmm.dtype_out) is not used: PyTorch's CUDA implementation of it checks that `self` has the
+operands' dtype in some versions, so it cannot accumulate into an fp32 buffer portably. The CUDA branch has not run
+on a GPU in this session (no device); the CPU branch is what the tests execute.
 
 The per-chunk cross-entropy math comes from the backend's `cross_entropy_fwd` / `cross_entropy_bwd` (the
 cross_entropy op's contract). Backend "torch" runs the same chunked loop with the pure-PyTorch per-chunk math below
