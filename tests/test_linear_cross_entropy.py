@@ -385,3 +385,14 @@ def test_cpu_peak_memory_below_quarter_of_unfused():
               f"backend {backend} {ours['peak_extra'] / 2**20:.0f} MiB vs unfused F.linear + F.cross_entropy "
               f"{unfused['peak_extra'] / 2**20:.0f} MiB: ratio {ratio:.3f}")
         assert ratio < 0.25, f"{backend}: peak {ours['peak_extra']} vs unfused {unfused['peak_extra']} ({ratio:.3f})"
+
+
+def test_dw_blocked_fp32_accumulation(monkeypatch):
+    """The CUDA path's fp32 dW accumulation of 16-bit chunks (torch.mm out_dtype, V in blocks), run on the CPU with
+    an upcasting stand-in for aten::mm.dtype (which has no CPU kernel): every block lands, in fp32."""
+    from bigmodel.library import linear_cross_entropy as lib
+    monkeypatch.setattr(lib, "DW_BLOCK_BYTES", 7 * 16 * 4)  # 7 rows of V per block: 1000 = 142 * 7 + 6
+    dl, xc = torch.randn(9, 1000).bfloat16(), torch.randn(9, 16).bfloat16()
+    dw = torch.ones(1000, 16)
+    lib._accumulate_dw(dw, dl, xc, mm=lambda a, b, out_dtype: torch.mm(a.to(out_dtype), b.to(out_dtype)))
+    torch.testing.assert_close(dw, 1 + dl.float().t() @ xc.float(), rtol=1e-6, atol=1e-6)

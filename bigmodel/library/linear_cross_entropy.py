@@ -21,11 +21,14 @@ one GEMM more than the "mean" / "sum" path.
 
 16-bit dW accumulation: on CUDA, torch.mm(..., out_dtype=torch.float32) (aten::mm.dtype, present in torch 2.11 and
 2.14, with a CUDA kernel only) gives the fp32 product of bf16 / fp16 operands on the tensor cores, added into the
-fp32 buffer (a (V, d) fp32 temporary per chunk). On the CPU (no aten::mm.dtype kernel there in 2.11-2.14) the
-chunk's dlogits and x are upcast to fp32 and multiplied in fp32 (an fp32 chunk x V temporary). addmm's out_dtype
-variant (aten::addmm.dtype_out) is not used: PyTorch's CUDA implementation of it checks that `self` has the
-operands' dtype in some versions, so it cannot accumulate into an fp32 buffer portably. The CUDA branch has not run
-on a GPU in this session (no device); the CPU branch is what the tests execute.
+fp32 buffer; V is split into blocks so each product's fp32 temporary is at most DW_BLOCK_BYTES (256 MiB). On the CPU
+(no aten::mm.dtype kernel there in 2.11-2.14) the chunk's dlogits and x are upcast to fp32 and multiplied in fp32
+(an fp32 chunk x V temporary). addmm's out_dtype variant (aten::addmm.dtype_out) is not used: PyTorch's CUDA
+implementation of it checks that `self` has the operands' dtype in some versions, so it cannot accumulate into an
+fp32 buffer portably. The CUDA branch has not run on a GPU yet (no device in this session); the tests run its
+blocking on the CPU with an upcasting stand-in for aten::mm.dtype.
+Memory at a large d: the fp32 (V, d) accumulator (2 GiB at V = 128k, d = 4096) and, at the forward's end, its
+rounded copy in the weight's dtype are the largest terms after the chunk's logits.
 
 The per-chunk cross-entropy math comes from the backend's `cross_entropy_fwd` / `cross_entropy_bwd` (the
 cross_entropy op's contract). Backend "torch" runs the same chunked loop with the pure-PyTorch per-chunk math below
@@ -112,12 +115,19 @@ def _check_targets(target: Tensor, classes: int, ignore_index: int):
                          f"{bad.nonzero()[0].tolist()}")
 
 
-def _accumulate_dw(dw: Tensor, dl: Tensor, xc: Tensor):
-    """dw (V, d) fp32 / fp64 += dl^T xc, the chunk's share, in the accumulator's precision."""
+DW_BLOCK_BYTES = 256 * 2**20  # the fp32 product's temporary per GEMM on the out_dtype path: V split into blocks
+
+
+def _accumulate_dw(dw: Tensor, dl: Tensor, xc: Tensor, mm=None):
+    """dw (V, d) fp32 / fp64 += dl^T xc, the chunk's share, in the accumulator's precision. `mm` (tests only) stands
+    in for torch.mm(a, b, out_dtype=...) to run the blocked CUDA branch on the CPU."""
     if dl.dtype == dw.dtype:
         dw.addmm_(dl.t(), xc)
-    elif dl.is_cuda and _HAS_MM_OUT_DTYPE:
-        dw.add_(torch.mm(dl.t(), xc, out_dtype=dw.dtype))
+    elif mm is not None or (dl.is_cuda and _HAS_MM_OUT_DTYPE):
+        mm = mm or torch.mm
+        step = max(1, DW_BLOCK_BYTES // max(1, xc.size(1) * dw.element_size()))  # V rows per fp32 temporary
+        for v0 in range(0, dw.size(0), step):
+            dw[v0:v0 + step].add_(mm(dl[:, v0:v0 + step].t(), xc, out_dtype=dw.dtype))
     else:
         dw.addmm_(dl.t().to(dw.dtype), xc.to(dw.dtype))
 
