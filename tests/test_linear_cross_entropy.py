@@ -396,3 +396,54 @@ def test_dw_blocked_fp32_accumulation(monkeypatch):
     dw = torch.ones(1000, 16)
     lib._accumulate_dw(dw, dl, xc, mm=lambda a, b, out_dtype: torch.mm(a.to(out_dtype), b.to(out_dtype)))
     torch.testing.assert_close(dw, 1 + dl.float().t() @ xc.float(), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ GPU (cuda-marked)
+GPU_BACKENDS = ["triton", "cuda", "torch"]
+
+
+def _gpu_backend_or_skip(backend, x, v):
+    reasons = [] if backend == "torch" else BACKENDS[backend].not_supported_reasons(
+        "cross_entropy", input=x.new_empty(1, 1).expand(8, v))
+    if reasons:
+        pytest.skip(f"{backend}: {'; '.join(reasons)}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gpu_bf16_matches_fp64(monkeypatch, backend, reduction):
+    """bf16 at a real width on the GPU (several chunks: the chunk is forced to 512 rows), by the low-precision rule."""
+    x, w, b, t = _inputs(2048, 1024, 32000, torch.bfloat16)
+    x, w, b, t = x.cuda(), w.cuda() * 0.1, b.cuda(), t.cuda()
+    _gpu_backend_or_skip(backend, x, w.size(0))
+    monkeypatch.setenv(CHUNK_ENV, "512")
+    _check(x, w, b, t, backend, reduction, 0.1, softcap=30.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_peak_memory_below_quarter_of_unfused(backend):
+    """torch.cuda.max_memory_allocated above the inputs, forward + backward, bf16, N = 16384, V = 32000, d = 1024."""
+    torch.manual_seed(0)
+    n, d, v = 16384, 1024, 32000
+    x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(v, d, device="cuda") * 0.02).bfloat16().requires_grad_()
+    t = torch.randint(0, v, (n,), device="cuda")
+    _gpu_backend_or_skip(backend, x, v)
+    peaks = {}
+    for path in ("unfused", backend):
+        x.grad = w.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss = F.cross_entropy(F.linear(x, w), t) if path == "unfused" else \
+            ops.linear_cross_entropy(x, w, t, backend=backend)
+        loss.backward()
+        torch.cuda.synchronize()
+        peaks[path] = torch.cuda.max_memory_allocated() - base
+        del loss
+    ratio = peaks[backend] / peaks["unfused"]
+    print(f"\nlinear_cross_entropy GPU peak memory (N={n}, V={v}, d={d}, bf16, fwd+bwd): backend {backend} "
+          f"{peaks[backend] / 2**20:.0f} MiB vs unfused {peaks['unfused'] / 2**20:.0f} MiB: ratio {ratio:.3f}")
+    assert ratio < 0.25
