@@ -352,6 +352,68 @@ def test_set_backend_reaches_every_module():
     assert all(m.backend == "torch" for m in with_backend)
 
 
+# ------------------------------------------------------------------------------------------ training loss
+def loss_and_grads(model, ids, targets, **kwargs):
+    logits, loss = model(ids, targets=targets, **kwargs)
+    return logits, loss, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("preset", ["tiny", "llama-tiny"])
+def test_fused_loss_equals_the_logits_path(preset, tied, backend, monkeypatch):
+    """forward(ids, targets=...) defaults to bigmodel.ops.linear_cross_entropy on the hidden states (no logits,
+    the first element is None); fused_loss=False goes through the (B, L, vocab) logits. The losses and every
+    parameter's gradient agree (fp32, relative error < 1e-5), ignored targets left out of both."""
+    model = scramble(Transformer(TransformerConfig.from_preset(preset, n_layers=2, tied_embeddings=tied,
+                                                               backend=backend)))
+    assert (model.lm_head.weight is model.tok_emb.weight) == tied
+    ids, targets = tokens(model.config, 2, 12), tokens(model.config, 2, 12)
+    targets[0, :3] = -100
+    calls, real = [], bigmodel.ops.linear_cross_entropy
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy", counting)
+    logits, want, want_grads = loss_and_grads(model, ids, targets, fused_loss=False)
+    assert calls == [] and logits.shape == (2, 12, 256)
+    none, got, got_grads = loss_and_grads(model, ids, targets)
+    assert none is None and calls == [backend]
+    assert got.dtype == torch.float32 and rel(got, want) < 1e-5
+    torch.testing.assert_close(want, F.cross_entropy(model(ids).flatten(0, 1), targets.flatten()))
+    for (name, _), g, w in zip(model.named_parameters(), got_grads, want_grads):
+        assert rel(g, w) < 1e-5, name
+    assert model.loss(ids, targets).item() == got.item()
+    assert model.loss(ids, targets, fused=False).item() == want.item()
+
+
+def test_fused_loss_under_autocast_bf16():
+    """As `bigmodel train` runs it on a GPU: the loss inside torch.autocast(bfloat16) (here the CPU's), fused and
+    through the logits; fp32 losses that agree to bf16 precision."""
+    model = scramble(Transformer(TransformerConfig.from_preset("llama-tiny", backend="torch")))
+    ids, targets = tokens(model.config, 2, 16), tokens(model.config, 2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, want, want_grads = loss_and_grads(model, ids, targets, fused_loss=False)
+        none, got, got_grads = loss_and_grads(model, ids, targets)
+    assert logits.dtype == torch.bfloat16 and none is None and got.dtype == want.dtype == torch.float32
+    assert rel(got, want) < 2e-2
+    for (name, _), g, w in zip(model.named_parameters(), got_grads, want_grads):
+        assert g.isfinite().all() and rel(g, w) < 5e-2, name
+
+
+def test_forward_with_targets_errors_and_unchanged_logits():
+    model = Transformer(small_config())
+    ids = tokens(model.config, 2, 5)
+    with pytest.raises(ValueError, match=r"targets must have the shape of ids \(2, 5\); got \(2, 4\)"):
+        model(ids, targets=ids[:, 1:])
+    assert torch.equal(model(ids), model(ids, targets=ids, fused_loss=False)[0])  # forward(ids) unchanged
+
+
 # ------------------------------------------------------------------------------------------ torch.compile
 @pytest.mark.parametrize("variant", ["gqa", "llama"])
 def test_compile_fullgraph_no_graph_break(variant):

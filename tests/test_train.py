@@ -90,6 +90,34 @@ def test_user_text_file_via_python_m_bigmodel(tmp_path):
     assert len(steps) == 6 and len(evals) == 1 and evals[0]["step"] == 6
 
 
+def test_fused_loss_is_the_default_and_no_fused_loss_turns_it_off(monkeypatch, capsys):
+    """The training and eval losses come from bigmodel.ops.linear_cross_entropy (no logits) unless --no-fused-loss;
+    both paths follow the same trajectory (fp32: rtol 1e-5)."""
+    import bigmodel
+
+    assert tr.TrainConfig().fused_loss is True and config(*ARGS).fused_loss is True
+    assert config(*ARGS, "--no-fused-loss").fused_loss is False and config(*ARGS, "--fused-loss").fused_loss is True
+    calls, real = [], bigmodel.ops.linear_cross_entropy
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy", counting)
+    short = [*ARGS, "--steps", "4", "--eval-every", "2"]  # evals at steps 2 and 4, 2 batches each
+    fused = tr.train(config(*short))
+    assert calls == ["reference"] * (4 + 2 * 2) and fused["fused_loss"] is True
+    assert "loss fused (linear_cross_entropy, no logits)" in capsys.readouterr().out
+    calls.clear()
+    unfused = tr.train(config(*short, "--no-fused-loss"))
+    assert calls == [] and unfused["fused_loss"] is False
+    assert "loss logits + cross_entropy (--no-fused-loss)" in capsys.readouterr().out
+    np.testing.assert_allclose(fused["losses"], unfused["losses"], rtol=1e-5)
+    np.testing.assert_allclose([e["eval_loss"] for e in fused["eval_losses"]],
+                               [e["eval_loss"] for e in unfused["eval_losses"]], rtol=1e-5)
+    with pytest.raises(tr.TrainError, match=r"fused_loss must be True or False; got 'no'"):
+        tr.train(dataclasses.replace(config(*short), fused_loss="no"))
+
+
 LLAMA_ARGS = ["--preset", "llama-tiny", "--backend", "torch", "--seq-len", "32", "--batch-size", "8", "--lr",
               "3e-3", "--eval-every", "0", "--eval-batches", "2", "--log-every", "5", "--seed", "7"]
 

@@ -3,6 +3,8 @@
     config = TransformerConfig.from_preset("tiny")        # or "llama-tiny": RMSNorm, rotary, SwiGLU, GQA
     model = Transformer(config)
     logits = model(ids)                                   # (B, L, vocab)
+    _, loss = model(ids, targets=targets)                 # training: fused linear_cross_entropy, no logits
+    loss = model.loss(ids, targets, fused=False)          # the same loss through the (B, L, vocab) logits
     out = model.generate(ids, max_new_tokens=32, top_k=50)
     model.set_backend("triton")                           # every fused op of the model
 """
@@ -159,12 +161,19 @@ class Transformer(torch.nn.Module):
             mlp_out = block.mlp.fc2 if self.config.mlp == "dense" else block.mlp.down_proj
             torch.nn.init.normal_(mlp_out.weight, mean=0.0, std=residual_std)
 
-    def forward(self, ids, attention_mask=None, kv_cache=None):
-        """ids (B, L) long -> logits (B, L, vocab).
+    def forward(self, ids, attention_mask=None, kv_cache=None, targets=None, *, fused_loss=True,
+                ignore_index=-100):
+        """ids (B, L) long -> logits (B, L, vocab); with targets (B, L) long -> (logits or None, loss).
 
         attention_mask: (B, L) bool or 0/1 ints, 1 = real token, 0 = padding (no token attends to padding).
         kv_cache: a list of KVCache, one per block (see new_kv_cache): ids then continue the cached sequence at
             position kv_cache[0].length, and attention_mask (if any) covers the cached tokens too (B, length + L).
+        targets: the token each position should predict (already shifted: targets[:, t] follows ids[:, t]); the
+            loss is their mean cross-entropy, positions whose target is ignore_index left out (as F.cross_entropy).
+            fused_loss=True (the default) computes it with bigmodel.ops.linear_cross_entropy straight from the
+            final hidden states and the LM head's weight (the tied embedding), chunk by chunk, so the (B, L, vocab)
+            logits never exist: the first element returned is then None. fused_loss=False runs the LM head and
+            F.cross_entropy on the fp32 logits, and returns those logits too. Either way under autocast as well.
         """
         B, L = ids.shape
         start = kv_cache[0].length if kv_cache is not None else 0
@@ -184,7 +193,24 @@ class Transformer(torch.nn.Module):
             x = block(x, attention_mask, kv_cache[i] if kv_cache is not None else None, rope)  # (B, L, C)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        return self.lm_head(x)  # (B, L, vocab)
+        if targets is None:
+            return self.lm_head(x)  # (B, L, vocab)
+        if targets.shape != ids.shape:
+            raise ValueError(f"Transformer: targets must have the shape of ids {tuple(ids.shape)}; got "
+                             f"{tuple(targets.shape)}")
+        if fused_loss:  # (B, L, C) hidden states and (vocab, C) weight -> the mean loss; no logits
+            loss = ops.linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias,
+                                            ignore_index=ignore_index, backend=self.lm_head.backend)
+            return None, loss.float()
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        return logits, loss
+
+    def loss(self, ids, targets, attention_mask=None, *, fused=True, ignore_index=-100):
+        """The mean next-token loss of ids (B, L) against targets (B, L): forward(ids, targets=...)'s loss alone
+        (fused=True: bigmodel.ops.linear_cross_entropy, without logits; fused=False: through the logits). A
+        wrapper (DDP, FSDP) sees only forward: call model(ids, targets=targets) on a wrapped model instead."""
+        return self(ids, attention_mask, targets=targets, fused_loss=fused, ignore_index=ignore_index)[1]
 
     def new_kv_cache(self, batch_size, max_len=None):
         """Empty per-block KV caches for up to max_len (default max_seq_len) positions, on the model's device."""

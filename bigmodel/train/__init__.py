@@ -15,6 +15,10 @@ Determinism contract (what the tests check):
   that was never interrupted. It loads in any world size and parallel mode.
 * The LR schedule spans --steps; --stop-at ends a run early (as an interruption would) without changing it.
 
+The loss is bigmodel.ops.linear_cross_entropy on the final hidden states and the LM head's (tied) weight: the
+(batch, seq, vocab) logits are never materialised. `--no-fused-loss` computes the logits and F.cross_entropy instead
+(the eval loss follows the same setting).
+
 Tokens are bytes (vocab 256). Data: `--data FILE`, or the *.txt files in bigmodel/data/; each file's last 10% is
 the held-out split for the eval loss.
 """

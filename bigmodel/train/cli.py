@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="data parallelism under torchrun (default: auto = ddp with several processes)")
     p.add_argument("--precision", default=S, choices=PRECISIONS,
                    help="auto = bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=S,
+                   help="compute the loss with bigmodel.ops.linear_cross_entropy, never materialising the logits "
+                        "(default: on; --no-fused-loss = the LM head's logits + cross_entropy)")
     p.add_argument("--out", default=S, metavar="DIR", help="write checkpoint.pt and metrics.jsonl here")
     p.add_argument("--resume", action="store_true", default=S, help="continue the checkpoint in --out")
     p.add_argument("--sample", type=int, default=S, help=f"bytes to generate at the end (default: {D.sample})")

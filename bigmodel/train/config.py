@@ -12,7 +12,7 @@ PARALLEL = ("auto", "none", "ddp", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Settings that shape the trajectory: a resume that changes any of them no longer matches an uninterrupted run.
 PLAN_FIELDS = ("preset", "overrides", "data", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup",
-               "weight_decay", "betas", "grad_clip", "seed", "precision", "backend")
+               "weight_decay", "betas", "grad_clip", "seed", "precision", "backend", "fused_loss")
 # What `--resume` takes from the checkpoint unless given again: the plan, and the eval / log / save rhythm.
 # Not where it runs (device, parallel, out, ...): a checkpoint resumes on any machine and world size.
 RESUMED_FIELDS = PLAN_FIELDS + ("eval_every", "eval_batches", "log_every", "save_every", "sample")
@@ -46,6 +46,7 @@ class TrainConfig:
     backend: str | None = None  # "torch", "reference", "triton", "cuda", "auto"; None = the process-wide choice
     parallel: str = "auto"  # auto = ddp under torchrun with several processes, none otherwise
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    fused_loss: bool = True  # loss by bigmodel.ops.linear_cross_entropy (no logits); False = logits + cross_entropy
     out: str | None = None  # checkpoint + metrics.jsonl folder
     resume: bool = False
     sample: int = 200  # bytes to generate at the end (0 = none)
@@ -68,6 +69,8 @@ class TrainConfig:
             raise TrainError(f"--weight-decay and --grad-clip must be >= 0; got {self.weight_decay}, {self.grad_clip}")
         _check_choice("parallel", self.parallel, PARALLEL)
         _check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.fused_loss, bool):
+            raise TrainError(f"fused_loss must be True or False; got {self.fused_loss!r}")
         if self.resume and not self.out:
             raise TrainError("--resume needs --out DIR (the folder holding checkpoint.pt)")
         if self.data is not None and not Path(self.data).is_file():

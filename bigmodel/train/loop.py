@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .checkpoint import (full_model_state, load_checkpoint, plan_changes, restore, save_checkpoint,
                          trim_metrics)
@@ -25,6 +24,9 @@ from .distributed import Dist, mean_across_ranks, setup_distributed
 from .model import (build_model, build_optimizer, check_backend, check_model_config, clip_gradients, lr_at,
                     model_config, saved_model_config, unwrap, wrap_model)
 
+LOSS_PATHS = {True: "fused (linear_cross_entropy, no logits)", False: "logits + cross_entropy (--no-fused-loss)"}
+
+
 def autocast_context(precision: str, device: torch.device):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -33,10 +35,13 @@ def autocast_context(precision: str, device: torch.device):
     return precision, contextlib.nullcontext
 
 
-def loss_fn(model, x, y, amp) -> torch.Tensor:
+def loss_fn(model, x, y, amp, fused: bool = True) -> torch.Tensor:
+    """The mean next-byte loss, through the model's forward (so DDP / FSDP2 see the call). fused (the default,
+    --no-fused-loss turns it off): bigmodel.ops.linear_cross_entropy from the final hidden states, never holding
+    the (batch, seq, vocab) logits; otherwise the LM head's logits and F.cross_entropy on them in fp32."""
     with amp():
-        logits = model(x)
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        _, loss = model(x, targets=y, fused_loss=fused)
+    return loss.float()
 
 
 @torch.no_grad()
@@ -47,7 +52,7 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, seq_len: int, d: Dist, dev
     total = torch.zeros((), device=device)
     for _ in range(cfg.eval_batches):
         x, y = get_batch(corpus.val, gen, cfg.batch_size, seq_len, d.rank, d.world, device)
-        total += loss_fn(model, x, y, amp)
+        total += loss_fn(model, x, y, amp, cfg.fused_loss)
     model.train()
     return mean_across_ranks(total / cfg.eval_batches, d).item()
 
@@ -147,7 +152,7 @@ class Run:
             group["lr"] = lr_at(self.step, cfg)
         x, y = get_batch(self.corpus.train, self.data_gen, cfg.batch_size, self.seq_len, self.d.rank, self.d.world,
                          self.device)
-        loss = loss_fn(self.model, x, y, self.amp)
+        loss = loss_fn(self.model, x, y, self.amp, cfg.fused_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_gradients(self.model, cfg.grad_clip)
@@ -290,7 +295,7 @@ def log_plan(run: Run, n_params: int, precision: str, start: int):
         f", norm {mc.norm}, positional {mc.positional}, mlp {mc.mlp}"  # e.g. Llama's rms, rotary, swiglu
     log(f"bigmodel train: {cfg.preset} (d_model {mc.d_model}, n_layers {mc.n_layers}, n_heads {mc.n_heads}{kv}"
         f"{shape}, {n_params / 1e6:.2f}M parameters) on {run.device}, {precision}, backend {cfg.backend or 'auto'}, "
-        f"world size {d.world}, parallel {d.mode}")
+        f"world size {d.world}, parallel {d.mode}, loss {LOSS_PATHS[cfg.fused_loss]}")
     log(f"data: {corpus.source}: {len(corpus.train):,} training bytes, {len(corpus.val):,} held out; "
         f"batch {cfg.batch_size} x {run.seq_len} = {run.tokens_per_step:,} tokens/step")
     log(f"schedule: steps {start + 1}..{cfg.last_step} of {cfg.steps}; AdamW lr {cfg.lr:g} (warmup "
@@ -309,6 +314,7 @@ def summarize(run: Run, precision: str, start: int, n_params: int, out: Path | N
         "train_seconds": run.train_time, "parameters": n_params, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "precision": precision, "backend": cfg.backend or "auto", "world_size": d.world, "parallel": d.mode,
+        "fused_loss": cfg.fused_loss,
         "checkpoint": str(out / CHECKPOINT) if out else None,
     }
 
