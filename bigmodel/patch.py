@@ -9,6 +9,7 @@ import torch
 
 from . import nn as bnn
 from . import ops
+from .patch_loss import patch_causal_lm_loss
 
 log = logging.getLogger("bigmodel")
 
@@ -337,6 +338,7 @@ def patch(model: torch.nn.Module, *, backend=None) -> torch.nn.Module:
         setattr(model.get_submodule(parent_name), attr, new)
         counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     _patch_rotary(model, targets, backend, counts, skipped)
+    patch_causal_lm_loss(model, backend, counts, skipped)  # HF causal LMs: the fused loss (patch_loss.py)
     summary = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "nothing"
     log.info("bigmodel.patch: replaced %s", summary)
     for cls, reason in skipped.items():
