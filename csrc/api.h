@@ -100,4 +100,20 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
                                       double scale);
 // ---- end attention ----
 
+// ---- cross-entropy (csrc/cross_entropy) ----
+// logits (N, C) with unit column stride (any row stride), fp32 / fp16 / bf16, 1 <= C <= 2^30; target (N,) int64
+// contiguous (not range-checked: the Python op does that on the host; the kernels never read through an
+// out-of-range target). z = softcap * tanh(logits / softcap) (softcap 0: z = logits), eps = label_smoothing.
+// Returns {loss (N,) fp32 = lse - (1 - eps) z_t - (eps / C) sum_j z_j, 0 where target == ignore_index;
+// lse (N,) fp32 = log sum_j exp(z_j)}: one pass per row, online log-sum-exp, fp32 math, deterministic.
+std::vector<at::Tensor> cross_entropy_fwd(const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index,
+                                          double label_smoothing, double softcap);
+// grad_loss (N,) fp32 (any stride; 0 for an expanded scalar), lse: the forward's. Writes
+// dlogits = grad_loss_i (exp(z - lse_i) - (1 - eps) [j == t_i] - eps / C) (* (1 - tanh^2(logits / softcap))), 0 for
+// ignored rows, into out ((N, C), logits' dtype, unit column stride; may be logits itself: in place) and returns it.
+at::Tensor cross_entropy_bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                             const at::Tensor& lse, int64_t ignore_index, double label_smoothing, double softcap,
+                             at::Tensor out);
+// ---- end cross-entropy ----
+
 }  // namespace bigmodel

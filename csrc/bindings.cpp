@@ -55,4 +55,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("key_padding_mask"), py::arg("is_causal"),
         py::arg("scale"));
   // ---- end attention ----
+  // ---- cross-entropy (csrc/cross_entropy) ----
+  m.def("cross_entropy_fwd", &bigmodel::cross_entropy_fwd,
+        "cross-entropy forward over (N, C) logits, softcap and label smoothing optional: [loss (N,), lse (N,)] fp32",
+        py::arg("logits"), py::arg("target"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("softcap"));
+  m.def("cross_entropy_bwd", &bigmodel::cross_entropy_bwd,
+        "cross-entropy backward: dlogits = grad_loss (softmax - smoothed one-hot) written into out (may be logits)",
+        py::arg("grad_loss"), py::arg("logits"), py::arg("target"), py::arg("lse"), py::arg("ignore_index"),
+        py::arg("label_smoothing"), py::arg("softcap"), py::arg("out"));
+  // ---- end cross-entropy ----
 }

@@ -198,3 +198,123 @@ def test_cuda_backend_offers_the_llama_ops(monkeypatch):
     assert "not 'relu'" in cuda.not_supported_reasons("gated_activation", input=x, up=x, activation="relu")[-1]
     assert "at least 1 column" in cuda.not_supported_reasons("rms_norm", input=torch.randn(4, 0), weight=None)[-1]
     assert cuda.SAVES_PRE_ACTIVATION == ("gelu", "gelu_tanh", "silu")
+
+
+# ---- cross-entropy (csrc/cross_entropy)
+CROSS_ENTROPY_FUNCTIONS = ("cross_entropy_fwd", "cross_entropy_bwd")
+
+
+@pytest.fixture(scope="module")
+def ext_ce():
+    return extension_or_skip(*CROSS_ENTROPY_FUNCTIONS)
+
+
+def test_extension_has_the_cross_entropy_kernels(ext_ce):
+    out = subprocess.run([_cuobjdump(), "-res-usage", ext_ce.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    for kernel in ("cross_entropy_fwd_kernel", "cross_entropy_bwd_kernel"):
+        assert kernel in out, f"bigmodel._C has no {kernel}"
+    assert ext_ce.cross_entropy_fwd.__doc__ and "loss" in ext_ce.cross_entropy_fwd.__doc__
+    assert ext_ce.cross_entropy_bwd.__doc__ and "out" in ext_ce.cross_entropy_bwd.__doc__
+
+
+def test_cross_entropy_fwd_rejects_bad_input(ext_ce):
+    e = ext_ce
+    x, t = _t(4, 10), torch.tensor([1, 2, -100, 9])
+    fwd = e.cross_entropy_fwd
+    raises(r"cross_entropy_fwd: logits must be a CUDA tensor; got a tensor on cpu", fwd, x, t, -100, 0.0, 0.0)
+    for dt in (torch.float16, torch.bfloat16):  # every kernel dtype passes the checks and reaches the device check
+        raises(r"cross_entropy_fwd: logits must be a CUDA tensor", fwd, x.to(dt), t, -100, 0.1, 30.0)
+    raises(r"cross_entropy_fwd: logits must be float32, float16 or bfloat16; got Double", fwd, x.double(), t, -100,
+           0.0, 0.0)
+    raises(r"cross_entropy_fwd: logits must be 2-D \(N, C\).*; got shape \[2, 2, 10\]", fwd, _t(2, 2, 10), t, -100,
+           0.0, 0.0)
+    raises(r"cross_entropy_fwd: logits must have 1 to \d+ columns \(classes\); got 0", fwd, _t(4, 0), t, -100, 0.0,
+           0.0)
+    raises(r"cross_entropy_fwd: logits must have unit stride in its last dim; got strides \[1, 4\]", fwd,
+           _t(10, 4).t(), t, -100, 0.0, 0.0)
+    raises(r"cross_entropy_fwd: target must be an int64 tensor of class indices; got Float", fwd, x, t.float(), -100,
+           0.0, 0.0)
+    raises(r"cross_entropy_fwd: target must be an int64 tensor of class indices; got Int", fwd, x, t.int(), -100,
+           0.0, 0.0)
+    raises(r"cross_entropy_fwd: target must have shape \(4,\) \(logits' rows\); got \[3\]", fwd, x, t[:3], -100, 0.0,
+           0.0)
+    raises(r"cross_entropy_fwd: target must have shape \(4,\) \(logits' rows\); got \[4, 1\]", fwd, x, t[:, None],
+           -100, 0.0, 0.0)
+    raises(r"cross_entropy_fwd: target must be contiguous; got strides \[2\]", fwd, x, torch.arange(8)[::2], -100,
+           0.0, 0.0)
+    raises(r"cross_entropy_fwd: label_smoothing must be in \[0, 1\]; got -0.1", fwd, x, t, -100, -0.1, 0.0)
+    raises(r"cross_entropy_fwd: label_smoothing must be in \[0, 1\]; got 1.5", fwd, x, t, -100, 1.5, 0.0)
+    raises(r"cross_entropy_fwd: softcap must be finite and non-negative \(0 = off\); got -1", fwd, x, t, -100, 0.0,
+           -1.0)
+    raises(r"cross_entropy_fwd: softcap must be finite and non-negative \(0 = off\); got inf", fwd, x, t, -100, 0.0,
+           float("inf"))
+    # a row-padded (any row stride) logits view and an empty batch pass the checks
+    raises(r"cross_entropy_fwd: logits must be a CUDA tensor", fwd, _t(4, 16)[:, :10], t, -100, 0.0, 0.0)
+    raises(r"cross_entropy_fwd: logits must be a CUDA tensor", fwd, _t(0, 10), torch.empty(0, dtype=torch.long),
+           -100, 0.0, 0.0)
+
+
+def test_cross_entropy_bwd_rejects_bad_input(ext_ce):
+    e = ext_ce
+    x, t, g, lse = _t(4, 10), torch.tensor([1, 2, -100, 9]), torch.ones(4), torch.zeros(4)
+    bwd = e.cross_entropy_bwd
+    raises(r"cross_entropy_bwd: logits must be a CUDA tensor; got a tensor on cpu", bwd, g, x, t, lse, -100, 0.0,
+           0.0, torch.empty_like(x))
+    raises(r"cross_entropy_bwd: logits must be a CUDA tensor", bwd, g, x, t, lse, -100, 0.0, 0.0, x)  # in place
+    # grad_loss may be an expanded scalar (stride 0): a "mean" reduction's gradient
+    raises(r"cross_entropy_bwd: logits must be a CUDA tensor", bwd, torch.ones(()).expand(4), x, t, lse, -100, 0.0,
+           0.0, x)
+    raises(r"cross_entropy_bwd: logits must be float32, float16 or bfloat16; got Long", bwd, g,
+           torch.ones(4, 10, dtype=torch.long), t, lse, -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: logits must have unit stride in its last dim", bwd, g, _t(10, 4).t(), t, lse, -100,
+           0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: target must be an int64 tensor of class indices; got Float", bwd, g, x, t.float(),
+           lse, -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: target must have shape \(4,\) \(logits' rows\); got \[5\]", bwd, g, x,
+           torch.zeros(5, dtype=torch.long), lse, -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: grad_loss must be float32; got Half", bwd, g.half(), x, t, lse, -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: grad_loss must have shape \(4,\) \(logits' rows\); got \[\]", bwd, torch.ones(()), x,
+           t, lse, -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: lse must be float32; got BFloat16", bwd, g, x, t, lse.bfloat16(), -100, 0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: lse must have shape \(4,\) \(logits' rows\); got \[3\]", bwd, g, x, t, lse[:3], -100,
+           0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: lse must be contiguous; got strides \[2\]", bwd, g, x, t, torch.zeros(8)[::2], -100,
+           0.0, 0.0, x)
+    raises(r"cross_entropy_bwd: out must have logits's dtype \(Float\); got Half", bwd, g, x, t, lse, -100, 0.0, 0.0,
+           x.half())
+    raises(r"cross_entropy_bwd: out must have shape \[4, 10\]; got \[4, 11\]", bwd, g, x, t, lse, -100, 0.0, 0.0,
+           _t(4, 11))
+    raises(r"cross_entropy_bwd: out must have unit stride in its last dim; got strides \[1, 4\]", bwd, g, x, t, lse,
+           -100, 0.0, 0.0, _t(10, 4).t())
+    raises(r"cross_entropy_bwd: label_smoothing must be in \[0, 1\]; got 2", bwd, g, x, t, lse, -100, 2.0, 0.0, x)
+    raises(r"cross_entropy_bwd: softcap must be finite and non-negative \(0 = off\); got nan", bwd, g, x, t, lse,
+           -100, 0.0, float("nan"), x)
+    # out may be logits itself, but not another view of its storage (rows would race)
+    big = _t(4, 20)
+    raises(r"cross_entropy_bwd: out shares logits' storage, so it must be logits itself \(in place: same data "
+           r"pointer and row stride\); got storage offsets 10 and 0, row strides 20 and 20", bwd, g, big[:, :10], t,
+           lse, -100, 0.0, 0.0, big[:, 10:])
+
+
+def test_cuda_backend_offers_cross_entropy(monkeypatch):
+    """The adapter methods exist with the kernel contract's signature; with the machine's reasons cleared the cuda
+    backend names only the device for CPU logits, and its own row / column limits."""
+    import inspect
+
+    from bigmodel.backends import BACKENDS
+
+    cuda = BACKENDS["cuda"]
+    assert list(inspect.signature(cuda.cross_entropy_fwd).parameters) == [
+        "logits", "target", "ignore_index", "label_smoothing", "softcap"]
+    assert list(inspect.signature(cuda.cross_entropy_bwd).parameters) == [
+        "grad_loss", "logits", "target", "lse", "ignore_index", "label_smoothing", "softcap", "out"]
+    monkeypatch.setattr(cuda, "machine_reasons", lambda: [])
+    device = ["inputs are on cpu; the cuda backend needs CUDA tensors"]
+    assert cuda.not_supported_reasons("cross_entropy", input=torch.randn(4, 10)) == device
+    assert cuda.cross_entropy_reasons(torch.randn(4, 10)) == []
+    assert "at least 1 class" in cuda.cross_entropy_reasons(torch.randn(4, 0))[-1]
+    big_cols = torch.empty(1, 1).expand(1, 2**30 + 1)  # stride 0: the shape without the memory
+    assert "at most 1073741824 classes" in cuda.cross_entropy_reasons(big_cols)[-1]
+    many_rows = torch.empty(1, 1).expand(2**31, 1)  # stride 0: no memory
+    assert "at most 2147483647 rows" in cuda.cross_entropy_reasons(many_rows)[-1]

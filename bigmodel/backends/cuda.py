@@ -113,6 +113,20 @@ class CudaBackend(Backend):
     def linear_act_reasons(self, input, **_):
         return _rows_cols_reasons("linear_act", input)
 
+    def cross_entropy_reasons(self, input, **_):
+        """input: the (N, C) logits (or a stand-in of one chunk's shape). One block per row on grid x, 32-bit
+        column loops (csrc/cross_entropy/cross_entropy_api.cpp)."""
+        rows = input.numel() // max(input.size(-1), 1) if input.dim() else 1
+        reasons = []
+        if rows > INT32_MAX:
+            reasons.append(f"cross_entropy: at most {INT32_MAX} rows in the CUDA kernels; got {rows}")
+        cols = input.size(-1) if input.dim() else 1
+        if cols > MAX_COLS:
+            reasons.append(f"cross_entropy: at most {MAX_COLS} classes (columns) in the CUDA kernels; got {cols}")
+        if cols == 0:
+            reasons.append("cross_entropy: the CUDA kernels need at least 1 class (column); got 0")
+        return reasons
+
     @property
     def _C(self):
         return load_extension()[0]
@@ -225,6 +239,17 @@ class CudaBackend(Backend):
 
     def softmax_bwd(self, dy, y):
         return self._C.softmax_bwd(dy, y)
+
+    # cross_entropy: csrc/cross_entropy, a block per row, one pass with an online log-sum-exp (fp32); the backward
+    # writes dlogits into `out`, which may be `logits` itself (in place). Targets are range-checked by the op.
+    def cross_entropy_fwd(self, logits, target, ignore_index, label_smoothing, softcap):
+        loss, lse = self._C.cross_entropy_fwd(logits, target, int(ignore_index), float(label_smoothing),
+                                              float(softcap or 0.0))
+        return loss, lse
+
+    def cross_entropy_bwd(self, grad_loss, logits, target, lse, ignore_index, label_smoothing, softcap, out):
+        return self._C.cross_entropy_bwd(grad_loss, logits, target, lse, int(ignore_index), float(label_smoothing),
+                                         float(softcap or 0.0), out)
 
 
 def key_padding(mask):
