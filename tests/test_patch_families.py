@@ -64,7 +64,9 @@ def rms_norm_count(model, cls_name):
 
 def loss_and_grads(model, ids):
     model.zero_grad()
-    out = model(ids, labels=ids)
+    # A patched model's fused loss (bigmodel/patch_loss.py, tests/test_patch_loss.py) returns no logits in training
+    # mode: ask for them, so Hugging Face's own loss runs through the patched modules and the logits are compared.
+    out = model(ids, labels=ids, **({"return_logits": True} if hasattr(model, "bigmodel_patched") else {}))
     out.loss.backward()
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -84,8 +86,9 @@ def test_patch_replaces_every_rms_norm_and_keeps_logits_and_gradients(name, back
     mlps = rms_norm_count(original, mlp_cls)
     patched = bigmodel.patch(copy.deepcopy(original), backend=backend)
     rotary = norm_cls.replace("RMSNorm", "Attention.apply_rotary_pos_emb")
+    loss = norm_cls.replace("RMSNorm", "ForCausalLM.loss")  # the fused linear_cross_entropy loss
     assert patched.bigmodel_patched == {norm_cls: expected, mlp_cls: COMMON["num_hidden_layers"],
-                                        rotary: COMMON["num_hidden_layers"]}, patched.bigmodel_patched
+                                        rotary: COMMON["num_hidden_layers"], loss: 1}, patched.bigmodel_patched
     assert mlps == COMMON["num_hidden_layers"] and rms_norm_count(patched, norm_cls) == rms_norm_count(patched, mlp_cls) == 0
     assert not patched.bigmodel_skipped
     kinds = {type(m) for m in patched.modules()}
@@ -240,7 +243,7 @@ def test_patching_twice_rebinds_the_rotary_function_once(monkeypatch):
     forwards = [m.forward for m in model.modules() if "forward" in vars(m)]
     bigmodel.patch(model, backend="reference")
     assert [m.forward for m in model.modules() if "forward" in vars(m)] == forwards
-    assert len(forwards) == COMMON["num_hidden_layers"]
+    assert len(forwards) == COMMON["num_hidden_layers"] + 1  # + LlamaForCausalLM's fused-loss forward
     assert model.bigmodel_patched == counts  # the second call found nothing new and keeps the first's report
 
 
