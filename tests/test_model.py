@@ -437,6 +437,26 @@ def test_compile_fullgraph_no_graph_break(variant):
     torch._dynamo.reset()
 
 
+def test_compile_fullgraph_fused_loss():
+    """The training loss (fused linear_cross_entropy) traces without graph breaks; compiled == eager."""
+    torch._dynamo.reset()
+    model = scramble(Transformer(small_config(n_layers=1, **{**VARIANTS["llama"], "n_kv_heads": 2})))
+    ids, targets = tokens(model.config, 2, 8), tokens(model.config, 2, 8)
+
+    def loss_fn(ids, targets):
+        return model(ids, targets=targets)[1]
+
+    explanation = torch._dynamo.explain(loss_fn)(ids, targets)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    params = list(model.parameters())
+    got_loss, want_loss = compiled(ids, targets), loss_fn(ids, targets)
+    torch.testing.assert_close(got_loss, want_loss)
+    for g, w in zip(torch.autograd.grad(got_loss, params), torch.autograd.grad(want_loss, params)):
+        torch.testing.assert_close(g, w)
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------------------------------ GPU (bf16)
 def gpu_backends():
     usable = bigmodel.available_backends()
