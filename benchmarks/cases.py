@@ -421,11 +421,12 @@ from .ffn_cases import FeedForwardBench, LinearActBench, PointwiseBench  # noqa:
 from .decode_cases import DecodeBench  # noqa: E402
 from .model_cases import TrainStepBench  # noqa: E402
 from .llama_cases import BUILDERS as LLAMA_BUILDERS  # noqa: E402
+from .loss_cases import BUILDERS as LOSS_BUILDERS  # noqa: E402
 
 # The order of OPS is the run order within a tier (see all_cases) and the order of the report.
 OPS = {b.name: b for b in (TrainStepBench(), LinearActBench(), FeedForwardBench(), LayerNormBench(),
                            PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench(), DecodeBench(),
-                           *LLAMA_BUILDERS)}
+                           *LLAMA_BUILDERS, *LOSS_BUILDERS)}
 
 
 def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:

@@ -37,13 +37,17 @@
 #          layer_norm fwd, bwd and softmax fwd, bwd (torch, triton, cuda), attention fwd, fwd+bwd at L 1k/4k/16k
 #          (torch, sdpa-flash, sdpa-cudnn, triton, cuda); the Llama-family ops (benchmarks/llama_cases.py, 36
 #          cases, ~15 s): rms_norm, add_rms_norm 16384x4096, rotary (8, 32, 2048, 128), swiglu 16384x14336 fwd and bwd,
-#          gated_feed_forward 16384x4096x14336 fwd+bwd, each on torch, triton, cuda, liger
+#          gated_feed_forward 16384x4096x14336 fwd+bwd, each on torch, triton, cuda, liger; the loss ops
+#          (benchmarks/loss_cases.py, 12 cases, ~40 s: their checks against the fp32 reference take seconds):
+#          cross_entropy 16384x128256 fwd and fwd+bwd, linear_cross_entropy 16384x4096x128256 fwd+bwd, with peak memory
 #   tier 1 (~300 s, 400 cases)  train_step torch.compile (compiles GPT-2's training graph, ~1 min),
 #          bigmodel-triton / -cuda; the other modes and sizes of the core providers of every op (feed_forward,
 #          gelu, relu, the fwd-only 8192x8192x32768 GEMM), addmm_activation; attention bwd and L 512/2k/8k; the
-#          Llama-family ops' other sizes and modes, geglu, auto (264 cases, ~2.5 min)
+#          Llama-family ops' other sizes and modes, geglu, auto (264 cases, ~2.5 min); the loss ops' other sizes (V 32k
+#          / 256k, d_model 2048), modes and providers: auto, bigmodel-torch, torch-no-upcast (117 cases, ~4 min)
 #   tier 2 (~300 s, 281 cases)  torch.compile of the ops (a compile per shape and grad mode); attention's
-#          sdpa-efficient, sdpa-math, eager; torch.compile of the Llama-family ops (60 cases, ~5 min more)
+#          sdpa-efficient, sdpa-math, eager; torch.compile of the Llama-family ops (60 cases, ~5 min more) and of the
+#          loss ops (21 cases, ~2 min)
 #   tier 3  flex (BIGMODEL_BENCH_FULL=1 only)
 # After the build and the tests, bench usually has 150-250 s: tier 0, then the start of tier 1. For more: STEPS="build
 # bench" (bench then gets ~300 s or more), or a second call with BENCH_ARGS="--ops ..." for the ops still missing.

@@ -13,6 +13,8 @@ A builder's `plot_x` / `plot_panels` (attention: seqlen; headdim and mask) give 
 ops plot rate against shape (a bar per provider for an op of one shape). Cases run most important first, by tier
 across ops; the tables and plots read op by op (cases.OPS order), shape by shape.
 Rows with a "note" (e.g. a baseline computing a slightly different function) get it under their table.
+Peak memory ("extra MiB"): GPU allocator; on a CPU only for ops whose builder sets `peak_memory` (the loss ops), from
+PyTorch's CPU allocator, labelled "(CPU)"; the summary shows those ops' peaks.
 
     python -m benchmarks.report --summary bench-out/<stem>.json     # compact text table of a saved run
 """
@@ -198,6 +200,11 @@ def max_err(row: dict) -> str:
     return _fmt(row.get("max_err_vs_reference"), ".1e")
 
 
+def peak_mem(row: dict) -> str:
+    """The row's extra MiB ('812.0', '98.5 (CPU)': a CPU allocator measurement, or '—')."""
+    return _fmt(row.get("peak_mem_mb"), ".1f") + (" (CPU)" if row.get("peak_mem_device") == "CPU" else "")
+
+
 def rate(row: dict) -> str:
     """'2890 GB/s', '512.3 TFLOP/s' or '412.5k tokens/s' (more digits for the small numbers of CPU smoke runs)."""
     value, unit = metric(row)
@@ -232,6 +239,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
         f"- {MAX_ERR}: the largest |difference| from bigmodel's pure-math backend (\"{cases.REFERENCE_BACKEND}\") "
         "on the case's own inputs, over its outputs and, in training modes, its gradients; rel err: "
         "||out - ref|| / ||ref|| against eager torch (the pass / fail check)",
+        "- extra MiB: the peak memory one call allocates on top of its inputs: torch.cuda.max_memory_allocated on a "
+        "GPU; \"(CPU)\": the peak of PyTorch's CPU allocator (torch.profiler, profile_memory=True), a CPU measurement",
     ]
     for op in dict.fromkeys(r["op"] for r in rows):
         lines += [f"- {EXTRA_COLUMNS.get(name, name)} ({op}): the fastest median of {', '.join(providers)} / this "
@@ -259,7 +268,7 @@ def to_markdown(rows: list[dict], env: dict) -> str:
                 f"| {r['shape_str']} | {r['provider']} | {r['median_ms']:.4f} | {r['p20_ms']:.4f}–{r['p80_ms']:.4f} "
                 f"| {rate(r)} | {_fmt(r.get('pct_copy_bw'), '.0f', '%')} "
                 + "".join(f"| {_fmt(r.get(f'speedup_vs_{name}'), '.2f', 'x')} " for name in (REFERENCE, *others))
-                + f"| {_fmt(r.get('peak_mem_mb'), '.1f')} | {_fmt(r.get('rel_err'), '.1e')} | {max_err(r)} |")
+                + f"| {peak_mem(r)} | {_fmt(r.get('rel_err'), '.1e')} | {max_err(r)} |")
         lines.append("")
         for (provider, status, reason), shapes in skipped.items():
             lines.append(f"- **{provider} {status}** ({', '.join(shapes)}): {reason}")
@@ -380,7 +389,10 @@ def summary(rows: list[dict], env: dict) -> str:
         pct = f" {r['pct_copy_bw']:.0f}%" if r.get("pct_copy_bw") is not None else ""
         vs = "".join(f" {r[f'speedup_vs_{n}']:.2f}x" for n in speedups if r.get(f"speedup_vs_{n}") is not None)
         err = f" err {r['max_err_vs_reference']:.1e}" if r.get("max_err_vs_reference") is not None else ""
-        return f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}{err}"
+        mem = ""
+        if builder_attr(r["op"], "peak_memory") and r.get("peak_mem_mb") is not None:  # the loss ops
+            mem = f" peak {r['peak_mem_mb']:.1f} MiB" + (" (CPU)" if r.get("peak_mem_device") == "CPU" else "")
+        return f"{r['provider']} {r['median_ms']:.3f}ms {rate(r)}{pct}{vs}{err}{mem}"
 
     groups, explained = defaultdict(list), set()
     for r in reading_order(add_speedups(rows)):

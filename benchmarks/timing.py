@@ -4,11 +4,15 @@ GPU: triton.testing.do_bench - CUDA events around each call, warm-up first, L2 f
 median (and 20th / 80th percentiles); the case rotates its input sets. The device's copy bandwidth is
 measured once (a large device-to-device copy, bytes read + written) so results can say "% of copy bandwidth".
 CPU (no GPU): time.perf_counter median over a few calls, labelled "CPU" - a smoke test, not performance.
+Peak memory: on a GPU torch.cuda.max_memory_allocated; on a CPU, for the ops whose builder sets `peak_memory`
+(the loss ops), the peak of PyTorch's CPU allocator (cpu_peak_memory_mb); the row's peak_mem_device says which.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
+import os
 import statistics
 import time
 import traceback
@@ -64,16 +68,61 @@ def time_fn(fn, device: str, quick: bool = False, rep_ms: float | None = None) -
     return time_gpu(fn, quick, rep_ms) if device == "cuda" else time_cpu(fn, quick)
 
 
-def peak_memory_mb(fn, device: str) -> float | None:
-    """Memory one call allocates on top of what was already allocated (outputs + workspace), in MiB."""
+def peak_memory_mb(fn, device: str, cpu: bool = False) -> float | None:
+    """Memory one call allocates on top of what was already allocated (outputs + workspace), in MiB. On a CPU only
+    when `cpu` (cpu_peak_memory_mb), else None."""
     if device != "cuda":
-        return None
+        return cpu_peak_memory_mb(fn) if cpu else None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def cpu_peak_memory_mb(fn) -> float | None:
+    """The peak of PyTorch's CPU allocator during one call, above what was allocated before it, in MiB: the allocations
+    and frees torch.profiler(profile_memory=True) records, summed in time order. Memory allocated outside PyTorch's
+    allocator (numpy: Triton's interpreter) is not seen. None if the profiler gives no memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "gpuGetDeviceCount failed" on a machine without a GPU
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _no_stderr():  # the profiler's start / stop lines
+        prof.__enter__()
+    try:
+        fn()
+    finally:
+        with _no_stderr():
+            prof.__exit__(None, None, None)
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+                  and e.device_type() == torch.autograd.DeviceType.CPU]
+    except AttributeError:  # another torch's profiler
+        return None
+    now = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):  # stable: same-time events keep their recorded order
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak / 2**20 if events else None
+
+
+@contextlib.contextmanager
+def _no_stderr():
+    """File descriptor 2 to /dev/null (C++ logging bypasses sys.stderr)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @functools.cache
@@ -130,7 +179,9 @@ def measure(case, prepared, quick: bool = False) -> dict:
         return {**row, "status": "error", "reason": f"wrong result: relative error {rel_err:.2e} > {tol:.0e} "
                                                     "against eager torch"}
     row.update(time_fn(prepared.run, case.device, quick, prepared.rep_ms))
-    row["peak_mem_mb"] = peak_memory_mb(prepared.run, case.device)
+    cpu_peak = getattr(cases_mod.OPS.get(case.op), "peak_memory", False)
+    row["peak_mem_mb"] = peak_memory_mb(prepared.run, case.device, cpu=cpu_peak)
+    row["peak_mem_device"] = TIMER[case.device] if row["peak_mem_mb"] is not None else None
     seconds = row["median_ms"] * 1e-3
     row["gbps"] = prepared.bytes / seconds / 1e9 if prepared.bytes else None
     row["tflops"] = prepared.flops / seconds / 1e12 if prepared.flops else None
