@@ -3,16 +3,14 @@ runs one call and agrees with eager torch (cases.REL_ERR_TOL), each unavailable 
 real measurement (PyTorch's CPU allocator), labelled CPU in the row and the report, and it shows linear_cross_entropy's
 saving: the fused rows' peak is well below the torch row's on the same inputs. The GPU case lists (built without a GPU)
 have their headline tier, no bwd mode for linear_cross_entropy, and the work counts of the module doc."""
-import os
 
 import pytest
 import torch
 
+from bench_checks import INTERPRETING, check_agreement, run_or_reason
 from benchmarks import cases, loss_cases, report, timing
 
 OPS = ("cross_entropy", "linear_cross_entropy")
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-MAY_SKIP = {"cuda", "liger"} | (set() if INTERPRETING else {"triton"})
 SMALL = ({"rows": 64, "classes": 1000}, {"tokens": 64, "d_model": 64, "vocab": 1000})
 # Every provider and mode at the small CPU shapes (the checks run each case ~4 times); the memory shapes (2048 x 8192,
 # 4096 x 64 x 8192: ~0.5-2 s a call here) in test_cpu_peak_memory_shows_the_fused_saving and `bigmodel bench --device
@@ -36,26 +34,12 @@ def test_registered_with_their_providers_and_modes():
 
 @pytest.mark.parametrize("case", CPU_CASES, ids=[f"{c.op}-{c.id}" for c in CPU_CASES])
 def test_case_runs_or_says_why(case):
-    try:
-        prepared = cases.prepare(case)
-    except cases.Unavailable as e:
-        assert case.provider in MAY_SKIP, f"{case.provider} should run here: {e}"
-        assert str(e).strip(), "an unavailable provider must carry its reason"
-        if case.provider == "liger":
-            assert "Liger-Kernel" in str(e)
-        return
-    out = prepared.run()
-    assert out and all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in out.values())
-    grads = {"dlogits"} if case.op == "cross_entropy" else {"dx", "dw"}
-    assert set(out) == {"fwd": {"y"}, "bwd": grads, "fwd+bwd": {"y"} | grads}[case.mode]
-    errors = prepared.errors()
-    if case.provider == "torch":
-        assert errors["rel_err"] is None  # torch is the reference itself
-    else:
-        assert errors["rel_err"] is not None and errors["rel_err"] <= cases.REL_ERR_TOL[case.dtype], errors
-    assert errors["max_err_vs_reference"] is not None and errors["max_err_vs_reference"] < 1e-3, errors
-    work = prepared.flops if case.op == "linear_cross_entropy" else prepared.bytes
-    assert work and work > 0
+    ran = run_or_reason(case)
+    if ran is not None:
+        prepared, out = ran
+        grads = {"dlogits"} if case.op == "cross_entropy" else {"dx", "dw"}
+        assert set(out) == {"fwd": {"y"}, "bwd": grads, "fwd+bwd": {"y"} | grads}[case.mode]
+        check_agreement(case, prepared, prepared.flops if case.op == "linear_cross_entropy" else prepared.bytes)
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="Triton's CPU interpreter is off: triton skips every CPU case")

@@ -20,28 +20,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from numerics import assert_close_by_rule, requires_interpreter
+from numerics import OP_BACKEND_DTYPES, assert_close_by_rule, requires_interpreter
 
 import bigmodel
 from bigmodel import ops
 from bigmodel.backends import BACKENDS
 from bigmodel.ops.linear_cross_entropy import CHUNK_ENV, chunk_rows
 
-TRITON_HAS_CE = hasattr(BACKENDS["triton"], "cross_entropy_fwd")
-_NO_TRITON_CE = pytest.mark.skipif(not TRITON_HAS_CE, reason="the triton backend has no cross_entropy kernels yet")
-
-BACKEND_DTYPES = [
-    pytest.param("reference", torch.float32, id="reference-fp32"),
-    pytest.param("reference", torch.float64, id="reference-fp64"),
-    pytest.param("reference", torch.bfloat16, id="reference-bf16"),
-    pytest.param("torch", torch.float32, id="torch-fp32"),
-    pytest.param("torch", torch.float64, id="torch-fp64"),
-    pytest.param("torch", torch.bfloat16, id="torch-bf16"),
-    pytest.param("triton", torch.float32, id="triton-fp32", marks=[requires_interpreter, _NO_TRITON_CE]),
-    pytest.param("triton", torch.float16, id="triton-fp16", marks=[requires_interpreter, _NO_TRITON_CE]),
-]
-BACKENDS_FP32 = ["reference", "torch",
-                 pytest.param("triton", marks=[requires_interpreter, _NO_TRITON_CE])]
+BACKEND_DTYPES = OP_BACKEND_DTYPES
+BACKENDS_FP32 = ["reference", "torch", pytest.param("triton", marks=requires_interpreter)]
 
 
 @pytest.fixture
@@ -192,7 +179,7 @@ def test_chunks_really_split(monkeypatch):
 # ------------------------------------------------------------------------------------------ determinism
 @pytest.mark.parametrize("backend,dtype", [("reference", torch.float32), ("torch", torch.bfloat16),
                                            pytest.param("triton", torch.float32,
-                                                        marks=[requires_interpreter, _NO_TRITON_CE])])
+                                                        marks=requires_interpreter)])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_deterministic(chunk8, backend, dtype, reduction):
     x, w, b, t = _inputs(37, 16, 300, dtype)
