@@ -82,8 +82,8 @@ def causal_lm_loss(hidden, head: torch.nn.Linear, labels, *, num_items_in_batch=
     target = shift_labels.to(hidden.device)
     extra = {"softcap": softcap} if softcap is not None else {}
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = ops.linear_cross_entropy(hidden, head.weight, target, head.bias, ignore_index=ignore_index,
-                                    reduction=reduction, backend=backend, **extra).float()
+    loss = ops.linear_cross_entropy_fp32(hidden, head.weight, target, head.bias, ignore_index=ignore_index,
+                                         reduction=reduction, backend=backend, **extra)  # fp32: HF's logits.float()
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
@@ -138,7 +138,8 @@ def _fused_call(m, plan, args, kwargs, backend):
     labels = given.get("labels")
     keep = given.get("logits_to_keep", 0)
     want_logits = (not m.training) if return_logits is None else bool(return_logits)
-    if labels is None or want_logits or not isinstance(keep, int) or keep != 0:
+    if labels is None or want_logits or not isinstance(keep, int) or keep != 0 \
+            or type(m.lm_head) is not torch.nn.Linear:  # a head wrapped after patch() (LoRA, quantised): its forward
         return plan.original(m, *args, **kwargs)
 
     return_dict = given.pop("return_dict", None)

@@ -434,3 +434,15 @@ def test_gpu_peak_memory_below_quarter_of_unfused(backend):
     print(f"\nlinear_cross_entropy GPU peak memory (N={n}, V={v}, d={d}, bf16, fwd+bwd): backend {backend} "
           f"{peaks[backend] / 2**20:.0f} MiB vs unfused {peaks['unfused'] / 2**20:.0f} MiB: ratio {ratio:.3f}")
     assert ratio < 0.25
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_fp32_variant_keeps_the_loss_unrounded(backend):
+    """linear_cross_entropy_fp32 (the trainer's and patch()'s loss): bf16 inputs, an fp32 loss equal to
+    F.cross_entropy(F.linear(...).float()) on the same bf16 logits; the plain op rounds it to bf16 as F.cross_entropy."""
+    x, w = torch.randn(37, 32).bfloat16(), (torch.randn(300, 32) * 0.5).bfloat16()
+    t = torch.randint(0, 300, (37,))
+    want = F.cross_entropy(F.linear(x, w).float(), t)
+    got = ops.linear_cross_entropy_fp32(x, w, t, backend=backend)
+    assert got.dtype == torch.float32 and abs(got.item() - want.item()) <= 1e-5 * abs(want.item())
+    assert ops.linear_cross_entropy(x, w, t, backend=backend).dtype == torch.bfloat16

@@ -374,12 +374,12 @@ def test_fused_loss_equals_the_logits_path(preset, tied, backend, monkeypatch):
     assert (model.lm_head.weight is model.tok_emb.weight) == tied
     ids, targets = tokens(model.config, 2, 12), tokens(model.config, 2, 12)
     targets[0, :3] = -100
-    calls, real = [], bigmodel.ops.linear_cross_entropy
+    calls, real = [], bigmodel.ops.linear_cross_entropy_fp32
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("backend"))
         return real(*args, **kwargs)
-    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy", counting)
+    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy_fp32", counting)
     logits, want, want_grads = loss_and_grads(model, ids, targets, fused_loss=False)
     assert calls == [] and logits.shape == (2, 12, 256)
     none, got, got_grads = loss_and_grads(model, ids, targets)

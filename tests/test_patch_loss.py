@@ -50,13 +50,13 @@ def build(name):
 
 
 def count_calls(monkeypatch):
-    """A list that grows by (backend, softcap) per bigmodel.ops.linear_cross_entropy call."""
-    calls, real = [], bigmodel.ops.linear_cross_entropy
+    """A list that grows by (backend, softcap) per bigmodel.ops.linear_cross_entropy_fp32 call (the fused loss)."""
+    calls, real = [], bigmodel.ops.linear_cross_entropy_fp32
 
     def counting(*args, **kwargs):
         calls.append((kwargs.get("backend"), kwargs.get("softcap")))
         return real(*args, **kwargs)
-    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy", counting)
+    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy_fp32", counting)
     return calls
 
 
@@ -195,6 +195,41 @@ def test_under_autocast_bf16():
         want = loss_and_grads(original, input_ids=ids, labels=labels)
     assert got[0].logits is None and got[0].loss.dtype == torch.float32
     assert rel(got[0].loss, want[0].loss) < 2e-2
+
+
+@pytest.mark.parametrize("num_items", [False, True], ids=["mean", "num_items_in_batch"])
+def test_a_bf16_model_gets_hugging_faces_fp32_loss(num_items):
+    """Without autocast, a bf16 model's loss is fp32 (HF upcasts its logits): the fused loss must not be rounded to
+    bf16 first (that was off by up to ~0.4%)."""
+    original = build("llama").to(torch.bfloat16)
+    patched = bigmodel.patch(copy.deepcopy(original), backend="torch")
+    ids, labels = batch()
+    extra = {"num_items_in_batch": torch.tensor(7)} if num_items else {}
+    with torch.no_grad():
+        got = patched(input_ids=ids, labels=labels, **extra).loss
+        want = original(input_ids=ids, labels=labels, **extra).loss
+    assert got.dtype == want.dtype == torch.float32
+    assert rel(got, want) < 1e-4, (got.item(), want.item())
+
+
+def test_a_head_wrapped_after_patch_runs_its_own_forward(monkeypatch):
+    """lm_head replaced after patch() (a LoRA adapter, a quantised layer): the fused loss would read its weight and
+    skip its forward, so the patched model runs the original forward instead."""
+    class ScaledHead(torch.nn.Linear):
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    original = build("llama")
+    patched = bigmodel.patch(copy.deepcopy(original), backend="reference")
+    for m in (original, patched):
+        head = ScaledHead(m.lm_head.in_features, m.lm_head.out_features, bias=False)
+        head.weight = m.lm_head.weight
+        m.lm_head = head
+    calls = count_calls(monkeypatch)
+    ids, labels = batch()
+    got = loss_and_grads(patched, input_ids=ids, labels=labels)
+    assert calls == [] and got[0].logits is not None
+    assert_same_loss_and_grads(got, loss_and_grads(original, input_ids=ids, labels=labels))
 
 
 def test_patching_twice_keeps_one_fused_forward():

@@ -97,12 +97,12 @@ def test_fused_loss_is_the_default_and_no_fused_loss_turns_it_off(monkeypatch, c
 
     assert tr.TrainConfig().fused_loss is True and config(*ARGS).fused_loss is True
     assert config(*ARGS, "--no-fused-loss").fused_loss is False and config(*ARGS, "--fused-loss").fused_loss is True
-    calls, real = [], bigmodel.ops.linear_cross_entropy
+    calls, real = [], bigmodel.ops.linear_cross_entropy_fp32
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("backend"))
         return real(*args, **kwargs)
-    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy", counting)
+    monkeypatch.setattr(bigmodel.ops, "linear_cross_entropy_fp32", counting)
     short = [*ARGS, "--steps", "4", "--eval-every", "2"]  # evals at steps 2 and 4, 2 batches each
     fused = tr.train(config(*short))
     assert calls == ["reference"] * (4 + 2 * 2) and fused["fused_loss"] is True

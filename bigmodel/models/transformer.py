@@ -199,9 +199,9 @@ class Transformer(torch.nn.Module):
             raise ValueError(f"Transformer: targets must have the shape of ids {tuple(ids.shape)}; got "
                              f"{tuple(targets.shape)}")
         if fused_loss:  # (B, L, C) hidden states and (vocab, C) weight -> the mean loss; no logits
-            loss = ops.linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias,
-                                            ignore_index=ignore_index, backend=self.lm_head.backend)
-            return None, loss.float()
+            loss = ops.linear_cross_entropy_fp32(x, self.lm_head.weight, targets, self.lm_head.bias,
+                                                 ignore_index=ignore_index, backend=self.lm_head.backend)
+            return None, loss  # fp32, as the logits path's F.cross_entropy(logits.float())
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
         return logits, loss

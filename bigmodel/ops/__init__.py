@@ -5,11 +5,11 @@ from .attention import attention
 from .cross_entropy import cross_entropy
 from .feed_forward import feed_forward, gated_feed_forward, linear_act
 from .layer_norm import layer_norm
-from .linear_cross_entropy import linear_cross_entropy
+from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_fp32
 from .rms_norm import add_rms_norm, rms_norm
 from .rotary import rotary, rotary_qk
 
 __all__ = ["add_rms_norm", "attention", "feed_forward", "gated_feed_forward", "geglu", "gelu", "layer_norm",
            "linear_act", "relu", "rms_norm", "rotary", "rotary_qk", "silu", "softmax", "swiglu"]
-__all__ += ["linear_cross_entropy"]
+__all__ += ["linear_cross_entropy", "linear_cross_entropy_fp32"]
 __all__ += ["cross_entropy"]

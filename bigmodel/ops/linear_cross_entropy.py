@@ -99,10 +99,25 @@ def linear_cross_entropy(input, weight, target, bias=None, *, ignore_index=-100,
     Gradients come out of the forward when an input requires grad (the backward only scales them); see the module
     doc for the chunk size and bigmodel/library/linear_cross_entropy.py for the algorithm.
     """
+    return _loss_in(None, input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap, backend)
+
+
+def linear_cross_entropy_fp32(input, weight, target, bias=None, *, ignore_index=-100, reduction="mean",
+                              label_smoothing=0.0, softcap=None, backend=None):
+    """linear_cross_entropy with the loss kept in fp32 whatever the input dtype (it is computed in fp32): what
+    Hugging Face's ForCausalLMLoss (logits.float()) and the trainer's loss give; rounding it to bf16 first and then
+    calling .float() would be off by up to ~0.4%."""
+    return _loss_in(torch.float32, input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap,
+                    backend)
+
+
+def _loss_in(dtype, input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap, backend):
     autocast = isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type)
     input, weight, bias = _checks.autocast_inputs(input, weight, bias)  # as autocast does for F.linear
     _check(input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap)
-    out_dtype = torch.float32 if autocast else input.dtype
+    if dtype is None or input.dtype == torch.float64:  # fp32 requested: fp64 inputs keep their fp64 loss
+        dtype = torch.float32 if autocast and input.dtype != torch.float64 else input.dtype
+    out_dtype = dtype
     loss = _linear_cross_entropy(input, weight, target, bias, int(ignore_index), reduction, float(label_smoothing),
                                  float(softcap) if softcap is not None else 0.0, backends.requested(backend))
     loss = loss.to(out_dtype)
@@ -142,4 +157,4 @@ def _linear_cross_entropy(input, weight, target, bias, ignore_index, reduction, 
     return loss
 
 
-__all__ = ["chunk_rows", "linear_cross_entropy"]
+__all__ = ["chunk_rows", "linear_cross_entropy", "linear_cross_entropy_fp32"]
