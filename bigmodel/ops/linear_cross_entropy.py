@@ -117,10 +117,9 @@ def _loss_in(dtype, input, weight, target, bias, ignore_index, reduction, label_
     _check(input, weight, target, bias, ignore_index, reduction, label_smoothing, softcap)
     if dtype is None or input.dtype == torch.float64:  # fp32 requested: fp64 inputs keep their fp64 loss
         dtype = torch.float32 if autocast and input.dtype != torch.float64 else input.dtype
-    out_dtype = dtype
     loss = _linear_cross_entropy(input, weight, target, bias, int(ignore_index), reduction, float(label_smoothing),
                                  float(softcap) if softcap is not None else 0.0, backends.requested(backend))
-    loss = loss.to(out_dtype)
+    loss = loss.to(dtype)
     return loss.view(target.shape) if reduction == "none" else loss
 
 
