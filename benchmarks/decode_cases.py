@@ -7,7 +7,7 @@ without padding passes), inference only.
 - CPU: one smoke size (B 1, Hq 2, Hkv 1, Lk 300, D 64). Not performance numbers (and in fp32 the Triton backend
   takes its regular forward: the split-KV path is fp16 / bf16).
 Providers: torch (SDPA, enable_gqa), triton and cuda (bigmodel.ops.attention(..., backend=...): on the Triton
-backend the split-KV forward of kernels/attention_decode.py), auto. The rate is GB/s of the K / V cache read (plus
+backend the split-KV forward of kernels/attention/decode.py), auto. The rate is GB/s of the K / V cache read (plus
 q and o) and its % of the measured copy bandwidth: decode is bandwidth-bound, and the target is 80%.
 """
 from __future__ import annotations

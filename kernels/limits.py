@@ -1,4 +1,4 @@
-"""Size limits of the Triton attention kernels, in plain Python (no triton import): kernels/attention.py launches
+"""Size limits of the Triton attention kernels, in plain Python (no triton import): kernels/attention/ launches
 within them, and bigmodel.backends.triton reports them as not_supported_reasons while torch.compile traces the
 backend choice (plain arithmetic on the sizes)."""
 

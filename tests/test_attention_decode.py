@@ -1,4 +1,4 @@
-"""Split-KV decode forward (kernels/attention_decode.py) under the Triton interpreter: the kernels against an fp64
+"""Split-KV decode forward (kernels/attention/decode.py) under the Triton interpreter: the kernels against an fp64
 softmax on fresh random inputs (o and lse, several splits, GQA, a key tail, a padded head dim), when the regular
 forward hands over to it, and the whole op through it (out and every gradient, by FlashAttention's rule: the
 backward runs the regular kernels on the split forward's o and lse)."""
@@ -14,7 +14,7 @@ pytestmark = requires_interpreter
 
 
 def decode_kernels():
-    from bigmodel.kernels import attention_decode
+    from bigmodel.kernels.attention import decode as attention_decode
     return attention_decode
 
 

@@ -123,9 +123,9 @@ def test_attention_gpu_dropout_rate_triton():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_decode_split_kv_matches_fp64(lk, dtype):
     """Lq = 1 against a long KV cache, GQA 32:8 (Llama-3 8B's heads): the Triton backend takes the split-KV forward
-    (kernels/attention_decode.py); output and gradients (the regular backward on its o and lse) by FlashAttention's
+    (kernels/attention/decode.py); output and gradients (the regular backward on its o and lse) by FlashAttention's
     rule."""
-    from bigmodel.kernels import attention_decode
+    from bigmodel.kernels.attention import decode as attention_decode
 
     q = torch.randn(1, 32, 1, 128, device="cuda", dtype=dtype)
     k, v = (torch.randn(1, 8, lk, 128, device="cuda", dtype=dtype) for _ in range(2))

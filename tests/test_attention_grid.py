@@ -42,7 +42,7 @@ def launches(monkeypatch):
     """Replace the kernel launch by a recorder of (kind, grid function, consts)."""
     kernels = attention_kernels()
     calls = []
-    monkeypatch.setattr(kernels, "_launch", lambda kernel, tuned, kind, grid, args, consts:
+    monkeypatch.setattr(kernels.launch, "_launch", lambda kernel, tuned, kind, grid, args, consts:
                         calls.append((kind, grid, consts)))
     return calls
 
@@ -108,10 +108,10 @@ def test_grid_decodes_every_block_head_and_batch(folded, causal, dtype, monkeypa
 
     kernels = attention_kernels()
     if folded:
-        monkeypatch.setattr(kernels, "MAX_GRID_YZ", 3)
+        monkeypatch.setattr(kernels.launch, "MAX_GRID_YZ", 3)
     seen = []
-    real_launch = kernels._launch
-    monkeypatch.setattr(kernels, "_launch", lambda kernel, tuned, kind, grid, args, consts:
+    real_launch = kernels.launch._launch
+    monkeypatch.setattr(kernels.launch, "_launch", lambda kernel, tuned, kind, grid, args, consts:
                         (seen.append(consts["FOLDED"]), real_launch(kernel, tuned, kind, grid, args, consts)))
     check_attention(*qkv(3, 4, 2, 70, 50, 16, dtype), is_causal=causal)
     assert seen == [folded] * 4
@@ -124,15 +124,15 @@ def test_rows_with_a_huge_stride_are_copied(monkeypatch):
     from test_attention_kernels import check_attention, qkv
 
     kernels = attention_kernels()
-    monkeypatch.setattr(kernels, "MAX_ROW_STRIDE", 32)
+    monkeypatch.setattr(kernels.launch, "MAX_ROW_STRIDE", 32)
     seen = []
-    real_launch = kernels._launch
+    real_launch = kernels.launch._launch
 
     def spy(kernel, tuned, kind, grid, args, consts):
         seen.append((kind, [a.stride(2) for a in args[:4] if isinstance(a, torch.Tensor) and a.dim() == 4]))
         return real_launch(kernel, tuned, kind, grid, args, consts)
 
-    monkeypatch.setattr(kernels, "_launch", spy)
+    monkeypatch.setattr(kernels.launch, "_launch", spy)
     q, k, v = qkv(1, 2, 1, 20, 24, 40, torch.float32, layout="padded")  # row stride 43 > 32
     check_attention(q, k, v, do=torch.randn(1, 2, 20, 43)[..., :40], is_causal=True)
     for kind, row_strides in seen:

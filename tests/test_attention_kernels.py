@@ -293,9 +293,9 @@ def test_autotune_prune_picks_fitting_configs(kind, monkeypatch):
     """The GPU autotuner's pruning, exercised on CPU with a stand-in device: every variant and head dim gets at
     least one config, all from the variant's table, none beyond the device's shared memory."""
     kernels = attention_kernels()
-    tuned = {"fwd": kernels._FWD_TUNED, "dq": kernels._DQ_TUNED, "dkdv": kernels._DKDV_TUNED}[kind]
+    tuned = {"fwd": kernels.launch._FWD_TUNED, "dq": kernels.launch._DQ_TUNED, "dkdv": kernels.launch._DKDV_TUNED}[kind]
     for arch, smem in kernels.SMEM_BYTES.items():
-        monkeypatch.setattr(kernels, "_device_arch_and_smem", lambda index, arch=arch, smem=smem: (arch, smem))
+        monkeypatch.setattr(kernels.launch, "_device_arch_and_smem", lambda index, arch=arch, smem=smem: (arch, smem))
         for dtype in (torch.float16, torch.float32):
             for head_dim in (16, 40, 64, 80, 128, 160, 256):
                 for causal, mask_kind, dropout, aligned in ((False, 0, False, True), (True, 0, False, True),

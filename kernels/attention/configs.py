@@ -1,12 +1,12 @@
-"""Launch configs of the Triton attention kernels (kernels/attention.py): the tables per kernel, variant and head
+"""Launch configs of the Triton attention kernels (kernels/attention/): the tables per kernel, variant and head
 dim, their selection per arch and shared memory, and the static-compile specs (what tests/gpu_compile.py builds;
 build_compile_specs imports the kernels, nothing else here does)."""
 import dataclasses
 
 import torch
 
-from . import tma
-from ._utils import TL_DTYPE, CompileSpec, next_pow2
+from .. import tma
+from .._utils import TL_DTYPE, CompileSpec, next_pow2
 
 MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
 _RUNTIME_INTS = ["seed", "lq_bucket", "lk_bucket"]  # vary freely: never specialised (no recompiles)
@@ -133,9 +133,9 @@ def delta_config(block_d: int) -> dict:
 
 
 def _kernels() -> dict:
-    from . import attention
-    return {"fwd": attention._attn_fwd_kernel, "dkdv": attention._attn_bwd_dkdv_kernel,
-            "dq": attention._attn_bwd_dq_kernel, "delta": attention._attn_bwd_delta_kernel}
+    from . import backward, forward
+    return {"fwd": forward._attn_fwd_kernel, "dkdv": backward._attn_bwd_dkdv_kernel,
+            "dq": backward._attn_bwd_dq_kernel, "delta": backward._attn_bwd_delta_kernel}
 
 
 _POINTERS = {"fwd": ("Q", "K", "V", "O"), "dkdv": ("Q", "K", "V", "DO", "DK", "DV"), "dq": ("Q", "K", "V", "DO", "DQ")}

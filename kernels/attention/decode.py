@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2, num_parallel_programs
+from .._utils import INTERPRETING, TL_DTYPE, CompileSpec, next_pow2, num_parallel_programs
 
 LN2 = tl.constexpr(0.6931471805599453)
 MAX_LQ = 16  # queries per head this path takes

@@ -1,0 +1,106 @@
+"""The attention forward kernel (math: kernels/attention/__init__.py)."""
+import triton
+import triton.language as tl
+
+from .common import LN2, _block_head_batch, _boundary, _desc_tile, _dropout_keep, _kv_tile, _load_rows, _scores, _store_rows
+from .configs import _RUNTIME_INTS
+
+# --------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn, stride_mn,
+               b, h, hkv, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+               ALIGNED: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of one query block over the key blocks [0, hi). *_ptrs address key block 0, or, TMA,
+    are the K / V tensor descriptors (bulk tensor copies; rows past Lk arrive as zeros).
+    One loop: the blocks from `interior` on (the causal diagonal, the key tail) get their boundary mask in a branch
+    of it. Two loops in sequence (interior, then boundary) made ptxas serialise every wgmma on sm_90 (note C7515:
+    the accumulator chain crossed from one loop into the next through non-wgmma instructions)."""
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        cols_ok = cols < Lk
+        start = tl.cast(start_n, tl.int64)
+        k = _kv_tile(k_ptrs, start * stride_kn, cols_ok, d_ok, b, hkv, start_n, ALIGNED, TMA, BLOCK_N)
+        s = _scores(q, tl.trans(k), rows[:, None], cols[None, :], mask_rows[:, None],
+                    (cols.to(tl.int64) * stride_mn)[None, :], Lq, Lk, scale, MASK_KIND)
+        if start_n >= interior:
+            s = _boundary(s, rows[:, None], cols[None, :], Lk, IS_CAUSAL)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s * qk_scale - m_safe[:, None])  # one FMA per score
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            p = tl.where(_dropout_keep(seed, b, h, Hq, rows[:, None], cols[None, :], dropout_p), p, 0.0)
+        v = _kv_tile(v_ptrs, start * stride_vn, cols_ok, d_ok, b, hkv, start_n, ALIGNED, TMA, BLOCK_N)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _key_ranges(start_m, Lk, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks of a query block: [0, interior) need no score masking, [interior, hi) hold the key tail and,
+    when causal, the diagonal. Causal rows never see keys past the block's last row: hi stops there."""
+    full_blocks_end = (Lk // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(Lk, start_m + BLOCK_M)
+        interior = tl.minimum(((start_m + 1) // BLOCK_N) * BLOCK_N, full_blocks_end)
+    else:
+        hi = Lk
+        interior = full_blocks_end
+    return interior, hi
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _attn_fwd_kernel(Q, K, V, O, LSE, Mask,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_mb, stride_mh, stride_mm, stride_mn,
+                     Hq, Lq, Lk, kv_group, scale, qk_scale, dropout_p, dropout_scale, seed, lq_bucket, lk_bucket,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+                     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, FOLDED: tl.constexpr,
+                     TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """TMA: Q, K, V, O are tensor descriptors (sm_90+, see use_tma), else pointers."""
+    pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, FOLDED, BLOCK_M)
+    hkv = h // kv_group
+    start_m = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+    rows_ok = rows < Lq
+
+    # 64-bit tile bases, 32-bit offsets inside a tile.
+    if TMA:
+        q = _desc_tile(Q, b, h, start_m, BLOCK_M)
+        k_ptrs, v_ptrs = K, V
+    else:
+        q_tile = Q + b * stride_qb + h * stride_qh + start_m.to(tl.int64) * stride_qm
+        q = _load_rows(q_tile, offs_m[:, None] * stride_qm + offs_d[None, :], rows_ok, d_ok, ALIGNED)
+        k_ptrs = K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    mask_rows = Mask + b * stride_mb + h * stride_mh + rows.to(tl.int64) * stride_mm
+
+    interior, hi = _key_ranges(start_m, Lk, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+                               stride_mn, b, h, hkv, Hq, Lq, Lk, scale, qk_scale, dropout_p, seed, hi, interior,
+                               MASK_KIND, IS_CAUSAL, HAS_DROPOUT, ALIGNED, TMA, BLOCK_N)
+
+    empty = l_i == 0.0  # no visible key: O = 0, lse = +inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    inv_l = tl.where(empty, 0.0, 1.0 / l_safe)
+    if HAS_DROPOUT:
+        inv_l = inv_l * dropout_scale
+    lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * LN2)
+    row_base = (b * Hq + h) * Lq + start_m
+    tl.store(LSE + row_base + offs_m, lse, mask=rows_ok)
+    out = (acc * inv_l[:, None]).to(q.dtype)
+    if TMA:  # rows past Lq are clipped by the copy engine
+        O.store([b.to(tl.int32), h.to(tl.int32), start_m, 0], out.reshape(1, 1, BLOCK_M, BLOCK_D))
+    else:
+        _store_rows(O + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :], out, rows_ok, d_ok,
+                    ALIGNED)
