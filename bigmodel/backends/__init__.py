@@ -21,6 +21,7 @@ bigmodel.ops resolves the backend (`select`) before anything runs, in Python, so
 op with that concrete name (`kernel`).
 """
 import contextlib
+import inspect
 import os
 
 import torch
@@ -46,6 +47,38 @@ PRIORITY: dict[str, tuple[str, ...]] = {"layer_norm": ("triton", "cuda", "torch"
 # with BIGMODEL_AUTOTUNE=all every backend that can run the inputs is timed, in this order of priority.
 OTHER_DEVICE_PRIORITY = ("torch", "reference")
 OTHER_DEVICE_MEASURED = ("torch", "triton", "reference")
+
+def _takes_extras(b: Backend) -> bool:
+    """Whether a backend's attention takes `extras=` at all (torch: its `attention`; the others: attention_fwd)."""
+    fn = getattr(b, "attention" if b.name == "torch" else "attention_fwd", None)
+    return fn is not None and "extras" in inspect.signature(fn).parameters
+
+
+# Backends whose attention has no `extras=` parameter cannot honour window / softcap / alibi / sinks / varlen:
+# they are declined here (a reason), whatever their own attention_reasons say, so auto never picks one that would
+# ignore an extra. Read once at import (plain data: traceable).
+ATTENTION_TAKES_EXTRAS = {name: _takes_extras(b) for name, b in BACKENDS.items()}
+
+
+def _reasons(name: str, op: str, inputs: dict) -> list[str]:
+    """BACKENDS[name].not_supported_reasons, plus the extras guard above."""
+    reasons = BACKENDS[name].not_supported_reasons(op, **inputs)
+    extras = inputs.get("extras")
+    if extras is not None and extras.names and not ATTENTION_TAKES_EXTRAS.get(name, False):
+        reasons = reasons + [f"{name}'s attention takes no extras ({', '.join(extras.names)})"]
+    return reasons
+
+
+def _keyed(inputs: dict) -> dict:
+    """The inputs with `extras` replaced by a plain description (its scalars, and shape / dtype / device of its
+    tensors), for auto's memo and measured key: tensors inside a tuple do not hash or compare as values."""
+    extras = inputs.get("extras")
+    if extras is None:
+        return inputs
+    desc = tuple(None if v is None else (tuple(v.shape), str(v.dtype), str(v.device)) if hasattr(v, "shape") else v
+                 for v in extras)
+    return {**inputs, "extras": ",".join(extras.names) or "-", "extras_detail": desc}
+
 
 _override: list = [None]  # set_backend / use_backend (a plain list so torch.compile reads it without a break)
 
@@ -97,7 +130,7 @@ def _device_type(t):
 
 def _unavailable(op, name, inputs, names=None):
     names = tuple(BACKENDS) if names is None else names
-    reasons = {b: BACKENDS[b].not_supported_reasons(op, **inputs) for b in names}
+    reasons = {b: _reasons(b, op, inputs) for b in names}
     lines = "\n".join(f"  {b}: {'; '.join(r) if r else 'can run these inputs'}" for b, r in reasons.items())
     asked = f"backend {name!r} cannot" if name != "auto" else "no backend can"
     return BackendUnavailable(f"bigmodel.ops.{op}: {asked} run these inputs.\n{lines}")
@@ -111,20 +144,21 @@ def select(op: str, name: str, *, training: bool = False, trial=None, **inputs) 
     `trial(backend, fresh)` runs the public op on `backend` with fresh(t) in place of each tensor t: what
     autotune times for a key seen the first time (without it, the recorded choice or the static priority)."""
     if name != "auto":
-        if BACKENDS[name].not_supported_reasons(op, **inputs):
+        if _reasons(name, op, inputs):
             raise _unavailable(op, name, inputs)
         return BACKENDS[name]
-    memo = None if torch.compiler.is_compiling() else autotune.signature(op, training, inputs)
+    keyed = _keyed(inputs)
+    memo = None if torch.compiler.is_compiling() else autotune.signature(op, training, keyed)
     if memo is not None and memo in autotune.DECISIONS:  # judged before: same sizes, dtypes, flags, modes
         autotune.LAST[op] = autotune.DECISIONS[memo]
         return BACKENDS[autotune.DECISIONS[memo][1]]
     order = auto_order(op, **inputs)
-    reasons = {candidate: BACKENDS[candidate].not_supported_reasons(op, **inputs) for candidate in order}
+    reasons = {candidate: _reasons(candidate, op, inputs) for candidate in order}
     runnable = tuple(candidate for candidate in order if not reasons[candidate])
     if not runnable:
         raise _unavailable(op, name, inputs)
     device = next(_device_type(t) for t in inputs.values() if _device_type(t) is not None)
-    winner, settled, key = autotune.choose(op, runnable, inputs, training, trial) if autotune.measures(device) \
+    winner, settled, key = autotune.choose(op, runnable, keyed, training, trial) if autotune.measures(device) \
         else (runnable[0], True, None)
     autotune.LAST[op] = (key, winner)
     if memo is not None and settled:
@@ -143,7 +177,7 @@ def kernel(op: str, name: str, **inputs) -> Backend:
         raise ValueError(f"torch.ops.bigmodel.{op}: backend must be one of {', '.join(map(repr, KERNEL_BACKENDS))}; "
                          f"got {name!r} (bigmodel.ops resolves 'auto' before the custom op, and calls PyTorch's own "
                          "op directly for 'torch')")
-    if BACKENDS[name].not_supported_reasons(op, **inputs):
+    if _reasons(name, op, inputs):
         raise _unavailable(op, name, inputs)
     return BACKENDS[name]
 

@@ -6,6 +6,8 @@ calling autograd, so the tests check the math against torch's own autograd in fp
 """
 import torch
 
+from bigmodel.kernels.limits import NO_EXTRAS  # plain Python, as backends/triton.py imports it
+
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons
 from .pytorch import activate as _act  # act(z) by name; the derivatives below are written out
 
@@ -81,30 +83,20 @@ class ReferenceBackend(Backend):
         return rotary_grad_reasons(cos, sin)
 
     # ---- attention: q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D|Dv), mask None or (B, Hq, Lq, Lk); see
-    # kernels/attention.py for the math. Materialises the (Lq, Lk) scores: a reference, not a kernel.
+    # kernels/attention/ for the math and kernels/limits.py AttentionExtras for the extras (all implemented here;
+    # varlen: a loop over the sequences). Materialises the (Lq, Lk) scores: a reference, not a kernel.
     def attention_reasons(self, attn_mask=None, **_):
         return mask_grad_reasons(attn_mask)
 
-    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
-        acc = _acc_dtype(q)
-        p, lse = _attention_probs(q, k, mask, is_causal, scale, acc)
-        pd = p * _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else p
-        o = pd @ _repeat_kv(v, q.size(1)).to(acc)
-        return o.to(q.dtype), lse.float()
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
+        if extras.varlen:
+            return _varlen_fwd(q, k, v, is_causal, scale, dropout_p, seed, extras)
+        return _attention_out(q, k, v, mask, is_causal, scale, dropout_p, seed, extras)
 
-    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
-        acc = _acc_dtype(q)
-        p, _ = _attention_probs(q, k, mask, is_causal, scale, acc)
-        keep = _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else None
-        dof, vf = do.to(acc), _repeat_kv(v, q.size(1)).to(acc)
-        dv = (p * keep if keep is not None else p).transpose(-1, -2) @ dof
-        dp = dof @ vf.transpose(-1, -2)
-        if keep is not None:
-            dp = dp * keep
-        ds = p * (dp - (p * dp).sum(-1, keepdim=True))  # rowsum(P * dP) = rowsum(dO * O)
-        dq = scale * ds @ _repeat_kv(k, q.size(1)).to(acc)
-        dk = scale * ds.transpose(-1, -2) @ q.to(acc)
-        return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
+        if extras.varlen:
+            return _varlen_bwd(do, q, k, v, is_causal, scale, dropout_p, seed, extras)
+        return _attention_grads(do, q, k, v, mask, is_causal, scale, dropout_p, seed, extras)
 
     # ---- linear_act (x (M, K), weight (N, K)), gelu / relu / silu, softmax over the last dim of (M, N)
     def linear_act_fwd(self, x, weight, bias, activation):
@@ -220,24 +212,108 @@ def _sum_groups(g, like):
     return g if hq == hkv else g.view(b, hkv, hq // hkv, n, d).sum(2)
 
 
-def _attention_probs(q, k, mask, is_causal, scale, acc):
-    """P = softmax(scale * q k^T + mask) and its log-sum-exp; rows with no visible key get P = 0, lse = +inf."""
+def _attention_probs(q, k, mask, is_causal, scale, acc, extras=NO_EXTRAS, diag=0):
+    """P = softmax(scale * q k^T + mask) and its log-sum-exp; rows with no visible key get P = 0, lse = +inf.
+    With extras (limits.AttentionExtras; diag = Lk - Lq aligns a varlen sequence bottom-right): softcap, ALiBi,
+    window and sinks as the docstring there says. Returns (P, lse, dcap): dcap = 1 - tanh^2 with softcap, else None."""
     s = scale * (q.to(acc) @ _repeat_kv(k, q.size(1)).to(acc).transpose(-1, -2))
+    dcap = None
+    if extras.softcap is not None:
+        t = torch.tanh(s / extras.softcap)
+        s, dcap = extras.softcap * t, 1.0 - t * t
+    lq, lk = s.shape[-2:]
+    if extras.alibi_slopes is not None or extras.has_window:
+        rel = (torch.arange(lq, device=s.device)[:, None] + diag) - torch.arange(lk, device=s.device)  # i + diag - j
+    if extras.alibi_slopes is not None:
+        s = s - extras.alibi_slopes.to(acc)[:, None, None] * rel.abs().to(acc)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(acc)
     if is_causal:
-        lq, lk = s.shape[-2:]
-        s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+        s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=s.device).triu(diag + 1), float("-inf"))
+    if extras.window_left is not None:  # j >= i + diag - left
+        s = s.masked_fill(rel > extras.window_left, float("-inf"))
+    if extras.window_right is not None:  # j <= i + diag + right
+        s = s.masked_fill(rel < -extras.window_right, float("-inf"))
     # P as softmax computes it, in `acc` from the scores: exp(s - rowmax) / rowsum. (exp(s - lse) with lse in fp32
     # does not sum to 1 when |s| is large: lse's rounding error becomes a relative error of every probability.)
-    m = s.amax(dim=-1, keepdim=True)
-    m = m.masked_fill(m == float("-inf"), 0.0)  # rows with no visible key: e = 0 below
+    m = s.amax(dim=-1, keepdim=True) if lk else s.new_full((*s.shape[:-1], 1), float("-inf"))
+    sinks = None if extras.sinks is None else extras.sinks.to(acc)[:, None, None]  # (Hq, 1, 1)
+    if sinks is not None:
+        m = torch.maximum(m, sinks)
+    m = m.masked_fill(m == float("-inf"), 0.0)  # rows with no visible key (and no sink): e = 0 below
     e = torch.exp(s - m)
     denom = e.sum(dim=-1, keepdim=True)
+    if sinks is not None:  # the sink's logit joins the denominator (it has no value)
+        denom = denom + torch.exp(sinks - m)
     p = torch.where(denom > 0, e / denom.clamp_min(torch.finfo(acc).tiny), 0.0)
     lse = (m + torch.log(denom)).squeeze(-1)
     lse = lse.masked_fill(lse == float("-inf"), float("inf"))
-    return p, lse
+    return p, lse, dcap
+
+
+def _attention_out(q, k, v, mask, is_causal, scale, dropout_p, seed, extras, diag=0):
+    """(O, lse) of one dense (B, H, L, D) problem."""
+    acc = _acc_dtype(q)
+    p, lse, _ = _attention_probs(q, k, mask, is_causal, scale, acc, extras, diag)
+    pd = p * _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else p
+    o = pd @ _repeat_kv(v, q.size(1)).to(acc)
+    return o.to(q.dtype), lse.float()
+
+
+def _attention_grads(do, q, k, v, mask, is_causal, scale, dropout_p, seed, extras, diag=0):
+    """(dq, dk, dv) of one dense problem, P recomputed from q and k."""
+    acc = _acc_dtype(q)
+    p, _, dcap = _attention_probs(q, k, mask, is_causal, scale, acc, extras, diag)
+    keep = _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else None
+    dof, vf = do.to(acc), _repeat_kv(v, q.size(1)).to(acc)
+    dv = (p * keep if keep is not None else p).transpose(-1, -2) @ dof
+    dp = dof @ vf.transpose(-1, -2)
+    if keep is not None:
+        dp = dp * keep
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))  # rowsum(P * dP) = rowsum(dO * O); the sink has no dP
+    if dcap is not None:  # softcap: d(c tanh(s / c)) / ds = 1 - tanh^2
+        ds = ds * dcap
+    dq = scale * ds @ _repeat_kv(k, q.size(1)).to(acc)
+    dk = scale * ds.transpose(-1, -2) @ q.to(acc)
+    return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
+
+
+def _sequences(extras):
+    """[(b, q rows, k rows, diag)] of a packed batch, from cu_seqlens (one host sync each); diag = Lk_b - Lq_b
+    aligns the sequence's causal / window bottom-right (FlashAttention's varlen)."""
+    cq, ck = extras.cu_seqlens_q.tolist(), extras.cu_seqlens_k.tolist()
+    return [(b, slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1]), (ck[b + 1] - ck[b]) - (cq[b + 1] - cq[b]))
+            for b in range(len(cq) - 1)]
+
+
+def _dense(extras):
+    return extras._replace(cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0)
+
+
+def _varlen_fwd(q, k, v, is_causal, scale, dropout_p, seed, extras):
+    """Packed (1, H, total, D) tensors: the dense math per sequence; dropout draws sequence b's mask from seed + b.
+    Rows of a sequence with no keys keep O = 0 and lse = +inf (sinks[h] with sinks)."""
+    o = q.new_zeros(*q.shape[:-1], v.size(-1))
+    lse = torch.full(q.shape[:-1], float("inf"), dtype=torch.float32, device=q.device)
+    if extras.sinks is not None:
+        lse.copy_(extras.sinks[None, :, None].expand(lse.shape))
+    dense = _dense(extras)
+    for b, rq, rk, diag in _sequences(extras):
+        if rq.stop > rq.start and rk.stop > rk.start:
+            o[:, :, rq], lse[:, :, rq] = _attention_out(q[:, :, rq], k[:, :, rk], v[:, :, rk], None, is_causal, scale,
+                                                        dropout_p, seed + b, dense, diag)
+    return o, lse
+
+
+def _varlen_bwd(do, q, k, v, is_causal, scale, dropout_p, seed, extras):
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dense = _dense(extras)
+    for b, rq, rk, diag in _sequences(extras):
+        if rq.stop > rq.start and rk.stop > rk.start:  # else: no queries or no keys, zero gradients
+            dq[:, :, rq], dk[:, :, rk], dv[:, :, rk] = _attention_grads(
+                do[:, :, rq], q[:, :, rq], k[:, :, rk], v[:, :, rk], None, is_causal, scale, dropout_p, seed + b,
+                dense, diag)
+    return dq, dk, dv
 
 
 def _dropout_keep(p, dropout_p, seed):

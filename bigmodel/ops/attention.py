@@ -5,13 +5,14 @@ import numbers
 import torch
 
 from .. import backends
+from . import _attention_extras as _extras
 from . import _checks
 
 OP = "attention"
 
 
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
-              backend=None):
+              window=None, softcap=None, sinks=None, alibi_slopes=None, backend=None):
     """Same as `torch.nn.functional.scaled_dot_product_attention`, fused (FlashAttention-2 style, O(L) memory).
 
     q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); the leading dims broadcast as in SDPA (as
@@ -29,6 +30,15 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     fp32 inputs use full-precision (not TF32) dot products. Under torch.autocast the inputs are cast to the autocast
     dtype, as for SDPA. `backend`: "triton", "cuda",
     "torch" (PyTorch's SDPA), "reference" or "auto" ("torch" first, for now).
+
+    Extras (keyword-only; None = off), per query i and key j (positions aligned as is_causal: top-left):
+    window=(left, right): i sees j only if i - left <= j <= i + right; each side an int >= 0, or None for
+    unbounded (FlashAttention's -1); composes with is_causal (then right is effectively min(right, 0)) and masks.
+    softcap=c > 0: scores s -> c * tanh(s / c) after scaling, before ALiBi and the mask (Gemma 2).
+    alibi_slopes (Hq,): s -> s - slope[h] * |i - j| (BLOOM, MPT); it gets no gradient (as FlashAttention's):
+    slopes that require grad are refused. sinks (Hq,): one logit per head joins the softmax denominator and has
+    no value (gpt-oss); it gets a gradient. Both: floating, 1-D, on q's device. Which backends run which extras:
+    each backend's not_supported_reasons (torch: no sinks; auto picks only a backend that runs all given ones).
     """
     q, k, v, attn_mask = _checks.autocast_inputs(q, k, v, attn_mask)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -56,22 +66,33 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     if scale is not None and (not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
         raise ValueError(f"bigmodel.ops.{OP}: scale must be a finite float or None; got {scale!r}")
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    left, right, softcap = _extras.check_extras(OP, q, hq, window, softcap, sinks, alibi_slopes)
+    extras = _extras.backend_extras(left, right, softcap, alibi_slopes, sinks)
     name = backends.requested(backend)
 
     batch, lq, lk = q.shape[:-3], q.size(-2), k.size(-2)
     mask4 = _mask_4d(attn_mask, is_causal, (*batch, hq, lq, lk), q)
     q4, k4, v4 = (_as_4d(t, copy=False) for t in (q, k, v))
     def trial(backend, fresh):  # what auto times, the first time it meets such inputs
-        return attention(*map(fresh, given), attn_mask, dropout_p, is_causal, scale, enable_gqa, backend=backend)
+        return attention(*map(fresh, given), attn_mask, dropout_p, is_causal, scale, enable_gqa, window=window,
+                         softcap=softcap, sinks=sinks, alibi_slopes=alibi_slopes, backend=backend)
 
-    impl = backends.select(OP, name, training=_checks.needs_grad(*given, attn_mask), trial=trial, q=q4, k=k4, v=v4,
-                           attn_mask=mask4, dropout_p=float(dropout_p), is_causal=bool(is_causal))
+    impl = backends.select(OP, name, training=_checks.needs_grad(*given, attn_mask, sinks), trial=trial, q=q4, k=k4,
+                           v=v4, attn_mask=mask4, dropout_p=float(dropout_p), is_causal=bool(is_causal),
+                           extras=extras)
     if impl.name == "torch":  # PyTorch's SDPA on the validated inputs as given (it broadcasts them itself, and sums a
-        # broadcast input's gradient in fp32), with its autograd and its kernels
-        return impl.attention(*given, attn_mask, float(dropout_p), bool(is_causal), scale, bool(enable_gqa))
+        # broadcast input's gradient in fp32), with its autograd and its kernels; ALiBi's slopes in their own dtype
+        if extras is not _extras.NO_EXTRAS:
+            extras = _extras.backend_extras(left, right, softcap, alibi_slopes, sinks, fp32=False)
+        return impl.attention(*given, attn_mask, float(dropout_p), bool(is_causal), scale, bool(enable_gqa),
+                              extras=extras)
     q4, k4, v4 = (_as_4d(t) for t in (q, k, v))
-    out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale,
-                                                    impl.name)
+    if extras is _extras.NO_EXTRAS:
+        out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale,
+                                                        impl.name)
+    else:
+        out, _lse, _seed = torch.ops.bigmodel.attention(q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale,
+                                                        impl.name, left, right, softcap, alibi_slopes, sinks)
     return out.view(*q.shape[:-1], v.size(-1))
 
 
