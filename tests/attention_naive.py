@@ -150,3 +150,57 @@ def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, is_causal=Fal
     if not outs:
         return q64.new_zeros(0, hq, dv) + 0 * (q64.sum() + k64.sum() + v64.sum()), q64.new_zeros(hq, 0)
     return torch.cat(outs, dim=0), torch.cat(lses, dim=1)
+
+
+# ------------------------------------------------------------------------- the low-precision baseline (fp16 rule)
+def plain_attention(q, k, v, *, mask=None, is_causal=False, scale=None, window=None, softcap=None,
+                    alibi_slopes=None, sinks=None, dropout_keep=None, diag=0):
+    """What a user writes in plain PyTorch in the inputs' own dtype (the "plain PyTorch in the same low precision"
+    of DESIGN's fp16 / bf16 rule): scores, softcap, ALiBi bias and mask in q's dtype, the softmax in fp32 cast back
+    (Hugging Face's eager attention), the sink as an extra softmax column that is dropped, P @ V in q's dtype.
+    Dense (B, Hq, Lq, D) layout; rows with nothing visible give 0. Returns o (B, Hq, Lq, Dv)."""
+    dt = q.dtype
+    hq, hkv = q.size(1), k.size(1)
+    k, v = (t.repeat_interleave(hq // hkv, dim=1) for t in (k, v))
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    lq, lk = q.size(2), k.size(2)
+    vis, dist = visible_set(lq, lk, is_causal=is_causal, window=window, diag=diag)
+    s = (q @ k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        s = s - (alibi_slopes.float()[:, None, None] * dist.float()).to(dt)
+    vis = vis.expand(s.shape)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            vis = vis & mask
+        else:
+            s = s + mask.to(dt)
+    s = s.float().masked_fill(~vis, -math.inf)
+    if sinks is not None:
+        s = torch.cat((s, sinks.float()[None, :, None, None].expand(*s.shape[:-1], 1)), dim=-1)
+    dead = s.detach().amax(dim=-1, keepdim=True) == -math.inf
+    p = torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0).to(dt)
+    if sinks is not None:
+        p = p[..., :-1]
+    if dropout_keep is not None:
+        p = p * dropout_keep.to(dt)
+    return p @ v
+
+
+def plain_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, **extras):
+    """plain_attention per packed sequence (bottom-right aligned), FlashAttention's layout: o (total_q, Hq, Dv)."""
+    cq, ck = [int(x) for x in cu_seqlens_q], [int(x) for x in cu_seqlens_k]
+    outs = []
+    for b in range(len(cq) - 1):
+        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q[cq[b]:cq[b + 1]], k[ck[b]:ck[b + 1]], v[ck[b]:ck[b + 1]]))
+        if qs.size(2) == 0:
+            continue
+        if ks.size(2) == 0:  # no keys: output 0 (kept in the graph)
+            outs.append(qs.new_zeros(qs.size(2), qs.size(1), v.size(-1)) + 0 * qs.sum())
+            continue
+        o = plain_attention(qs, ks, vs, diag=ks.size(2) - qs.size(2), **extras)
+        outs.append(o[0].transpose(0, 1))
+    if not outs:
+        return q.new_zeros(0, q.size(1), v.size(-1)) + 0 * (q.sum() + k.sum() + v.sum())
+    return torch.cat(outs, dim=0)

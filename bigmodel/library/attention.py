@@ -8,7 +8,7 @@ The extras (kernels/limits.py AttentionExtras; None / 0 = off) travel as plain o
 window_right (ints >= 0, None = unbounded side), softcap, alibi_slopes (Hq,), sinks (Hq,), and for the packed
 (varlen) layout cu_seqlens_q / cu_seqlens_k (batch + 1,) int32 with max_seqlen_q / max_seqlen_k; then q is
 (1, Hq, total_q, D), k / v (1, Hkv, total_k, D) and there is no mask. The backends get them as one AttentionExtras
-(tensors fp32, contiguous, detached). sinks is differentiable: the backends return dq, dk, dv only, and its gradient
+(tensors fp32 (fp64 for fp64 q), contiguous, detached). sinks is differentiable: the backends return dq, dk, dv only, and its gradient
 is taken here, for every backend, from lse and delta = rowsum(dO * O):
     lse_i = log(sum_visible exp(s_ij) + exp(sinks[h]))  =>  d sinks[h] = - sum_{b,i} exp(sinks[h] - lse_bhi) delta_bhi
 alibi_slopes gets no gradient (as FlashAttention); bigmodel.ops refuses slopes that require grad.
@@ -24,18 +24,17 @@ from .. import backends
 from . import autocast_off
 
 
-def _fp32(t):
-    return None if t is None else t.detach().to(torch.float32).contiguous()
-
-
 def make_extras(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                max_seqlen_k) -> AttentionExtras:
+                max_seqlen_k, dtype=torch.float32) -> AttentionExtras:
     """The backends' AttentionExtras from the ops' arguments (NO_EXTRAS itself when none is on, so the dense code
-    paths stay exactly as they were)."""
+    paths stay exactly as they were). The (Hq,) tensors detached and contiguous in fp32 (fp64 for fp64 inputs,
+    dtype=torch.float64: the reference keeps an fp64 problem's precision; no kernel takes fp64)."""
     if (window_left is None and window_right is None and softcap is None and alibi_slopes is None and sinks is None
             and cu_seqlens_q is None):
         return NO_EXTRAS
-    return AttentionExtras(window_left, window_right, softcap, _fp32(alibi_slopes), _fp32(sinks), cu_seqlens_q,
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    conv = (lambda t: None if t is None else t.detach().to(acc).contiguous())
+    return AttentionExtras(window_left, window_right, softcap, conv(alibi_slopes), conv(sinks), cu_seqlens_q,
                            cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
 
 
@@ -54,14 +53,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], drop
               max_seqlen_k: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (out (B, Hq, Lq, Dv), lse (B, Hq, Lq) fp32, seed (1,) int64 CPU; 0 without dropout)."""
     extras = make_extras(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
-                         max_seqlen_q, max_seqlen_k)
+                         max_seqlen_q, max_seqlen_k, q.dtype)
     impl = _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal, extras)
     seed = torch.randint(0, 2**31 - 1, (1,)) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # no kernel runs on empty data
         out = q.new_zeros(*q.shape[:-1], v.size(-1))  # no keys (Lk = 0): every row is fully masked, output 0
         lse = q.new_full(q.shape[:-1], float("inf"), dtype=torch.float32)
         if extras.sinks is not None:  # nothing visible but the sink: lse = sinks[h]
-            lse = extras.sinks[:, None].expand(lse.shape).contiguous()
+            lse = extras.sinks.float()[:, None].expand(lse.shape).contiguous()
         return out, lse, seed
     if extras is NO_EXTRAS:  # every backend's dense call, as before the extras existed
         out, lse = impl.attention_fwd(q, k, v, attn_mask, is_causal, scale, dropout_p, int(seed))
@@ -88,7 +87,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
                        max_seqlen_k: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv) with the shapes of q, k, v (GQA: dk, dv summed over each kv head's query heads)."""
     extras = make_extras(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
-                         max_seqlen_q, max_seqlen_k)
+                         max_seqlen_q, max_seqlen_k, q.dtype)
     impl = _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal, extras)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # nothing attends to anything: zero gradients
         return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)

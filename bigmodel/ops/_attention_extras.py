@@ -71,13 +71,13 @@ def check_extras(op, q, heads, window, softcap, sinks, alibi_slopes):
 
 
 def backend_extras(left, right, softcap, alibi_slopes, sinks, cu_seqlens_q=None, cu_seqlens_k=None,
-                   max_seqlen_q=0, max_seqlen_k=0, fp32=True):
+                   max_seqlen_q=0, max_seqlen_k=0, fp32=True, dtype=torch.float32):
     """The AttentionExtras the backends judge (select) and run: (Hq,) tensors detached, fp32 and contiguous, as
-    the custom op builds them (fp32=False keeps their dtype: the torch backend's SDPA bias); NO_EXTRAS when none
+    the custom op builds them (fp64 for dtype fp64; fp32=False keeps their dtype: the torch backend's SDPA bias); NO_EXTRAS when none
     is on."""
     if fp32:
         return make_extras(left, right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                           max_seqlen_k)
+                           max_seqlen_k, dtype)
     if left is None and right is None and softcap is None and alibi_slopes is None and sinks is None:
         return NO_EXTRAS
     detach = (lambda t: None if t is None else t.detach())

@@ -67,7 +67,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
         raise ValueError(f"bigmodel.ops.{OP}: scale must be a finite float or None; got {scale!r}")
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
     left, right, softcap = _extras.check_extras(OP, q, hq, window, softcap, sinks, alibi_slopes)
-    extras = _extras.backend_extras(left, right, softcap, alibi_slopes, sinks)
+    extras = _extras.backend_extras(left, right, softcap, alibi_slopes, sinks, dtype=q.dtype)
     name = backends.requested(backend)
 
     batch, lq, lk = q.shape[:-3], q.size(-2), k.size(-2)

@@ -52,7 +52,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _extras.check_cu_seqlens(OP, q, cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0), max_seqlen_q, max_seqlen_k)
     left, right, softcap = _extras.check_extras(OP, q, hq, window, softcap, sinks, alibi_slopes)
     extras = _extras.backend_extras(left, right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
-                                    max_seqlen_q, max_seqlen_k)
+                                    max_seqlen_q, max_seqlen_k, dtype=q.dtype)
     name = backends.requested(backend)
     q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, total, D) views: nothing copied
     q4, k4, v4 = (t if t.stride(-1) == 1 or t.size(-1) == 1 else t.contiguous() for t in (q4, k4, v4))
