@@ -176,9 +176,11 @@ def test_auto_never_picks_a_backend_that_ignores_extras():
     `extras=` is declined with a reason whatever its own attention_reasons say."""
     q, k, v = torch.randn(1, HQ, 8, D), torch.randn(1, HQ, 8, D), torch.randn(1, HQ, 8, D)
     sinks = torch.randn(HQ)
-    auto = bigmodel.ops.attention(q, k, v, sinks=sinks, backend="auto")
+    bigmodel.ops.attention(q, k, v, window=(2, 2), backend="auto")  # torch runs it; the choice is remembered ...
+    assert backends.autotune.LAST["attention"][1] == "torch"
+    auto = bigmodel.ops.attention(q, k, v, sinks=sinks, backend="auto")  # ... per extras: sinks go elsewhere
+    assert backends.autotune.LAST["attention"][1] == "reference"
     torch.testing.assert_close(auto, bigmodel.ops.attention(q, k, v, sinks=sinks, backend="reference"), rtol=0, atol=0)
-    extras = backends.BACKENDS["reference"].__class__  # noqa: F841 (the adapters are classes with attention_fwd)
     from bigmodel.kernels.limits import AttentionExtras
     some = AttentionExtras(window_left=2)
     for name, takes in backends.ATTENTION_TAKES_EXTRAS.items():
