@@ -56,9 +56,20 @@ def _block_head_batch(L, H, LONGEST_FIRST: tl.constexpr, FOLDED: tl.constexpr, B
 
 
 @triton.jit
+def _mask_bias(mask_lines, mask_offsets, rows, cols, Lq, Lk, scale, MASK_KIND: tl.constexpr):
+    """The user mask as an additive term of the unscaled scores: 0 / -inf for a boolean mask, bias / scale for a
+    float one (scale > 0, so the caller's later scaling keeps -inf and restores the bias)."""
+    in_bounds = (rows < Lq) & (cols < Lk)
+    if MASK_KIND == 1:
+        bias = tl.where(tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0) != 0, 0.0, float("-inf"))
+    else:
+        bias = tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0.0).to(tl.float32) * (1.0 / scale)
+    return bias
+
+
+@triton.jit
 def _scores(a, b_t, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale, MASK_KIND: tl.constexpr):
-    """Unscaled scores a @ b_t with the user mask folded in as the dot's initial accumulator: 0 / -inf for a boolean
-    mask, bias / scale for a float one (scale > 0, so the caller's later scaling keeps -inf and restores the bias).
+    """Unscaled scores a @ b_t with the user mask folded in as the dot's initial accumulator.
     Writing the mask into the scores after the dot made ptxas serialise the wgmmas on sm_90 (C7515); as the
     accumulator it is part of the MMA. rows / cols: query / key indices broadcastable to the tile (either
     orientation); the mask tile is mask_lines (pointers along the program's fixed axis) + mask_offsets (along the
@@ -66,19 +77,47 @@ def _scores(a, b_t, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale, MASK_KI
     element."""
     if MASK_KIND == 0:
         return tl.dot(a, b_t, input_precision="ieee")
-    in_bounds = (rows < Lq) & (cols < Lk)
-    if MASK_KIND == 1:
-        bias = tl.where(tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0) != 0, 0.0, float("-inf"))
-    else:
-        bias = tl.load(mask_lines + mask_offsets, mask=in_bounds, other=0.0).to(tl.float32) * (1.0 / scale)
-    return tl.dot(a, b_t, bias, input_precision="ieee")
+    return tl.dot(a, b_t, _mask_bias(mask_lines, mask_offsets, rows, cols, Lq, Lk, scale, MASK_KIND),
+                  input_precision="ieee")
 
 
 @triton.jit
-def _boundary(s, rows, cols, Lk, IS_CAUSAL: tl.constexpr):
-    """On tiles that straddle the causal diagonal or the key tail: hide j > i and j >= Lk."""
-    if IS_CAUSAL:  # j <= min(i, Lk - 1): the diagonal and the key tail in one comparison per score
-        return tl.where(cols <= tl.minimum(rows, Lk - 1), s, float("-inf"))
+def _tanh(x):
+    """tanh from one exp2, exact at +-inf: sign(x) (1 - e) / (1 + e), e = exp(-2 |x|)."""
+    e = tl.exp2(-2.8853900817779268 * tl.abs(x))  # 2 log2(e)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _modified_scores(a, b_t, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale, diag, slope, cap_in, cap_out,
+                     MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Unscaled scores with the extras, in the order of the math: softcap (s = cap_out tanh(cap_in u), cap_in =
+    scale / c, cap_out = c / scale, so that scale * s = c tanh(scale u / c)), ALiBi (slope = slope_h / scale times
+    |i + diag - j|), the mask. Returns (s, t), t = tanh(cap_in u) for the backward's factor 1 - t^2 (s itself when
+    there is no softcap: unused). Without softcap the mask stays the dot's accumulator (see _scores)."""
+    if SOFTCAP:
+        t = _tanh(tl.dot(a, b_t, input_precision="ieee") * cap_in)
+        s = t * cap_out
+        if MASK_KIND != 0:
+            s = s + _mask_bias(mask_lines, mask_offsets, rows, cols, Lq, Lk, scale, MASK_KIND)
+    else:
+        s = _scores(a, b_t, rows, cols, mask_lines, mask_offsets, Lq, Lk, scale, MASK_KIND)
+        t = s
+    if HAS_ALIBI:
+        s = s - slope * tl.abs(rows + diag - cols).to(tl.float32)
+    return s, t
+
+
+@triton.jit
+def _boundary(s, rows, cols, Lk, diag, win_left, win_right, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """On tiles that straddle a visibility edge: hide j >= Lk, and j > i + diag (causal) or keys outside
+    [i + diag - left, i + diag + right] (window; the launcher folded causality into right)."""
+    if HAS_WINDOW:
+        visible = (cols >= rows + (diag - win_left)) & (cols <= tl.minimum(rows + (diag + win_right), Lk - 1))
+        return tl.where(visible, s, float("-inf"))
+    if IS_CAUSAL:  # j <= min(i + diag, Lk - 1): the diagonal and the key tail in one comparison per score
+        return tl.where(cols <= tl.minimum(rows + diag, Lk - 1), s, float("-inf"))
     return tl.where(cols < Lk, s, float("-inf"))
 
 
@@ -106,3 +145,59 @@ def _kv_tile(ptrs, offsets, rows_ok, d_ok, b, h, row0, ALIGNED: tl.constexpr, TM
     else:
         tile = _load_rows(ptrs, offsets, rows_ok, d_ok, ALIGNED)
     return tile
+
+
+@triton.jit
+def _key_ranges(start_m, Lk, diag, win_left, win_right, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks [lo, hi) of the query block at start_m; those before mask_below or from interior on straddle
+    a visibility edge (window's left edge; causal diagonal or window's right edge; key tail) and get the boundary
+    mask, the rest none. Whole key blocks outside the visible band are never visited."""
+    full_blocks_end = (Lk // BLOCK_N) * BLOCK_N
+    if HAS_WINDOW:
+        first = start_m + diag - win_left  # the block's first row's first visible key
+        lo = (tl.maximum(first, 0) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(Lk, start_m + BLOCK_M + diag + win_right)
+        mask_below = first + BLOCK_M - 1  # before the last row's first visible key
+        interior = tl.minimum((tl.maximum(start_m + diag + win_right + 1, 0) // BLOCK_N) * BLOCK_N, full_blocks_end)
+    elif IS_CAUSAL:  # causal rows never see keys past the block's last row
+        lo, mask_below = 0, 0
+        hi = tl.minimum(Lk, start_m + BLOCK_M + diag)
+        interior = tl.minimum((tl.maximum(start_m + diag + 1, 0) // BLOCK_N) * BLOCK_N, full_blocks_end)
+    else:
+        lo, mask_below = 0, 0
+        hi = Lk
+        interior = full_blocks_end
+    return lo, hi, mask_below, interior
+
+
+@triton.jit
+def _query_ranges(start_n, Lq, diag, win_left, win_right, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query blocks [lo, hi) that see some key of the block at start_n (row i sees key j iff
+    j - diag - right <= i <= j - diag + left); those before mask_below or from mask_from on straddle an edge.
+    Query rows past Lq are never masked: they load zeros and lse = +inf and add exactly 0."""
+    if HAS_WINDOW:
+        lo = (tl.maximum(start_n - diag - win_right, 0) // BLOCK_M) * BLOCK_M
+        hi = tl.minimum(Lq, start_n + BLOCK_N - diag + win_left)
+        mask_below = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - diag - win_right, 0), BLOCK_M) * BLOCK_M
+        mask_from = (tl.maximum(start_n - diag + win_left + 1, 0) // BLOCK_M) * BLOCK_M
+    elif IS_CAUSAL:  # query blocks that end before this key block see none of it
+        lo = (tl.maximum(start_n - diag, 0) // BLOCK_M) * BLOCK_M
+        hi = Lq
+        mask_below = tl.minimum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M, Lq)
+        mask_from = Lq
+    else:
+        lo, hi, mask_below, mask_from = 0, Lq, 0, Lq
+    return lo, hi, mask_below, mask_from
+
+
+@triton.jit
+def _straddles(start, mask_below, mask_from, BELOW: tl.constexpr, ABOVE: tl.constexpr):
+    """Whether the tile at `start` (of the loop's axis) needs the boundary mask: start < mask_below (if BELOW),
+    start >= mask_from (if ABOVE); see _key_ranges / _query_ranges."""
+    if BELOW and ABOVE:
+        return (start < mask_below) | (start >= mask_from)
+    if BELOW:
+        return start < mask_below
+    return start >= mask_from

@@ -9,7 +9,8 @@ from .. import tma
 from .._utils import TL_DTYPE, CompileSpec, next_pow2
 
 MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
-_RUNTIME_INTS = ["seed", "lq_bucket", "lk_bucket"]  # vary freely: never specialised (no recompiles)
+# Vary freely: never specialised (no recompiles).
+_RUNTIME_INTS = ["seed", "lq_bucket", "lk_bucket", "win_left", "win_right"]
 _TMA_ROWS = {"Q": "BLOCK_M", "O": "BLOCK_M", "K": "BLOCK_N", "V": "BLOCK_N"}  # the forward's descriptor boxes
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, variant and head-dim class (BLOCK_D <= 64, 128, 256).
@@ -145,13 +146,15 @@ def _signature(kind: str, dtype: torch.dtype, mask_kind: int) -> dict:
     fn = _kernels()[kind]
     t = TL_DTYPE[dtype]
     sig = {name: f"*{t}" for name in _POINTERS[kind]}
-    sig.update(LSE="*fp32", Mask="*i1" if mask_kind == MASK_BOOL else f"*{t}")
+    sig.update(LSE="*fp32", Mask="*i1" if mask_kind == MASK_BOOL else f"*{t}", Alibi="*fp32", CuQ="*i32", CuK="*i32")
+    if kind == "fwd":
+        sig["Sinks"] = "*fp32"
     if kind != "fwd":
         sig["Delta"] = "*fp32"
     for name in fn.arg_names:
         if name.startswith("stride_") or name in ("Hq", "Hkv", "Lq", "Lk", "kv_group", *_RUNTIME_INTS):
             sig[name] = "i32"
-        elif name in ("qk_scale", "scale", "dropout_p", "dropout_scale"):
+        elif name in ("qk_scale", "scale", "dropout_p", "dropout_scale", "cap_in", "cap_out"):
             sig[name] = "fp32"
     return sig
 
@@ -193,6 +196,24 @@ def _aligned_args(kind: str, signature: dict, aligned: bool) -> tuple:
     return tuple(pointers + (strides if aligned else []))
 
 
+EXTRA_FLAGS = {"fwd": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "HAS_SINKS", "VARLEN"),
+               "dq": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN"), "dkdv": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN")}
+
+
+def _add_extras(add, kind, head_dim, dtype, plain, causal, heavy, arch):
+    """The issue-15 variants at the configs the autotuner prunes them to (a window counts as causal, softcap and
+    ALiBi as a mask: the "heavy" table): every causal config with a sliding window, each extra alone, varlen
+    causal, and everything at once (window, softcap, ALiBi, sinks, varlen, dropout)."""
+    for cfg in causal:
+        add(kind, head_dim, dtype, cfg, arch, causal=True, extras=("HAS_WINDOW",))
+    add(kind, head_dim, dtype, heavy[0], arch, extras=("SOFTCAP",))
+    add(kind, head_dim, dtype, heavy[0], arch, extras=("HAS_ALIBI",))
+    add(kind, head_dim, dtype, plain[0], arch, extras=("HAS_SINKS",))
+    add(kind, head_dim, dtype, causal[0], arch, causal=True, extras=("VARLEN",))
+    add(kind, head_dim, dtype, heavy[0], arch, causal=True, dropout=True,
+        extras=("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "HAS_SINKS", "VARLEN"))
+
+
 def build_compile_specs():
     """Each kernel at the configs the autotuner may pick, per arch (arch_configs), in the variants that change its
     register use. D = 64 and 128: every plain, causal and heavy candidate (fp16; heavy ones with a float mask +
@@ -208,14 +229,16 @@ def build_compile_specs():
     specs = {}
 
     def add(kind, head_dim, dtype, cfg, arch, mask_kind=MASK_NONE, causal=False, dropout=False, aligned=True,
-            sm90_only=False, folded=False):
+            sm90_only=False, folded=False, extras=()):
         block_m, block_n, warps, stages = cfg
         consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), MASK_KIND=mask_kind, IS_CAUSAL=causal,
-                      HAS_DROPOUT=dropout, ALIGNED=aligned, FOLDED=folded, BLOCK_M=block_m, BLOCK_N=block_n)
+                      HAS_DROPOUT=dropout, ALIGNED=aligned, FOLDED=folded, BLOCK_M=block_m, BLOCK_N=block_n,
+                      **{flag: flag in extras for flag in EXTRA_FLAGS[kind]})
         sig = _signature(kind, dtype, mask_kind)
         # The sm_90 forward takes tensor descriptors where the launcher would (tma.usable: aligned fp16 / bf16
         # rows, head dim 64 / 128, the 3-D grid); BIGMODEL_TRITON_TMA=0 builds the pointer path there instead.
         use_tma = (kind == "fwd" and arch >= 90 and dtype != torch.float32 and aligned and not folded
+                   and "VARLEN" not in extras
                    and head_dim in tma.TMA_HEAD_DIMS and tma.TMA_MODE != "0")
         if kind == "fwd":
             consts["TMA"] = use_tma
@@ -230,6 +253,7 @@ def build_compile_specs():
         tag = ",".join([TL_DTYPE[dtype], f"D={head_dim}", f"{block_m}x{block_n}", f"w{warps}", f"s{stages}"]
                        + ["causal"] * causal + [("", "bool-mask", "float-mask")[mask_kind]] * (mask_kind != MASK_NONE)
                        + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded + ["tma"] * use_tma
+                       + [flag.removeprefix("HAS_").lower() for flag in extras if flag in EXTRA_FLAGS[kind]]
                        + ["sm90-only"] * sm90_only)
         specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages, require_no_spills=not folded,
                                  expect_wgmma=_expect_wgmma(kind, dtype, block_m, block_n, mask_kind, dropout, aligned),
@@ -266,6 +290,7 @@ def build_compile_specs():
                 add(kind, head_dim, fp16, plain[0], arch, folded=True)
                 add(kind, head_dim, fp16, heavy[0], arch, MASK_FLOAT, causal=True, dropout=True, folded=True)
                 add(kind, head_dim, fp16, unaligned[0], arch, aligned=False)
+                _add_extras(add, kind, head_dim, fp16, plain, causal, heavy, arch)
                 if head_dim == 64:
                     add(kind, head_dim, fp16, heavy[0], arch, MASK_BOOL)
                     add(kind, head_dim, fp16, unaligned[0], arch, MASK_FLOAT, dropout=True, aligned=False)

@@ -7,7 +7,7 @@ import triton
 
 from .. import tma
 from .._utils import INTERPRETING, next_pow2
-from ..limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK
+from ..limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK, NO_EXTRAS
 from . import decode as attention_decode
 from .backward import _attn_bwd_delta_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
 from .configs import (_TMA_ROWS, CONFIGS, INTERPRETER_CONFIGS, MASK_BOOL, MASK_FLOAT, MASK_NONE, SM80_CONFIGS,
@@ -33,15 +33,17 @@ def _autotuned(kernel, kind: str):
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         q = getattr(args["Q"], "base", args["Q"])  # a tensor descriptor's tensor (TMA)
-        variant = config_variant(q.dtype, args["IS_CAUSAL"], args["MASK_KIND"] != MASK_NONE, args["HAS_DROPOUT"],
+        masked = args["MASK_KIND"] != MASK_NONE or args["SOFTCAP"] or args["HAS_ALIBI"]  # more live registers
+        variant = config_variant(q.dtype, args["IS_CAUSAL"] or args["HAS_WINDOW"], masked, args["HAS_DROPOUT"],
                                  args["ALIGNED"])
         allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype,
                                         *_device_arch_and_smem(q.device.index)))
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
 
     # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
-    key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED", "FOLDED"]
-    key += ["TMA"] if kind == "fwd" else []
+    key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED", "FOLDED",
+           "HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN"]
+    key += ["TMA", "HAS_SINKS"] if kind == "fwd" else []
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -102,19 +104,51 @@ def _positive_scale(q, scale: float):
     return torch.zeros_like(q), 1.0, 0.0
 
 
-def _consts(q, mask_kind, is_causal, dropout_p, aligned):
+def _consts(q, mask_kind, is_causal, dropout_p, aligned, extras):
     return dict(HEAD_DIM=q.shape[3], BLOCK_D=next_pow2(max(q.shape[3], 16)), MASK_KIND=mask_kind,
                 IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0, ALIGNED=aligned,
-                FOLDED=max(q.shape[0], q.shape[1]) > MAX_GRID_YZ)
+                FOLDED=max(q.shape[0], q.shape[1]) > MAX_GRID_YZ, HAS_WINDOW=extras.has_window,
+                SOFTCAP=extras.softcap is not None, HAS_ALIBI=extras.alibi_slopes is not None, VARLEN=extras.varlen)
 
 
-def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float, seed: int):
-    """softmax(scale * q k^T + mask) v with dropout on the probabilities.
+def _extras_args(q, k, lse, is_causal, scale, extras):
+    """(batch, Lq, Lk for the grid and autotune buckets), (Alibi, CuQ, CuK pointers), (win_left, win_right,
+    cap_in, cap_out): what the kernels take for `extras` (kernels/limits.AttentionExtras). Unused pointers are
+    stood in for by lse (never read). An unbounded window side is clamped to the longest length (equivalent)."""
+    if extras.varlen:
+        if max(extras.cu_seqlens_q.numel() - 1, q.shape[1]) > MAX_GRID_YZ:
+            raise ValueError(f"attention varlen: at most {MAX_GRID_YZ} sequences and heads (grid axes 1, 2); got "
+                             f"{extras.cu_seqlens_q.numel() - 1} sequences, {q.shape[1]} heads")
+        sizes = (extras.cu_seqlens_q.numel() - 1, extras.max_seqlen_q, extras.max_seqlen_k)
+        cu_q, cu_k = extras.cu_seqlens_q, extras.cu_seqlens_k
+    else:
+        sizes = (q.shape[0], q.shape[2], k.shape[2])
+        cu_q = cu_k = lse
+    unbounded = max(sizes[1], sizes[2]) + 1
+    left = unbounded if extras.window_left is None else min(extras.window_left, unbounded)
+    right = unbounded if extras.window_right is None else min(extras.window_right, unbounded)
+    if is_causal:
+        right = min(right, 0)
+    cap = extras.softcap
+    caps = (scale / cap, cap / scale) if cap is not None else (1.0, 1.0)
+    alibi = extras.alibi_slopes if extras.alibi_slopes is not None else lse
+    return sizes, (alibi, cu_q, cu_k), (left, right, *caps)
+
+
+def _batch_strides(t, extras):
+    """The (batch, head, row) strides the kernels take: batch 0 in varlen (one packed entry, found per sequence)."""
+    return (0, *t.stride()[1:3]) if extras.varlen else tuple(t.stride()[:3])
+
+
+def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float, seed: int, extras=NO_EXTRAS):
+    """softmax(scale * q k^T + mask) v with dropout on the probabilities, and the extras (window, softcap, ALiBi,
+    sinks, varlen: kernels/limits.AttentionExtras).
     q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D) with Hq % Hkv == 0, unit last stride; mask None or (B, Hq, Lq, Lk), any
     strides (expanded views welcome): bool (True = attend) or float in q's dtype (added to the scaled scores);
-    is_causal: query i sees keys j <= i; dropout_p in [0, 1) with seed in [0, 2**31) (the backward needs the same).
+    is_causal: query i sees keys j <= i (varlen: j <= i + Lk - Lq per sequence); dropout_p in [0, 1) with seed in
+    [0, 2**31) (the backward needs the same). Varlen: B = 1, the lengths are the packed totals.
     Returns o (B, Hq, Lq, D) contiguous in q.dtype and lse (B, Hq, Lq) fp32, natural log of the un-dropped softmax
-    denominator; rows with no visible key give o = 0, lse = +inf."""
+    denominator (sink included); rows with no visible key (and no sink) give o = 0, lse = +inf."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     o = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
@@ -123,47 +157,67 @@ def attention_fwd(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float
         return o, lse
     q, k, v = (_small_row_stride(t) for t in (q, k, v))
     q, scale, _ = _positive_scale(q, scale)
-    if attention_decode.use_split(q, k, mask, is_causal, dropout_p):  # short queries, long keys: split the keys too
-        return attention_decode.decode_fwd(q, k, v, scale, o, lse)
+    if not extras.names and attention_decode.use_split(q, k, mask, is_causal, dropout_p):
+        return attention_decode.decode_fwd(q, k, v, scale, o, lse)  # short queries, long keys: split the keys too
+    if extras.varlen and Lk == 0:  # every sequence without keys: nothing visible anywhere
+        return _no_keys(o, lse, extras)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
-    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o))
+    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, o), extras)
+    consts["HAS_SINKS"] = extras.sinks is not None
     arch = _device_arch_and_smem(q.device.index)[0] if q.is_cuda else 0
-    consts["TMA"] = not consts["FOLDED"] and tma.usable(arch, q, k, v, o)
+    consts["TMA"] = not consts["FOLDED"] and not extras.varlen and tma.usable(arch, q, k, v, o)
     tiles = [tma.descriptor(t, MIN_BLOCK) for t in (q, k, v, o)] if consts["TMA"] else [q, k, v, o]
-    args = (*tiles, lse, mask_ptr, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides,
-            Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
-            next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]), args, consts)
+    (batch, len_q, len_k), (alibi, cu_q, cu_k), extra_scalars = _extras_args(q, k, lse, is_causal, scale, extras)
+    sinks = extras.sinks if extras.sinks is not None else lse
+    args = (*tiles, lse, mask_ptr, alibi, sinks, cu_q, cu_k, *_batch_strides(q, extras), *_batch_strides(k, extras),
+            *_batch_strides(v, extras), *mask_strides, Hq, Lq, Lk, Hq // Hkv, scale, scale * math.log2(math.e),
+            dropout_p, 1.0 / (1.0 - dropout_p), int(seed), next_pow2(len_q), next_pow2(len_k), *extra_scalars)
+    _launch(_attn_fwd_kernel, _FWD_TUNED, "fwd", _grid(len_q, Hq, batch, "BLOCK_M", consts["FOLDED"]), args, consts)
     return o, lse
 
 
-def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, dropout_p: float, seed: int):
-    """Gradients of attention_fwd for the same (mask, is_causal, scale, dropout_p, seed); do may have any strides
-    (unit last stride). Returns dq like q, dk / dv like k / v (summed over each kv head's query heads),
-    contiguous, in the input dtype."""
+def _no_keys(o, lse, extras):
+    """Varlen with no keys at all: o = 0, lse = the sink (or +inf)."""
+    o.zero_()
+    if extras.sinks is not None:
+        lse.copy_(extras.sinks.view(1, -1, 1).expand_as(lse))
+    else:
+        lse.fill_(float("inf"))
+    return o, lse
+
+
+def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, dropout_p: float, seed: int,
+                  extras=NO_EXTRAS):
+    """Gradients of attention_fwd for the same (mask, is_causal, scale, dropout_p, seed, extras); do may have any
+    strides (unit last stride). Returns dq like q, dk / dv like k / v (summed over each kv head's query heads),
+    contiguous, in the input dtype. Sinks need no kernel work (their gradient comes from lse and delta, see
+    bigmodel/library/attention.py); the saved lse includes them."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
-    if dq.numel() == 0:
-        return dq, dk.zero_(), dv.zero_()
+    if dq.numel() == 0 or dk.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
     q, k, v, do = (_small_row_stride(t) for t in (q, k, v, do))
     q, scale, dq_factor = _positive_scale(q, scale)
     mask_ptr, mask_strides, mask_kind = _mask_args(mask, q)
-    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, do, o, dq, dk, dv))
+    consts = _consts(q, mask_kind, is_causal, dropout_p, rows_aligned(q, k, v, do, o, dq, dk, dv), extras)
     delta = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
     dcfg = dict(HEAD_DIM=D, BLOCK_D=consts["BLOCK_D"], ALIGNED=consts["ALIGNED"], FOLDED=consts["FOLDED"],
                 **delta_config(consts["BLOCK_D"]))
     _launch(_attn_bwd_delta_kernel, None, "delta", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]),
-            (o, do, delta, *do.stride()[:3], Hq, Lq), dcfg)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *mask_strides)
+            (o, do, delta, *do.stride()[:3], Hq, Lq), dcfg)  # varlen too: the packed rows as one sequence
+    (batch, len_q, len_k), (alibi, cu_q, cu_k), extra_scalars = _extras_args(q, k, lse, is_causal, scale, extras)
+    strides = (*_batch_strides(q, extras), *_batch_strides(k, extras), *_batch_strides(v, extras),
+               *_batch_strides(do, extras), *mask_strides)
     scalars = (scale, scale * math.log2(math.e), dropout_p, 1.0 / (1.0 - dropout_p), int(seed),
-               next_pow2(Lq), next_pow2(Lk))
-    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(Lk, Hkv, B, "BLOCK_N", consts["FOLDED"]),
-            (q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
-    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(Lq, Hq, B, "BLOCK_M", consts["FOLDED"]),
-            (q, k, v, do, lse, delta, dq, mask_ptr, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
+               next_pow2(len_q), next_pow2(len_k), *extra_scalars)
+    pointers = (mask_ptr, alibi, cu_q, cu_k)
+    _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(len_k, Hkv, batch, "BLOCK_N", consts["FOLDED"]),
+            (q, k, v, do, lse, delta, dk, dv, *pointers, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
+    _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(len_q, Hq, batch, "BLOCK_M", consts["FOLDED"]),
+            (q, k, v, do, lse, delta, dq, *pointers, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
     if dq_factor != 1.0:
         dq.mul_(dq_factor)
     return dq, dk, dv
