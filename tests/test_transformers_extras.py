@@ -344,3 +344,23 @@ def test_readme_padding_free_example_runs(monkeypatch):
     assert calls == [[0, 5, 8, 17]] * 2
     assert torch.isfinite(scope["loss"]) and scope["loss"].item() > 0
     assert all(p.grad is not None for p in scope["model"].parameters())
+
+
+def test_position_ids_are_read_once_per_forward(monkeypatch):
+    """The packing of one forward's position_ids is found once and reused by every layer; new ids are read anew."""
+    reads = []
+    original = bm_hf._packing_from_positions
+    monkeypatch.setattr(bm_hf, "_packing_from_positions", lambda *a: reads.append(1) or original(*a))
+    model = build("gemma2", "bigmodel")
+    _, batch = packed_batch(False)
+    with torch.no_grad(), bigmodel.use_backend("reference"):
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        assert len(reads) == 1
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"].clone(), use_cache=False)
+        assert len(reads) == 2
+        pos = batch["position_ids"].clone()
+        first = model(input_ids=batch["input_ids"], position_ids=pos, use_cache=False).logits
+        pos.copy_(torch.arange(pos.size(1)))  # written in place: one sequence now, read again
+        whole = model(input_ids=batch["input_ids"], position_ids=pos, use_cache=False).logits
+    assert len(reads) == 4
+    assert not torch.allclose(first[0, 5:], whole[0, 5:])

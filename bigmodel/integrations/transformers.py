@@ -14,6 +14,8 @@ window=(sliding_window - 1, 0) with causal; FlashAttention's window_size in tran
 sinks (`s_aux`). Padding-free packed batches (DataCollatorWithFlattening) run ops.attention_varlen: see
 `packing` and `mask`.
 """
+import weakref
+
 import torch
 
 from .. import ops
@@ -100,8 +102,8 @@ def packing(query, key, kwargs, causal=True):
     From FlashAttention's kwargs (cu_seq_lens_q / _k, max_length_q / _k: DataCollatorWithFlattening(
     return_flash_attn_kwargs=True)), or, for causal layers with Lq == Lk, from `position_ids` that restart inside a
     row (a new sequence wherever position_ids[t] != position_ids[t-1] + 1, and at every row start: the rule of
-    transformers' packed-sequence masks). Reading position_ids costs one device sync per layer, as in transformers'
-    FlashAttention path."""
+    transformers' packed-sequence masks). Reading position_ids costs one device sync per forward (transformers'
+    FlashAttention path: one per layer)."""
     b, lq, lk = query.size(0), query.size(2), key.size(2)
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if cu_q is not None or cu_k is not None:
@@ -118,6 +120,23 @@ def packing(query, key, kwargs, causal=True):
         return None
     if position_ids.dim() != 2 or position_ids.size(-1) != lq or position_ids.size(0) not in (1, b):
         return None  # not per-token positions of this call (e.g. 3D mrope ids): leave them to the model
+    # Every layer of one forward gets the same position_ids tensor: read it once (a weak reference, so that a
+    # new tensor never passes for the old one; _version catches in-place writes).
+    if torch.compiler.is_compiling():
+        return _packing_from_positions(position_ids, b, lq, query.device)
+    key = (position_ids._version, b, query.device)
+    cached = _PACKING_CACHE[0]
+    if cached is not None and cached[0]() is position_ids and cached[1] == key:
+        return cached[2]
+    result = _packing_from_positions(position_ids, b, lq, query.device)
+    _PACKING_CACHE[0] = (weakref.ref(position_ids), key, result)
+    return result
+
+
+_PACKING_CACHE = [None]  # (weakref to position_ids, (version, batch, device), packing or None)
+
+
+def _packing_from_positions(position_ids, b, lq, device):
     starts = position_ids.diff(dim=-1) != 1
     if not bool(starts.any()):
         return None
@@ -126,7 +145,7 @@ def packing(query, key, kwargs, causal=True):
     starts = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=starts.device), starts], dim=1).reshape(-1)
     total = b * lq
     cu = torch.cat([starts.nonzero().view(-1), torch.tensor([total], device=starts.device)]).to(torch.int32)
-    cu = cu.to(query.device)
+    cu = cu.to(device)
     max_len = int(cu.diff().max())
     return cu, cu, max_len, max_len
 
