@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import bigmodel
-from numerics import assert_close_by_rule
+from numerics import assert_close_by_rule, requires_interpreter
 
 transformers = pytest.importorskip("transformers")
 from transformers import AttentionInterface, DataCollatorWithFlattening  # noqa: E402
@@ -110,7 +110,10 @@ def assert_grads(grads, ref_grads):
 
 
 # ------------------------------------------------------------------------------------------ dense / padded
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+TRITON = pytest.param("triton", marks=requires_interpreter)  # the kernels, under the interpreter (a few s each)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", TRITON])
 @pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "padding"])
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_matches_eager_in_logits_and_every_gradient(name, padded, backend):
@@ -177,9 +180,12 @@ def separate_reference(ref, seqs):
     return [lg.detach() for lg in logits], {n: p.grad for n, p in ref.named_parameters()}
 
 
-@pytest.mark.parametrize("flash_kwargs", [False, True], ids=["position_ids", "cu_seq_lens"])
+@pytest.mark.parametrize("backend,flash_kwargs", [
+    pytest.param("reference", False, id="reference-position_ids"),
+    pytest.param("reference", True, id="reference-cu_seq_lens"),
+    pytest.param("triton", False, marks=requires_interpreter, id="triton-position_ids")])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_packed_batch_matches_each_sequence_alone(name, flash_kwargs, monkeypatch):
+def test_packed_batch_matches_each_sequence_alone(name, backend, flash_kwargs, monkeypatch):
     seqs, batch = packed_batch(flash_kwargs)
     assert batch["input_ids"].shape == (1, sum(SEQ_LENS)) and "attention_mask" not in batch
     assert ("cu_seq_lens_q" in batch) == flash_kwargs
@@ -188,7 +194,7 @@ def test_packed_batch_matches_each_sequence_alone(name, flash_kwargs, monkeypatc
     original = bm_hf.ops.attention_varlen
     monkeypatch.setattr(bm_hf.ops, "attention_varlen", lambda *a, **k: calls.append(a[3].tolist()) or
                         original(*a, **k))
-    logits, grads = train_step(ours, "reference", **batch)
+    logits, grads = train_step(ours, backend, **batch)
     assert calls == [[0, 5, 14, 17]] * 2  # every layer, sliding or full, ran packed
     ref_logits, ref_grads = separate_reference(ref, seqs)
     starts = [0, 5, 14]
