@@ -9,6 +9,7 @@ import torch
 from bigmodel.kernels.limits import NO_EXTRAS  # plain Python, as backends/triton.py imports it
 
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons
+from .decode_reference import ReferenceDecode  # attention_decode (bigmodel.ops.attention_decode)
 from .pytorch import activate as _act  # act(z) by name; the derivatives below are written out
 
 
@@ -16,7 +17,7 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-class ReferenceBackend(Backend):
+class ReferenceBackend(ReferenceDecode, Backend):
     name = "reference"
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

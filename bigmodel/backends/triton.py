@@ -13,6 +13,7 @@ import torch
 from bigmodel.kernels.limits import attention_limits_reasons  # plain Python: traceable, no triton import
 
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
+from .decode_triton import TritonDecode  # attention_decode (bigmodel.ops.attention_decode)
 
 INT32_MAX = 2**31 - 1  # CUDA's grid axis 0 limit, and the reach of a 32-bit program index
 MIN_CAPABILITY = (7, 5)  # Triton 3.x compiles for sm_75 and newer
@@ -89,7 +90,7 @@ def _rows_reasons(op, x, looped):
     return reasons
 
 
-class TritonBackend(Backend):
+class TritonBackend(TritonDecode, Backend):
     name = "triton"
 
     def machine_reasons(self):

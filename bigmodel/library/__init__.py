@@ -44,3 +44,4 @@ def _empty_grad(like: Tensor) -> Tensor:
 
 from . import attention, cross_entropy, feed_forward, layer_norm, rms_norm, rotary  # noqa: E402,F401  (each registers its ops)
 from . import linear_cross_entropy  # noqa: E402,F401  (bigmodel::linear_cross_entropy, chunked)
+from . import attention_decode  # noqa: E402,F401  (bigmodel::attention_decode, KV-cache decode)
