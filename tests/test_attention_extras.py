@@ -13,9 +13,9 @@ import bigmodel
 from attention_naive import naive_attention, plain_attention
 from bigmodel import backends
 from bigmodel.backends import BackendUnavailable
-from numerics import assert_close_by_rule, requires_interpreter  # noqa: F401 (requires_interpreter: see above)
+from numerics import assert_close_by_rule, requires_interpreter
 
-BACKENDS = ["reference", "torch"]  # + pytest.param("triton", marks=requires_interpreter) once it runs the extras
+BACKENDS = ["reference", "torch", pytest.param("triton", marks=requires_interpreter)]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
 # Extras a backend declines by design: the test checks the reason instead of the numbers.
 UNSUPPORTED = {"torch": {"sinks"}}

@@ -12,9 +12,9 @@ import torch
 import bigmodel
 from attention_naive import naive_attention_varlen, plain_attention_varlen
 from bigmodel.backends import BackendUnavailable
-from numerics import assert_close_by_rule, requires_interpreter  # noqa: F401 (requires_interpreter: see above)
+from numerics import assert_close_by_rule, requires_interpreter
 
-BACKENDS = ["reference"]  # + pytest.param("triton", marks=requires_interpreter) once it runs varlen
+BACKENDS = ["reference", pytest.param("triton", marks=requires_interpreter)]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
 D = 16
 

@@ -262,7 +262,8 @@ def _attention_out(q, k, v, mask, is_causal, scale, dropout_p, seed, extras, dia
 
 
 def _attention_grads(do, q, k, v, mask, is_causal, scale, dropout_p, seed, extras, diag=0):
-    """(dq, dk, dv) of one dense problem, P recomputed from q and k."""
+    """(dq, dk, dv) of one dense problem, P recomputed from q and k; with sinks also rowsum(P * dP) in `acc` (the
+    sinks' delta, see bigmodel/library/attention.py)."""
     acc = _acc_dtype(q)
     p, _, dcap = _attention_probs(q, k, mask, is_causal, scale, acc, extras, diag)
     keep = _dropout_keep(p, dropout_p, seed) if dropout_p > 0 else None
@@ -276,7 +277,8 @@ def _attention_grads(do, q, k, v, mask, is_causal, scale, dropout_p, seed, extra
         ds = ds * dcap
     dq = scale * ds @ _repeat_kv(k, q.size(1)).to(acc)
     dk = scale * ds.transpose(-1, -2) @ q.to(acc)
-    return dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
+    grads = dq.to(q.dtype), _sum_groups(dk, k).to(k.dtype), _sum_groups(dv, v).to(v.dtype)
+    return grads if extras.sinks is None else (*grads, (p * dp).sum(-1))
 
 
 def _sequences(extras):
@@ -308,13 +310,16 @@ def _varlen_fwd(q, k, v, is_causal, scale, dropout_p, seed, extras):
 
 def _varlen_bwd(do, q, k, v, is_causal, scale, dropout_p, seed, extras):
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    row_pdp = q.new_zeros(q.shape[:-1], dtype=_acc_dtype(q))
     dense = _dense(extras)
     for b, rq, rk, diag in _sequences(extras):
         if rq.stop > rq.start and rk.stop > rk.start:  # else: no queries or no keys, zero gradients
-            dq[:, :, rq], dk[:, :, rk], dv[:, :, rk] = _attention_grads(
-                do[:, :, rq], q[:, :, rq], k[:, :, rk], v[:, :, rk], None, is_causal, scale, dropout_p, seed + b,
-                dense, diag)
-    return dq, dk, dv
+            grads = _attention_grads(do[:, :, rq], q[:, :, rq], k[:, :, rk], v[:, :, rk], None, is_causal, scale,
+                                     dropout_p, seed + b, dense, diag)
+            dq[:, :, rq], dk[:, :, rk], dv[:, :, rk] = grads[:3]
+            if extras.sinks is not None:
+                row_pdp[:, :, rq] = grads[3]
+    return (dq, dk, dv) if extras.sinks is None else (dq, dk, dv, row_pdp)
 
 
 def _dropout_keep(p, dropout_p, seed):

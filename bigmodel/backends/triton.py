@@ -10,7 +10,7 @@ import importlib
 
 import torch
 
-from bigmodel.kernels.limits import attention_limits_reasons  # plain Python: traceable, no triton import
+from bigmodel.kernels.limits import MAX_GRID_YZ, NO_EXTRAS, attention_limits_reasons  # plain Python: traceable, no triton
 
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
 from .decode_triton import TritonDecode  # attention_decode (bigmodel.ops.attention_decode)
@@ -28,10 +28,10 @@ def device_guard(device: torch.device):
 def _on_inputs_device(method):
     """Run an adapter method under device_guard of its first tensor argument's device."""
     @functools.wraps(method)
-    def guarded(self, *args):
+    def guarded(self, *args, **kwargs):
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
         with device_guard(device):
-            return method(self, *args)
+            return method(self, *args, **kwargs)
     return guarded
 
 
@@ -172,22 +172,25 @@ class TritonBackend(TritonDecode, Backend):
 
     MAX_HEAD_DIM = 256  # head dims are padded to a power of two inside the kernels
 
-    def attention_reasons(self, q, k, v, attn_mask=None, **_):
+    def attention_reasons(self, q, k, v, attn_mask=None, extras=NO_EXTRAS, **_):
         reasons = []
         if q.size(-1) > self.MAX_HEAD_DIM:
             reasons.append(f"head dim {q.size(-1)} > {self.MAX_HEAD_DIM}")
         if v.size(-1) != q.size(-1):
             reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
+        if extras.varlen and max(extras.cu_seqlens_q.size(0) - 1, q.size(1)) > MAX_GRID_YZ:
+            reasons.append(f"varlen: at most {MAX_GRID_YZ} sequences and heads (grid axes 1, 2); got "
+                           f"{extras.cu_seqlens_q.size(0) - 1} sequences, {q.size(1)} heads")
         return reasons + attention_limits_reasons(q, k) + mask_grad_reasons(attn_mask)
 
     @_on_inputs_device
-    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
-        return self._kernels("attention").attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed)
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
+        return self._kernels("attention").attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed, extras)
 
     @_on_inputs_device
-    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
         return self._kernels("attention").attention_bwd(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p,
-                                                        seed)
+                                                        seed, extras)
 
     @_on_inputs_device
     def linear_act_fwd(self, x, weight, bias, activation):

@@ -84,23 +84,35 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
                        softcap: Optional[float] = None, alibi_slopes: Optional[Tensor] = None,
                        sinks: Optional[Tensor] = None, cu_seqlens_q: Optional[Tensor] = None,
                        cu_seqlens_k: Optional[Tensor] = None, max_seqlen_q: int = 0,
-                       max_seqlen_k: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (dq, dk, dv) with the shapes of q, k, v (GQA: dk, dv summed over each kv head's query heads)."""
+                       max_seqlen_k: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dq, dk, dv, dsinks): the shapes of q, k, v (GQA: dk, dv summed over each kv head's query heads)
+    and of sinks (an empty tensor without sinks)."""
     extras = make_extras(window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
                          max_seqlen_q, max_seqlen_k, q.dtype)
     impl = _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal, extras)
+    no_sinks = q.new_zeros(0) if sinks is None else sinks.new_zeros(sinks.shape)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # nothing attends to anything: zero gradients
-        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape), no_sinks
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     if extras is NO_EXTRAS:
-        return impl.attention_bwd(grad_out, q, k, v, out, lse, attn_mask, is_causal, scale, dropout_p, int(seed))
-    return impl.attention_bwd(grad_out, q, k, v, out, lse, attn_mask, is_causal, scale, dropout_p, int(seed),
-                              extras=extras)
+        dq, dk, dv = impl.attention_bwd(grad_out, q, k, v, out, lse, attn_mask, is_causal, scale, dropout_p,
+                                        int(seed))
+        return dq, dk, dv, no_sinks
+    grads = impl.attention_bwd(grad_out, q, k, v, out, lse, attn_mask, is_causal, scale, dropout_p, int(seed),
+                               extras=extras)
+    if sinks is None:
+        return (*grads, no_sinks)
+    # A backend may return rowsum(P * dP) as a fourth value (its fp32 P and dP): the sinks' delta without O's
+    # rounding to the input dtype; otherwise rowsum(dO * O).
+    row_pdp = grads[3] if len(grads) > 3 else None
+    return (*grads[:3], sinks_grad(grad_out, out, lse, sinks, row_pdp))
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, attn_mask, dropout_p, is_causal, scale, seed, backend, *extras):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # kernels return contiguous grads
+def _(grad_out, q, k, v, out, lse, attn_mask, dropout_p, is_causal, scale, seed, backend, window_left=None,
+      window_right=None, softcap=None, alibi_slopes=None, sinks=None, *varlen):
+    dsinks = q.new_empty(0) if sinks is None else sinks.new_empty(sinks.shape)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks  # contiguous grads
 
 
 def _attention_setup(ctx, inputs, output):
@@ -114,22 +126,23 @@ def _attention_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse, seed)
 
 
-def sinks_grad(grad_out, out, lse, sinks):
-    """d sinks[h] = - sum_{b,i} exp(sinks[h] - lse[b,h,i]) * rowsum(dO * O)[b,h,i], in fp32, cast to sinks' dtype
-    (lse is finite wherever a sink is: it includes exp(sinks[h]))."""
-    delta = (grad_out.float() * out.float()).sum(-1)  # (B, Hq, Lq)
-    weight = torch.exp(sinks.detach().float()[:, None] - lse)  # the sink's probability per row
+def sinks_grad(grad_out, out, lse, sinks, row_pdp=None):
+    """d sinks[h] = - sum_{b,i} exp(sinks[h] - lse[b,h,i]) * delta[b,h,i], delta = rowsum(P * dP) = rowsum(dO * O),
+    in fp32 (fp64 for fp64), cast to sinks' dtype (lse is finite wherever a sink is: it includes exp(sinks[h]))."""
+    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+    delta = (grad_out.to(acc) * out.to(acc)).sum(-1) if row_pdp is None else row_pdp.to(acc)  # (B, Hq, Lq)
+    weight = torch.exp(sinks.detach().to(acc)[:, None] - lse.to(acc))  # the sink's probability per row
     return (-(weight * delta).sum(dim=(0, 2))).to(sinks.dtype)
 
 
 def _attention_grad(ctx, grad_out, _grad_lse, _grad_seed):
     q, k, v, out, lse, attn_mask, seed, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
     window_left, window_right, softcap, max_seqlen_q, max_seqlen_k = ctx.scalars
-    dq, dk, dv = torch.ops.bigmodel.attention_backward(grad_out, q, k, v, out, lse, attn_mask, ctx.dropout_p,
-                                                       ctx.is_causal, ctx.scale, seed, ctx.backend, window_left,
-                                                       window_right, softcap, alibi_slopes, sinks, cu_seqlens_q,
-                                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    dsinks = sinks_grad(grad_out, out, lse, sinks) if sinks is not None else None
+    dq, dk, dv, dsinks = torch.ops.bigmodel.attention_backward(
+        grad_out, q, k, v, out, lse, attn_mask, ctx.dropout_p, ctx.is_causal, ctx.scale, seed, ctx.backend,
+        window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        max_seqlen_k)
+    dsinks = dsinks if sinks is not None else None
     return (dq, dk, dv, None, None, None, None, None, None, None, None, None, dsinks, None, None, None, None)
 
 

@@ -137,10 +137,13 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_
               b, h, Hq, Lq, Lk, scale, qk_scale, dropout_p, dropout_scale, seed, lo, hi, mask_below, interior,
               diag, win_left, win_right, slope, cap_in, cap_out,
               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-              HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SINKS: tl.constexpr,
               ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulate dQ of one query block over the key blocks [lo, hi) (*_ptrs address key 0 of the sequence),
-    the forward's ranges and boundary masks (one loop, as _fwd_tiles)."""
+    the forward's ranges and boundary masks (one loop, as _fwd_tiles). HAS_SINKS: also rowsum(P * dP), the
+    sinks' gradient's delta from fp32 P and dP (rowsum(dO * O) rounds O to the input dtype first: in fp16 the
+    sum over every row of the batch came out ~10x less accurate than plain PyTorch's)."""
+    pdp = tl.zeros_like(delta)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         cols_ok = cols < Lk
@@ -157,15 +160,17 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, b, h, Hq, rows[:, None], cols[None, :], dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
+        if HAS_SINKS:
+            pdp += tl.sum(p * dp, 1)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
-    return dq
+    return dq, pdp
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask, Alibi, CuQ, CuK,
+def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask, Alibi, CuQ, CuK, RowPdP,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                         stride_mb, stride_mh, stride_mm, stride_mn,
@@ -174,7 +179,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask, Alibi, CuQ, CuK,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                         IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, FOLDED: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                        VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        HAS_SINKS: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, h, b = _block_head_batch(Lq, Hq, IS_CAUSAL, FOLDED, BLOCK_M)
     q0, k0, lq, lk, diag = _sequence(CuQ, CuK, b, Lq, Lk, VARLEN)
     bb = _batch_for_address(b, VARLEN)
@@ -212,9 +217,11 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Mask, Alibi, CuQ, CuK,
     if VARLEN:
         hi = tl.where(start_m < lq, hi, lo)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
+    dq, pdp = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_rows, rows, offs_n, d_ok, stride_kn, stride_vn,
                    stride_mn, b, h, Hq, lq, lk, scale, qk_scale, dropout_p, dropout_scale, seed, lo, hi, mask_below,
                    interior, diag, win_left, win_right, slope, cap_in, cap_out, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                   HAS_WINDOW, SOFTCAP, HAS_ALIBI, ALIGNED, BLOCK_N)
+                   HAS_WINDOW, SOFTCAP, HAS_ALIBI, HAS_SINKS, ALIGNED, BLOCK_N)
+    if HAS_SINKS:
+        tl.store(RowPdP + row_base + offs_m, pdp, mask=rows_ok)
     _store_rows(DQ + row_base * HEAD_DIM, offs_m[:, None] * HEAD_DIM + offs_d[None, :],
                 (dq * scale).to(DQ.dtype.element_ty), rows_ok, d_ok, ALIGNED)

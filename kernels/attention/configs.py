@@ -149,6 +149,8 @@ def _signature(kind: str, dtype: torch.dtype, mask_kind: int) -> dict:
     sig.update(LSE="*fp32", Mask="*i1" if mask_kind == MASK_BOOL else f"*{t}", Alibi="*fp32", CuQ="*i32", CuK="*i32")
     if kind == "fwd":
         sig["Sinks"] = "*fp32"
+    if kind == "dq":
+        sig["RowPdP"] = "*fp32"
     if kind != "fwd":
         sig["Delta"] = "*fp32"
     for name in fn.arg_names:
@@ -197,7 +199,8 @@ def _aligned_args(kind: str, signature: dict, aligned: bool) -> tuple:
 
 
 EXTRA_FLAGS = {"fwd": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "HAS_SINKS", "VARLEN"),
-               "dq": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN"), "dkdv": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN")}
+               "dq": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "HAS_SINKS", "VARLEN"),
+               "dkdv": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN")}
 
 
 def _add_extras(add, kind, head_dim, dtype, plain, causal, heavy, arch):

@@ -43,7 +43,7 @@ def _autotuned(kernel, kind: str):
     # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
     key = ["lq_bucket", "lk_bucket", "HEAD_DIM", "MASK_KIND", "IS_CAUSAL", "HAS_DROPOUT", "ALIGNED", "FOLDED",
            "HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "VARLEN"]
-    key += ["TMA", "HAS_SINKS"] if kind == "fwd" else []
+    key += {"fwd": ["TMA", "HAS_SINKS"], "dq": ["HAS_SINKS"]}.get(kind, [])
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -190,8 +190,8 @@ def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, drop
                   extras=NO_EXTRAS):
     """Gradients of attention_fwd for the same (mask, is_causal, scale, dropout_p, seed, extras); do may have any
     strides (unit last stride). Returns dq like q, dk / dv like k / v (summed over each kv head's query heads),
-    contiguous, in the input dtype. Sinks need no kernel work (their gradient comes from lse and delta, see
-    bigmodel/library/attention.py); the saved lse includes them."""
+    contiguous, in the input dtype. With sinks also rowsum(P * dP) (B, Hq, Lq) fp32, from which
+    bigmodel/library/attention.py takes the sinks' gradient (the saved lse includes them)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
@@ -216,8 +216,10 @@ def attention_bwd(do, q, k, v, o, lse, mask, is_causal: bool, scale: float, drop
     pointers = (mask_ptr, alibi, cu_q, cu_k)
     _launch(_attn_bwd_dkdv_kernel, _DKDV_TUNED, "dkdv", _grid(len_k, Hkv, batch, "BLOCK_N", consts["FOLDED"]),
             (q, k, v, do, lse, delta, dk, dv, *pointers, *strides, Hq, Hkv, Lq, Lk, Hq // Hkv, *scalars), consts)
+    consts["HAS_SINKS"] = extras.sinks is not None
+    row_pdp = torch.zeros_like(delta) if consts["HAS_SINKS"] else delta
     _launch(_attn_bwd_dq_kernel, _DQ_TUNED, "dq", _grid(len_q, Hq, batch, "BLOCK_M", consts["FOLDED"]),
-            (q, k, v, do, lse, delta, dq, *pointers, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
+            (q, k, v, do, lse, delta, dq, *pointers, row_pdp, *strides, Hq, Lq, Lk, Hq // Hkv, *scalars), consts)
     if dq_factor != 1.0:
         dq.mul_(dq_factor)
-    return dq, dk, dv
+    return (dq, dk, dv, row_pdp) if consts["HAS_SINKS"] else (dq, dk, dv)
