@@ -76,7 +76,7 @@ def _decode_split_kernel(Q, K, V, Opart, Mpart, Lpart, SeqLens, BlockTable, stri
     lo = 0
     hi = seq_len
     if HAS_WINDOW:  # the rows' positions run diag .. diag + Lq - 1: keys before diag - left are seen by none
-        lo = tl.maximum(diag - win_left, 0) + BLOCK_N
+        lo = tl.maximum(diag - win_left, 0)
         hi = tl.minimum(hi, diag + Lq + win_right)
     lo = (lo // BLOCK_N) * BLOCK_N  # tiles start on block boundaries (a paged tile stays inside one page)
     n_tiles = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
