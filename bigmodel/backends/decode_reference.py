@@ -51,6 +51,8 @@ class ReferenceDecode:
         if block_table is not None:
             k_cache, v_cache = gather_pages(k_cache, block_table), gather_pages(v_cache, block_table)
         capacity, hkv = k_cache.size(1), k_cache.size(2)
+        stored = (torch.arange(capacity, device=q.device)[None, :] < cache_seqlens.long()[:, None])[..., None, None]
+        k_cache, v_cache = (torch.where(stored, t, 0) for t in (k_cache, v_cache))  # slots past a length: unread
         qf = q.to(acc).transpose(1, 2)  # (B, Hq, Lq, D)
         kf, vf = (t.to(acc).transpose(1, 2).repeat_interleave(Hq // hkv, dim=1) for t in (k_cache, v_cache))
         s = scale * (qf @ kf.transpose(-1, -2))  # (B, Hq, Lq, capacity)
