@@ -4,7 +4,8 @@
     model = Transformer(TransformerConfig.from_preset("tiny"))
 """
 from .config import PRESETS, TransformerConfig
+from .paged import PagedBatch, PagedKVCache
 from .transformer import Block, KVCache, RotaryEmbedding, SinusoidalEmbedding, Transformer
 
-__all__ = ["Block", "KVCache", "PRESETS", "RotaryEmbedding", "SinusoidalEmbedding",
+__all__ = ["Block", "KVCache", "PRESETS", "PagedBatch", "PagedKVCache", "RotaryEmbedding", "SinusoidalEmbedding",
            "Transformer", "TransformerConfig"]

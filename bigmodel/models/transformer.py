@@ -6,6 +6,7 @@
     _, loss = model(ids, targets=targets)                 # training: fused linear_cross_entropy, no logits
     loss = model.loss(ids, targets, fused=False)          # the same loss through the (B, L, vocab) logits
     out = model.generate(ids, max_new_tokens=32, top_k=50)
+    outs = model.generate([prompt_a, prompt_b], 32, cache="paged")   # prompts of different lengths, one page pool
     model.set_backend("triton")                           # every fused op of the model
 """
 import math
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .. import backends, ops
 from ..nn import FeedForward, GatedFeedForward, LayerNorm, Linear, RMSNorm, SelfAttention
 from .config import TransformerConfig
+from .paged import PagedBatch, PagedKVCache, PagedLayer
 
 
 class SinusoidalEmbedding(torch.nn.Module):
@@ -38,7 +40,8 @@ class SinusoidalEmbedding(torch.nn.Module):
 class RotaryEmbedding(torch.nn.Module):
     """Rotary positions (RoPE: Su et al.; Llama): position p turns the feature pair (i, i + D/2) of every query and
     key head by the angle p * theta^(-2i / D). Called with positions (L,) -> cos, sin (L, D), each half repeated
-    (Hugging Face's rotate_half convention, bigmodel.ops.rotary's default). Holds nothing (so model.to(dtype) cannot round the
+    (Hugging Face's rotate_half convention, bigmodel.ops.rotary's default); positions (B, L) -> (B, L, D) each (a
+    paged batch: every sequence at its own positions). Holds nothing (so model.to(dtype) cannot round the
     frequencies): the angles are computed per forward in fp32 (fp64 for an fp64 model), as Hugging Face's Llama."""
 
     def __init__(self, head_dim, theta=10000.0):
@@ -48,8 +51,8 @@ class RotaryEmbedding(torch.nn.Module):
     def forward(self, positions, dtype=torch.float32):
         exponent = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=dtype) / self.head_dim
         frequency = 1.0 / (self.theta ** exponent)  # (D/2,)
-        angles = positions.to(dtype)[:, None] * frequency[None, :]  # (L, D/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (L, D)
+        angles = positions.to(dtype)[..., None] * frequency  # (..., L, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (..., L, D)
         return angles.cos(), angles.sin()
 
     def extra_repr(self):
@@ -102,17 +105,22 @@ class Block(torch.nn.Module):
 
     def forward(self, x, attention_mask=None, kv_cache=None, rope=None):  # x: (B, L, C)
         if self.placement == "pre":  # GPT-2
-            x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
+            x = x + self._attention(self.ln_1(x), attention_mask, kv_cache, rope)
             x = x + self.feed_forward(self.ln_2(x))
         elif self.placement == "rms":  # Llama: pre-norm; h = ln_2(x + attn) and the new stream x in one fused pass
-            a = self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
+            a = self._attention(self.ln_1(x), attention_mask, kv_cache, rope)
             h, x = ops.add_rms_norm(a.to(x.dtype), x, self.ln_2.normalized_shape, self.ln_2.weight, self.ln_2.eps,
                                     backend=self.ln_2.backend)  # a.to: autocast's bf16 output joins the fp32 stream
             x = x + self.feed_forward(h)
         else:  # post-norm, as BERT
-            x = self.ln_1(x + self.attn(x, attention_mask, kv_cache, rope))
+            x = self.ln_1(x + self._attention(x, attention_mask, kv_cache, rope))
             x = self.ln_2(x + self.feed_forward(x))
         return x
+
+    def _attention(self, h, attention_mask, kv_cache, rope):
+        if isinstance(kv_cache, PagedLayer):  # a paged cache: SelfAttention's projections, the keys in pages
+            return kv_cache.attend(self.attn, h, attention_mask, rope)
+        return self.attn(h, attention_mask, kv_cache, rope)
 
     def feed_forward(self, h):
         return self.mlp(h) if self.mlp_dropout is None else self.mlp_dropout(self.mlp(h))
@@ -168,6 +176,8 @@ class Transformer(torch.nn.Module):
         attention_mask: (B, L) bool or 0/1 ints, 1 = real token, 0 = padding (no token attends to padding).
         kv_cache: a list of KVCache, one per block (see new_kv_cache): ids then continue the cached sequence at
             position kv_cache[0].length, and attention_mask (if any) covers the cached tokens too (B, length + L).
+            Or a PagedKVCache / PagedKVCache.batch(seqs) (see new_paged_kv_cache, models/paged.py): row b of ids
+            continues sequence seqs[b] at its own length (no attention_mask; inference only).
         targets: the token each position should predict (already shifted: targets[:, t] follows ids[:, t]); the
             loss is their mean cross-entropy, positions whose target is ignore_index left out (as F.cross_entropy).
             fused_loss=True (the default) computes it with bigmodel.ops.linear_cross_entropy straight from the
@@ -176,10 +186,18 @@ class Transformer(torch.nn.Module):
             F.cross_entropy on the fp32 logits, and returns those logits too. Either way under autocast as well.
         """
         B, L = ids.shape
-        start = kv_cache[0].length if kv_cache is not None else 0
+        if isinstance(kv_cache, PagedKVCache):
+            kv_cache = kv_cache.batch()
+        paged = isinstance(kv_cache, PagedBatch)
+        if paged and len(kv_cache.seqs) != B:
+            raise ValueError(f"Transformer: ids has {B} rows but the paged batch has {len(kv_cache.seqs)} sequences")
+        start = kv_cache.longest() if paged else kv_cache[0].length if kv_cache is not None else 0
         if start + L > self.config.max_seq_len:
             raise ValueError(f"Transformer: {start + L} positions exceed max_seq_len = {self.config.max_seq_len}")
-        positions = torch.arange(start, start + L, device=ids.device)  # (L,)
+        if paged:  # (B, L): each sequence continues at its own length; its pages are reserved here
+            positions = kv_cache.begin(L)
+        else:
+            positions = torch.arange(start, start + L, device=ids.device)  # (L,)
         x = self.tok_emb(ids) * self.emb_scale  # (B, L, C)
         rope = None
         if self.pos_emb is not None:
@@ -191,6 +209,8 @@ class Transformer(torch.nn.Module):
             x = self.ln_emb(x)
         for i, block in enumerate(self.blocks):
             x = block(x, attention_mask, kv_cache[i] if kv_cache is not None else None, rope)  # (B, L, C)
+        if paged:
+            kv_cache.commit()
         if self.ln_f is not None:
             x = self.ln_f(x)
         if targets is None:
@@ -219,14 +239,30 @@ class Transformer(torch.nn.Module):
         return [KVCache(batch_size, c.n_kv_heads, max_len, c.head_dim, weight.device, weight.dtype)
                 for _ in self.blocks]
 
+    def new_paged_kv_cache(self, num_blocks, block_size=16, max_seqs=1, max_len=None):
+        """An empty PagedKVCache (models/paged.py) of num_blocks pages of block_size positions per layer, shared
+        by up to max_seqs sequences of up to max_len (default max_seq_len) positions each, on the model's device
+        and in its dtype."""
+        c, weight = self.config, self.tok_emb.weight
+        max_len = c.max_seq_len if max_len is None else max_len
+        return PagedKVCache(c.n_layers, c.n_kv_heads, c.head_dim, num_blocks, block_size, max_seqs,
+                            -(-max_len // block_size), weight.device, weight.dtype)
+
     @torch.no_grad()
-    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None):
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, *, cache="dense", block_size=16):
         """Continue every row of ids (B, L) by max_new_tokens tokens -> (B, L + max_new_tokens).
 
         The prompt runs once through the model, filling a KV cache, then each new token alone (prefill, then
         decode). temperature 0 (or top_k=1) is greedy; otherwise sample from softmax(logits / temperature),
         restricted to the top_k most likely tokens if given. Rows must be unpadded. Dropout is applied if the
         model is in training mode: call model.eval() first.
+
+        cache: "dense" (a preallocated (B, Hkv, L + max_new_tokens, D) buffer per layer), "paged" (a pool of
+        pages of block_size positions, just enough for the request: models/paged.py), or a PagedKVCache to serve
+        from (its first B sequences, which must be empty; they stay in it afterwards: release() them). With a
+        paged cache ids may also be a list of 1-D prompts of different lengths: each is prefilled on its own, then
+        all decode together, one token per step, and a list of 1-D outputs (prompt + max_new_tokens) comes back.
+        The paged decode runs bigmodel.ops.attention_decode (backends "triton" and "reference"; "torch" has none).
         """
         c = self.config
         if not c.causal:
@@ -235,20 +271,50 @@ class Transformer(torch.nn.Module):
             raise ValueError(f"Transformer.generate: temperature must be >= 0; got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"Transformer.generate: top_k must be a positive int or None; got {top_k}")
-        B, L = ids.shape
-        if L + max_new_tokens > c.max_seq_len:
-            raise ValueError(f"Transformer.generate: the prompt ({L} tokens) + max_new_tokens ({max_new_tokens}) "
-                             f"= {L + max_new_tokens} exceeds max_seq_len = {c.max_seq_len}")
+        paged = not (isinstance(cache, str) and cache == "dense")
+        if paged and not isinstance(cache, PagedKVCache) and cache != "paged":
+            raise ValueError(f"Transformer.generate: cache must be 'dense', 'paged' or a PagedKVCache; got {cache!r}")
+        prompts = [ids] if isinstance(ids, torch.Tensor) else list(ids)
+        if not isinstance(ids, torch.Tensor) and (not paged or not prompts or any(
+                not isinstance(p, torch.Tensor) or p.dim() != 1 or p.numel() == 0 for p in prompts)):
+            raise ValueError("Transformer.generate: ids must be a (B, L) tensor, or with cache='paged' a non-empty "
+                             "list of non-empty 1-D prompts")
+        longest = max(p.size(-1) for p in prompts)
+        if longest + max_new_tokens > c.max_seq_len:
+            raise ValueError(f"Transformer.generate: the prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"= {longest + max_new_tokens} exceeds max_seq_len = {c.max_seq_len}")
         if max_new_tokens <= 0:
             return ids
-        cache = self.new_kv_cache(B, L + max_new_tokens)
-        logits = self(ids, kv_cache=cache)[:, -1, :]  # prefill: (B, vocab) for the next position
+        if not paged:
+            return self._decode(ids, max_new_tokens, temperature, top_k, self.new_kv_cache(ids.size(0),
+                                                                                             ids.size(1) + max_new_tokens))
+        B = ids.size(0) if isinstance(ids, torch.Tensor) else len(prompts)
+        if cache == "paged":
+            lengths = [ids.size(1)] * B if isinstance(ids, torch.Tensor) else [p.numel() for p in prompts]
+            cache = self.new_paged_kv_cache(sum(-(-(n + max_new_tokens) // block_size) for n in lengths), block_size,
+                                            B, longest + max_new_tokens)
+        if cache.max_seqs < B or any(cache.lengths[s] for s in range(B)):
+            raise ValueError(f"Transformer.generate: the PagedKVCache needs {B} empty sequences (0..{B - 1}); it has "
+                             f"{cache.max_seqs}, of lengths {cache.lengths[:B]}")
+        if isinstance(ids, torch.Tensor):  # equal lengths: one batched prefill
+            return self._decode(ids, max_new_tokens, temperature, top_k, cache.batch(range(B)))
+        logits = torch.cat([self(p[None], kv_cache=cache.batch([b]))[:, -1, :] for b, p in enumerate(prompts)])
+        new = self._decode(None, max_new_tokens, temperature, top_k, cache.batch(range(B)), logits)
+        return [torch.cat([p, row]) for p, row in zip(prompts, new)]
+
+    def _decode(self, ids, max_new_tokens, temperature, top_k, cache, logits=None):
+        """Prefill ids (unless logits for the next position are given), then max_new_tokens steps of one token.
+        Returns ids + the new tokens (ids None: the new tokens alone)."""
+        if logits is None:
+            logits = self(ids, kv_cache=cache)[:, -1, :]  # prefill: (B, vocab) for the next position
+        new = []
         for step in range(max_new_tokens):
             next_id = _sample(logits, temperature, top_k)  # (B, 1)
-            ids = torch.cat([ids, next_id], dim=1)
+            new.append(next_id)
             if step + 1 < max_new_tokens:
                 logits = self(next_id, kv_cache=cache)[:, -1, :]  # decode: one token sees the whole cache
-        return ids
+        new = torch.cat(new, dim=1)
+        return new if ids is None else torch.cat([ids, new], dim=1)
 
     def set_backend(self, name):
         """Run every bigmodel module of the model on backend `name` ("triton", "cuda", "torch", "reference", "auto" or None)."""
