@@ -25,6 +25,20 @@ GQA group and their query blocks (the group sum stays in registers: deterministi
 per (query block, head, batch) over the key blocks. Causal programs stop their loops at the diagonal and mask only
 the tiles that straddle it (and the sequence tails).
 
+Extras (kernels/limits.AttentionExtras; constexpr flags on the same kernel bodies, nothing written twice), in
+unscaled-score units (u = q.k, the kernels scale once in the exponent), with diag = 0 (dense) or Lk - Lq (varlen):
+    softcap c:  s = (c / scale) tanh(scale u / c)   (common._modified_scores; before ALiBi and the mask)
+                backward: dS_u = dS_s (1 - tanh^2)
+    ALiBi:      s -= (slope_h / scale) |i + diag - j|
+    window:     visible iff i + diag - left <= j <= i + diag + right (causal folds into right = min(right, 0));
+                key blocks wholly outside the band are never loaded (common._key_ranges / _query_ranges), blocks on
+                an edge get the boundary mask, the rest none
+    sinks:      the online softmax starts at m = sink_h log2(e), l = 1 (a first "key" with no value), so lse
+                includes it and no row is ever empty; d sink_h = -sum_i exp(sink_h - lse_i) rowsum(P_i dP_i), with
+                rowsum(P dP) accumulated by the dQ kernel from its fp32 tiles (bigmodel/library/attention.py sums it)
+    varlen:     FlashAttention's packed layout viewed as (1, H, total, D); program (blk, h, b) finds sequence b's
+                rows and keys through cu_seqlens (varlen.py), no padding, no copies.
+
 Dropout: keep[b, h, i, j] = rand(key = seed + (b * Hq + h) * 2^32, counter = i * 2^32 + j) >= p with Triton's
 Philox (tl.rand): a pure function of (seed, b, h, i, j), so the backward regenerates the forward's mask tile by
 tile, nothing is stored, and no index arithmetic overflows at any length.
@@ -34,6 +48,9 @@ to the input dtype only as tl.dot operands (tensor cores for fp16 / bf16). fp32 
 (true fp32 products, no TF32), to meet the project's 1e-5 relative-error rule: that path runs on CUDA cores, several
 times slower than fp16 / bf16. A float-mask value below -3.4e38 * scale overflows to -inf (masked), so a row hidden
 only by such finite values (e.g. torch.finfo(torch.float32).min) gives O = 0 where SDPA averages V uniformly.
+
+Layout: common.py (tile helpers), forward.py, backward.py, varlen.py, launch.py (autotune, launchers),
+configs.py (tables), decode.py (split-KV and paged decode).
 
 Shapes: any Lq, Lk >= 1 (tails masked), head dim D in 16..256, padded in registers to BLOCK_D = next power of two
 (loads / stores masked on d < D). Grids are (blocks, heads, batch); with more than 65535 heads or batch entries

@@ -97,6 +97,13 @@ def config_variant(dtype: torch.dtype, is_causal: bool, has_mask: bool, has_drop
     return "causal" if is_causal else "plain"
 
 
+def extras_heavy(arch: int, softcap: bool) -> bool:
+    """Whether the extras draw from the "heavy" (mask / dropout) tables. A window prunes like causal (edge tiles);
+    softcap and ALiBi keep the plain / causal tables on sm_90 (spill-free there, tests/gpu_compile.py; the heavy
+    dK/dV tiles are 16 query rows, narrow wgmmas), but softcap's tanh spills 8-48 B at the largest sm_80 tiles."""
+    return softcap and arch < 90
+
+
 def shared_memory_estimate(kind: str, cfg, block_d: int, elt_size: int, variant: str) -> int:
     """Shared memory of a config, an upper bound of what Triton 3.x allocates (fitted on sm_80 / sm_90 builds):
     the pipelined streamed tiles (K and V, or Q and dO), the resident operands wgmma reads from shared memory,
@@ -204,13 +211,18 @@ EXTRA_FLAGS = {"fwd": ("HAS_WINDOW", "SOFTCAP", "HAS_ALIBI", "HAS_SINKS", "VARLE
 
 
 def _add_extras(add, kind, head_dim, dtype, plain, causal, heavy, arch):
-    """The issue-15 variants at the configs the autotuner prunes them to (a window counts as causal, softcap and
-    ALiBi as a mask: the "heavy" table): every causal config with a sliding window, each extra alone, varlen
-    causal, and everything at once (window, softcap, ALiBi, sinks, varlen, dropout)."""
+    """The issue-15 variants at the configs the autotuner prunes them to (a window counts as causal; softcap and
+    ALiBi keep the plain / causal tables): every causal config with a sliding window, every plain config with
+    softcap and with ALiBi, each causal, sinks, varlen causal, and everything at once (window, softcap, ALiBi,
+    sinks, varlen, dropout: the "heavy" table)."""
     for cfg in causal:
         add(kind, head_dim, dtype, cfg, arch, causal=True, extras=("HAS_WINDOW",))
-    add(kind, head_dim, dtype, heavy[0], arch, extras=("SOFTCAP",))
-    add(kind, head_dim, dtype, heavy[0], arch, extras=("HAS_ALIBI",))
+    for cfg in plain:
+        add(kind, head_dim, dtype, cfg, arch, extras=("HAS_ALIBI",))
+    for cfg in heavy if extras_heavy(arch, True) else plain:
+        add(kind, head_dim, dtype, cfg, arch, extras=("SOFTCAP",))
+    add(kind, head_dim, dtype, (heavy if extras_heavy(arch, True) else causal)[0], arch, causal=True,
+        extras=("SOFTCAP", "HAS_ALIBI"))
     add(kind, head_dim, dtype, plain[0], arch, extras=("HAS_SINKS",))
     add(kind, head_dim, dtype, causal[0], arch, causal=True, extras=("VARLEN",))
     add(kind, head_dim, dtype, heavy[0], arch, causal=True, dropout=True,

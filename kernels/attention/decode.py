@@ -48,7 +48,7 @@ NUM_WARPS, NUM_STAGES = 4, 3
 @triton.jit
 def _decode_split_kernel(Q, K, V, Opart, Mpart, Lpart, SeqLens, BlockTable, stride_qb, stride_qh, stride_qm,
                          stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_bt, Hq, Lq, Lk,
-                         n_splits, qk_scale, cap_out, win_left, win_right,
+                         chunk, n_splits, qk_scale, cap_out, win_left, win_right,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, KV_CACHE: tl.constexpr = False,
                          PAGED: tl.constexpr = False, PAGE: tl.constexpr = 16, IS_CAUSAL: tl.constexpr = False,
@@ -67,32 +67,32 @@ def _decode_split_kernel(Q, K, V, Opart, Mpart, Lpart, SeqLens, BlockTable, stri
     q_rows = Q + b * stride_qb + h * stride_qh + i.to(tl.int64) * stride_qm
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
 
-    # this sequence's keys and its visible range [lo, hi), split into n_splits chunks of whole key blocks
-    if KV_CACHE:
+    if KV_CACHE:  # this sequence's visible key range [lo, hi), split into n_splits chunks of whole key blocks
         seq_len = tl.load(SeqLens + b)
-    else:
-        seq_len = Lk
-    diag = seq_len - Lq  # query i sits at key position diag + i
-    lo = 0
-    hi = seq_len
-    if HAS_WINDOW:  # the rows' positions run diag .. diag + Lq - 1: keys before diag - left are seen by none
-        lo = tl.maximum(diag - win_left, 0)
-        hi = tl.minimum(hi, diag + Lq + win_right)
-    lo = (lo // BLOCK_N) * BLOCK_N  # tiles start on block boundaries (a paged tile stays inside one page)
-    n_tiles = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
-    chunk = tl.cdiv(n_tiles, n_splits) * BLOCK_N
+        diag = seq_len - Lq  # query i sits at key position diag + i
+        lo = 0
+        hi = seq_len
+        if HAS_WINDOW:  # the rows' positions run diag .. diag + Lq - 1: keys before diag - left are seen by none
+            lo = tl.maximum(diag - win_left, 0)
+            hi = tl.minimum(hi, diag + Lq + win_right)
+        lo = (lo // BLOCK_N) * BLOCK_N  # tiles start on block boundaries (a paged tile stays inside one page)
+        chunk = tl.cdiv(tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N), n_splits) * BLOCK_N
+        pos = diag + i  # (BLOCK_R,)
+    else:  # every batch row has Lk keys: the launcher's chunk (computing it here costs the 64-row tiles registers)
+        lo = 0
+        hi = Lk
     start = lo + split * chunk
     end = tl.minimum(start + chunk, hi)
-    pos = diag + i  # (BLOCK_R,)
 
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    if PAGED:  # the first tile's page; each iteration loads the next one's ahead, so the K / V loads pipeline
+        page = tl.load(BlockTable + b * stride_bt + start // PAGE, mask=start < end, other=0).to(tl.int64)
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         cols_ok = cols < end
-        if PAGED:  # this tile's page, then rows start_n % PAGE .. of it
-            page = tl.load(BlockTable + b * stride_bt + start_n // PAGE).to(tl.int64)
+        if PAGED:  # rows start_n % PAGE .. of this tile's page
             k_base = K + page * stride_kb + hkv * stride_kh
             v_base = V + page * stride_vb + hkv * stride_vh
             rows_kv = ((start_n % PAGE) + offs_n).to(tl.int64)
@@ -103,24 +103,28 @@ def _decode_split_kernel(Q, K, V, Opart, Mpart, Lpart, SeqLens, BlockTable, stri
         kv_mask = cols_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + rows_kv[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        if SOFTCAP:
+        if SOFTCAP:  # base-2 logits from here on
             s = _tanh(s * qk_scale) * cap_out
-        else:
-            s = s * qk_scale
+            s_scale = 1.0
+        else:  # scaled below, inside the exponent's FMA (s * qk_scale - m)
+            s_scale = qk_scale
         visible = cols_ok[None, :]
         if HAS_WINDOW:
             visible = visible & (cols[None, :] >= pos[:, None] - win_left) & (cols[None, :] <= pos[:, None] + win_right)
         elif IS_CAUSAL:
             visible = visible & (cols[None, :] <= pos[:, None])
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * s_scale)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
+        p = tl.exp2(s * s_scale - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + rows_kv[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
+        if PAGED:
+            nxt = start_n + BLOCK_N
+            page = tl.load(BlockTable + b * stride_bt + nxt // PAGE, mask=nxt < end, other=0).to(tl.int64)
 
     idx = ((b * Hq + h) * n_splits + split) * Lq + i  # (B, Hq, splits, Lq)
     tl.store(Mpart + idx, m_i, mask=rows_ok)
@@ -199,10 +203,11 @@ def _run(q, k, v, o, lse, q_strides, k_strides, v_strides, o_strides, Lk, key_ra
     Hkv = k.shape[-2] if seqlens is not None else k.shape[1]
     group = Hq // Hkv
     block_r, row_blocks = _rows(group, Lq)
-    if n_splits is None:
-        n_splits = splits_for(B, Hkv, key_range, q.device, block_n, row_blocks)[0]
+    if n_splits is None:  # chunk: the dense path's (KV_CACHE: the kernel splits each sequence's own range)
+        n_splits, chunk = splits_for(B, Hkv, key_range, q.device, block_n, row_blocks)
     else:  # tests: no more splits than key blocks
-        n_splits = max(1, min(int(n_splits), triton.cdiv(key_range, block_n)))
+        chunk = triton.cdiv(triton.cdiv(key_range, block_n), max(1, int(n_splits))) * block_n
+        n_splits = triton.cdiv(key_range, chunk)
     opart = torch.empty((B, Hq, n_splits, Lq, D), dtype=torch.float32, device=q.device)
     mpart = torch.empty((B, Hq, n_splits, Lq), dtype=torch.float32, device=q.device)
     lpart = torch.empty_like(mpart)
@@ -222,7 +227,8 @@ def _run(q, k, v, o, lse, q_strides, k_strides, v_strides, o_strides, Lk, key_ra
     _decode_split_kernel[(row_blocks * n_splits, Hkv, B)](
         q, k, v, opart, mpart, lpart, dummy if seqlens is None else seqlens,
         dummy if block_table is None else block_table, *q_strides, *k_strides, *v_strides,
-        0 if block_table is None else block_table.stride(0), Hq, Lq, Lk, n_splits, qk_scale, cap_out, left, right,
+        0 if block_table is None else block_table.stride(0), Hq, Lq, Lk, chunk, n_splits, qk_scale, cap_out, left,
+        right,
         GROUP=group, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_R=block_r, BLOCK_N=block_n, KV_CACHE=seqlens is not None,
         PAGED=block_table is not None, PAGE=page, IS_CAUSAL=bool(is_causal) and not has_window,
         HAS_WINDOW=has_window, SOFTCAP=softcap is not None, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
@@ -275,8 +281,8 @@ def _split_spec(t, head_dim, group, lq, block_n, **flags):
     sig = dict(Q=f"*{t}", K=f"*{t}", V=f"*{t}", Opart="*fp32", Mpart="*fp32", Lpart="*fp32", SeqLens="*i32",
                BlockTable="*i32",
                **{f"stride_{a}{b}": "i32" for a in "qkv" for b in ("b", "h", "m" if a == "q" else "n")},
-               stride_bt="i32", Hq="i32", Lq="i32", Lk="i32", n_splits="i32", qk_scale="fp32", cap_out="fp32",
-               win_left="i32", win_right="i32")
+               stride_bt="i32", Hq="i32", Lq="i32", Lk="i32", chunk="i32", n_splits="i32", qk_scale="fp32",
+               cap_out="fp32", win_left="i32", win_right="i32")
     flags = dict(dict(KV_CACHE=False, PAGED=False, PAGE=MIN_PAGE, IS_CAUSAL=False, HAS_WINDOW=False,
                       SOFTCAP=False), **flags)
     consts = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),

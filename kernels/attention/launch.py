@@ -11,7 +11,7 @@ from ..limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK, NO_EXTRAS
 from . import decode as attention_decode
 from .backward import _attn_bwd_delta_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
 from .configs import (_TMA_ROWS, CONFIGS, INTERPRETER_CONFIGS, MASK_BOOL, MASK_FLOAT, MASK_NONE, SM80_CONFIGS,
-                      SM90_CONFIGS, SM90_EXTRA, candidate_configs, config_variant, delta_config)
+                      SM90_CONFIGS, SM90_EXTRA, candidate_configs, config_variant, delta_config, extras_heavy)
 from .forward import _attn_fwd_kernel
 
 # --------------------------------------------------------------------------------------------- configs
@@ -33,11 +33,11 @@ def _autotuned(kernel, kind: str):
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         q = getattr(args["Q"], "base", args["Q"])  # a tensor descriptor's tensor (TMA)
-        masked = args["MASK_KIND"] != MASK_NONE or args["SOFTCAP"] or args["HAS_ALIBI"]  # more live registers
-        variant = config_variant(q.dtype, args["IS_CAUSAL"] or args["HAS_WINDOW"], masked, args["HAS_DROPOUT"],
-                                 args["ALIGNED"])
-        allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype,
-                                        *_device_arch_and_smem(q.device.index)))
+        arch, smem = _device_arch_and_smem(q.device.index)
+        variant = config_variant(q.dtype, args["IS_CAUSAL"] or args["HAS_WINDOW"],
+                                 args["MASK_KIND"] != MASK_NONE or extras_heavy(arch, args["SOFTCAP"]),
+                                 args["HAS_DROPOUT"], args["ALIGNED"])
+        allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype, arch, smem))
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
 
     # Lengths enter the key as power-of-two buckets: variable lengths don't re-tune at every new length.
