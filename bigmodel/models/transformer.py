@@ -286,8 +286,8 @@ class Transformer(torch.nn.Module):
         if max_new_tokens <= 0:
             return ids
         if not paged:
-            return self._decode(ids, max_new_tokens, temperature, top_k, self.new_kv_cache(ids.size(0),
-                                                                                             ids.size(1) + max_new_tokens))
+            dense = self.new_kv_cache(ids.size(0), ids.size(1) + max_new_tokens)
+            return self._decode(ids, max_new_tokens, temperature, top_k, dense)
         B = ids.size(0) if isinstance(ids, torch.Tensor) else len(prompts)
         if cache == "paged":
             lengths = [ids.size(1)] * B if isinstance(ids, torch.Tensor) else [p.numel() for p in prompts]
