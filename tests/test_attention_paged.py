@@ -31,30 +31,26 @@ def make_case(B, Lq, Hq, Hkv, D, seqlens, block_size, dtype, spare_blocks=2):
         return q, k, v, seqlens, None
     blocks = [-(-int(n) // block_size) for n in seqlens]
     num_blocks = sum(blocks) + spare_blocks
-    k = torch.full((num_blocks, block_size, Hkv, D), math.nan).to(dtype)
-    v = k.clone()
+    k, v = (torch.randn(num_blocks, block_size, Hkv, D).to(dtype) for _ in range(2))
     table = torch.full((B, max(blocks) + 1), -1, dtype=torch.int32)  # a spare column: never read
     physical = torch.randperm(num_blocks).tolist()
+    stored = torch.zeros(num_blocks, block_size, dtype=torch.bool)  # the slots holding some sequence's key
     for b in range(B):
         for j in range(blocks[b]):
             table[b, j] = physical.pop()
-        for pos in range(int(seqlens[b])):
-            page, row = int(table[b, pos // block_size]), pos % block_size
-            k[page, row] = torch.randn(Hkv, D).to(dtype)
-            v[page, row] = torch.randn(Hkv, D).to(dtype)
+            stored[int(table[b, j]), :int(seqlens[b]) - j * block_size] = True
+    k[~stored], v[~stored] = math.nan, math.nan
     return q, k, v, seqlens, table
 
 
 def cache_rows(cache, table, b, n):
-    """Sequence b's first n keys, (n, Hkv, D), read one position at a time."""
-    rows = []
-    for pos in range(n):
-        if table is None:
-            rows.append(cache[b, pos])
-        else:
-            bs = cache.size(1)
-            rows.append(cache[int(table[b, pos // bs]), pos % bs])
-    return torch.stack(rows) if rows else cache.new_zeros(0, *cache.shape[2:])
+    """Sequence b's first n keys, (n, Hkv, D): position p from page table[b, p // block_size], row
+    p % block_size (per position, not per block as the backends read them)."""
+    pos = torch.arange(n, device=cache.device)
+    if table is None:
+        return cache[b, pos]
+    bs = cache.size(1)
+    return cache[table[b].long()[pos // bs], pos % bs]
 
 
 def packed(q, k, v, seqlens, table):
@@ -194,6 +190,27 @@ def test_compiles_fullgraph():
         compiled = torch.compile(step, fullgraph=True, backend="eager")(q, k, v, sl, table)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     check(eager, q, k, v, sl, table, is_causal=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lq,extras,block_size,dtype", [
+    (1, "plain", 16, torch.bfloat16), (4, "all", 64, torch.bfloat16), (1, "all", None, torch.float16),
+    (4, "window-both-sides", 16, torch.float16)], ids=str)
+def test_gpu_decode_matches_fp64(lq, extras, block_size, dtype):
+    """Llama-3 8B heads (32:8, D 128), four sequences up to 4k keys, the kernel's own split count (hundreds of
+    programs: the combine merges many splits); fp64 oracle on the GPU."""
+    B, Hq, Hkv, D, seqlens = 4, 32, 8, 128, [1000, 4096, 17, 2500]
+    q, k, v, sl, table = (t if t is None else t.cuda()
+                          for t in make_case(B, lq, Hq, Hkv, D, seqlens, block_size, dtype))
+    kw = _extras(extras, Hq)
+    if "sinks" in kw:
+        kw["sinks"] = kw["sinks"].cuda()
+    with torch.no_grad():
+        out = bigmodel.ops.attention_decode(q, k, v, sl, block_table=table, backend="triton", **kw)
+        auto = bigmodel.ops.attention_decode(q, k, v, sl, block_table=table, **kw)
+    assert bigmodel.backends.autotune.LAST["attention_decode"][1] == "triton"
+    torch.testing.assert_close(auto, out, rtol=0, atol=0)
+    check(out, q, k, v, sl, table, **kw)
 
 
 # --------------------------------------------------------------------------------------------- bad input
