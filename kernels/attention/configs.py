@@ -4,6 +4,7 @@ build_compile_specs imports the kernels, nothing else here does)."""
 import dataclasses
 
 import torch
+import triton
 
 from .. import tma
 from .._utils import TL_DTYPE, CompileSpec, next_pow2
@@ -95,6 +96,15 @@ def config_variant(dtype: torch.dtype, is_causal: bool, has_mask: bool, has_drop
     if has_mask or has_dropout:
         return "heavy"
     return "causal" if is_causal else "plain"
+
+
+def _known_old_triton_spill(kind, head_dim, cfg, extras, arch) -> bool:
+    """The sm_90 dK/dV at D = 128 on its (32, 128) tiles (241-255 registers) with softcap's tanh or varlen's
+    sequence bounds: a 16 B stack frame under triton 3.6 only (none under 3.8, where the gate still holds it).
+    No narrower tile avoids it without m64n16 wgmmas (C7515); open."""
+    old = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
+    return (old and arch >= 90 and kind == "dkdv" and head_dim == 128 and tuple(cfg[:2]) == (32, 128)
+            and bool({"SOFTCAP", "VARLEN"} & set(extras)))
 
 
 def extras_heavy(arch: int, softcap: bool) -> bool:
@@ -270,7 +280,9 @@ def build_compile_specs():
                        + ["dropout"] * dropout + ["unaligned"] * (not aligned) + ["folded"] * folded + ["tma"] * use_tma
                        + [flag.removeprefix("HAS_").lower() for flag in extras if flag in EXTRA_FLAGS[kind]]
                        + ["sm90-only"] * sm90_only)
-        specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages, require_no_spills=not folded,
+        spill_ok = folded or _known_old_triton_spill(kind, head_dim, cfg, extras, arch)
+        specs[key] = CompileSpec(f"{fn.__name__}[{tag}]", fn, sig, consts, warps, stages,
+                                 require_no_spills=not spill_ok,
                                  expect_wgmma=_expect_wgmma(kind, dtype, block_m, block_n, mask_kind, dropout, aligned),
                                  known_narrow_wgmma=_known_narrow(kind, block_m, mask_kind, dropout),
                                  archs=(arch,), allowed_perf_notes=_known_notes(kind, dtype, block_m, mask_kind,
