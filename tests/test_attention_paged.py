@@ -152,6 +152,20 @@ def test_kernel_splits_and_lse(extras, n_splits):
     torch.testing.assert_close(lse.double()[finite], lse64[finite], rtol=0, atol=1e-5)
 
 
+@requires_interpreter
+@pytest.mark.parametrize("sinks", [False, True])
+def test_combine_merges_more_splits_than_one_step(sinks):
+    """96 splits: the combine kernel merges them COMBINE_SPLITS (64) at a time."""
+    from bigmodel.kernels.attention import decode
+    q, k, v, sl, table = make_case(1, 1, 2, 1, 16, [1500], 16, torch.float32)
+    sink = torch.randn(2) if sinks else None
+    o, lse = decode.kvcache_fwd(q, k, v, sl, 0.25, block_table=table, sinks=sink, n_splits=96)
+    assert decode.COMBINE_SPLITS < 94  # splits that see keys
+    o64, lse64, _ = oracle(q, k, v, sl, table, scale=0.25, sinks=sink)
+    assert_close_by_rule("out", o, o64)
+    torch.testing.assert_close(lse.double(), lse64, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sequences_without_keys(backend):
     """A sequence with no keys (the op refuses cache_seqlens < Lq; the backends define it): output 0, lse +inf;

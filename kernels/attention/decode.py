@@ -8,7 +8,8 @@ on a GPU of 132 SMs, each streaming the whole KV cache. Here the keys are split 
                     MAX_ROWS rows take several row blocks) against key chunk s of the sequence's visible key range:
                     K / V are read once per group, not once per query head. Online softmax over its chunk; it writes
                     the unnormalised partial o (fp32), row max m and sum l (base-2 exponents).
-    combine kernel  one program per (b, query head, query row): merges the splits in index order (deterministic)
+    combine kernel  one program per (b, query head, query row): merges the splits in index order (deterministic),
+                    COMBINE_SPLITS at a time (any split count in bounded registers)
                         m = max_s m_s,  l = sum_s l_s 2^(m_s - m),  o = sum_s o_s 2^(m_s - m) / l
                     with a sink (HAS_SINKS): m = max(m, sink log2 e), l += 2^(sink log2 e - m) (a logit, no value);
                     it writes o and lse = (m + log2 l) ln 2, as the regular forward does.
@@ -43,6 +44,7 @@ MIN_LK = 256  # shorter key sequences: the regular forward already has enough wo
 BLOCK_N = 32 if INTERPRETING else 64
 MIN_PAGE = 16  # pages are multiples of this (tl.dot needs >= 16 key rows per tile; a tile never spans two pages)
 NUM_WARPS, NUM_STAGES = 4, 3
+COMBINE_SPLITS = 64  # splits the combine kernel merges per step (its tile: 64 x BLOCK_D fp32)
 
 
 @triton.jit
@@ -140,23 +142,31 @@ def _decode_combine_kernel(Opart, Mpart, Lpart, O, LSE, Sinks, stride_ob, stride
     bh, i = row // Lq, row % Lq
     b, h = bh // Hq, bh % Hq
     offs_s = tl.arange(0, BLOCK_S)
-    s_ok = offs_s < n_splits
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    idx = (bh * n_splits + offs_s) * Lq + i
-    m_s = tl.load(Mpart + idx, mask=s_ok, other=float("-inf"))
-    l_s = tl.load(Lpart + idx, mask=s_ok, other=0.0)
-    m = tl.max(m_s, 0)
+    base = bh * n_splits * Lq + i  # split s of this row at base + s * Lq
+    m_run = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):  # BLOCK_S splits at a time: any split count in bounded registers
+        m_run = tl.maximum(m_run, tl.load(Mpart + base + (s0 + offs_s) * Lq, mask=s0 + offs_s < n_splits,
+                                          other=float("-inf")))
+    m = tl.max(m_run, 0)
     if HAS_SINKS:
         sink = tl.load(Sinks + h) * LOG2E
         m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp2(m_s - m_safe)  # 0 for a split that saw no key
-    l = tl.sum(l_s * w, 0)
+    l_run = tl.zeros([BLOCK_S], tl.float32)
+    o = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):  # in split order: deterministic
+        s_ok = s0 + offs_s < n_splits
+        idx = base + (s0 + offs_s) * Lq
+        w = tl.exp2(tl.load(Mpart + idx, mask=s_ok, other=float("-inf")) - m_safe)  # 0 for a split that saw no key
+        l_run += tl.load(Lpart + idx, mask=s_ok, other=0.0) * w
+        o_s = tl.load(Opart + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :],
+                      other=0.0)
+        o += tl.sum(o_s * w[:, None], 0)
+    l = tl.sum(l_run, 0)
     if HAS_SINKS:
         l += tl.exp2(sink - m_safe)  # the sink joins the denominator; it has no value
-    o_s = tl.load(Opart + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    o = tl.sum(o_s * w[:, None], 0)
     empty = l == 0.0  # no visible key (and no sink): o = 0, lse = +inf (as the regular forward)
     l_safe = tl.where(empty, 1.0, l)
     o = tl.where(empty, 0.0, o / l_safe)
@@ -234,7 +244,8 @@ def _run(q, k, v, o, lse, q_strides, k_strides, v_strides, o_strides, Lk, key_ra
         HAS_WINDOW=has_window, SOFTCAP=softcap is not None, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     _decode_combine_kernel[(B * Hq * Lq,)](opart, mpart, lpart, o, lse, dummy if sinks is None else sinks, *o_strides,
                                            Hq, Lq, n_splits, HEAD_DIM=D, BLOCK_D=block_d,
-                                           BLOCK_S=next_pow2(n_splits), HAS_SINKS=sinks is not None, num_warps=4)
+                                           BLOCK_S=min(COMBINE_SPLITS, next_pow2(n_splits)),
+                                           HAS_SINKS=sinks is not None, num_warps=4)
     return o, lse
 
 
@@ -307,7 +318,8 @@ def compile_specs():
             for sinks in (False, True):
                 sig = dict(Opart="*fp32", Mpart="*fp32", Lpart="*fp32", O=f"*{t}", LSE="*fp32", Sinks="*fp32",
                            stride_ob="i32", stride_oh="i32", stride_om="i32", Hq="i32", Lq="i32", n_splits="i32")
-                consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=64, HAS_SINKS=sinks)
+                consts = dict(HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=COMBINE_SPLITS,
+                              HAS_SINKS=sinks)
                 specs.append(CompileSpec(f"_decode_combine_kernel[{t},D={head_dim}" + (",sinks]" if sinks else "]"),
                                          _decode_combine_kernel, sig, consts, 4, 1,
                                          aligned_args=("Opart", "Mpart", "Lpart", "O", "LSE", "Sinks")))
