@@ -419,6 +419,7 @@ class LayerNormBench(OpBench):
 from .attention_cases import AttentionBench  # noqa: E402 (these modules import the names above)
 from .ffn_cases import FeedForwardBench, LinearActBench, PointwiseBench  # noqa: E402
 from .decode_cases import DecodeBench  # noqa: E402
+from .attention_extras_cases import BUILDERS as ATTENTION_EXTRAS_BUILDERS  # noqa: E402
 from .model_cases import TrainStepBench  # noqa: E402
 from .llama_cases import BUILDERS as LLAMA_BUILDERS  # noqa: E402
 from .loss_cases import BUILDERS as LOSS_BUILDERS  # noqa: E402
@@ -426,6 +427,7 @@ from .loss_cases import BUILDERS as LOSS_BUILDERS  # noqa: E402
 # The order of OPS is the run order within a tier (see all_cases) and the order of the report.
 OPS = {b.name: b for b in (TrainStepBench(), LinearActBench(), FeedForwardBench(), LayerNormBench(),
                            PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench(), DecodeBench(),
+                           *ATTENTION_EXTRAS_BUILDERS,
                            *LLAMA_BUILDERS, *LOSS_BUILDERS)}
 
 
