@@ -193,6 +193,15 @@ def test_auto_runs_the_reference_on_cpu_and_torch_declines():
                 bigmodel.ops.attention_decode(q, k, v, sl, block_table=table, backend=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_op_opcheck(backend):
+    """bigmodel::attention_decode's schema, fake implementation and dispatch (torch.library.opcheck)."""
+    q, k, v, sl, table = make_case(2, 2, 4, 2, 16, [20, 33], 16, torch.float32)
+    for block_table, kc, vc in ((table, k, v), (None, *(torch.randn(2, 40, 2, 16) for _ in range(2)))):
+        args = (q, kc, vc, sl, block_table, 0.25, True, 8, None, 2.0, torch.randn(4), backend)
+        torch.library.opcheck(torch.ops.bigmodel.attention_decode.default, args)
+
+
 def test_compiles_fullgraph():
     q, k, v, sl, table = make_case(2, 1, 2, 1, 16, [20, 33], 16, torch.float32)
 
