@@ -45,10 +45,12 @@ torch_varlen, flash_attn). rel_err: against the torch composition upcast to fp32
 recomputed in the backward) on the same inputs; max err vs reference: bigmodel's pure-math backend, within
 attention_cases.MATERIALISE_LIMIT_GIB.
 
-Tiers (cases.all_cases runs them across ops): 0 = the first GPU shape of each op (varlen D 128, window L 16k, softcap
-D 128), every provider; 1 = the other shapes. GPU, bf16: 60 cases, 48 of them tier 0, of which flash_attn (not
-installed) and cuda varlen are instant skips: ~26 cases that run, estimated for an H100 (not measured yet) at ~1 s a
-case (the torch rows and the fp32 checks compute the whole L x L) ~30 s. --quick: the tier-0 shapes only. CPU (fp32,
+Tiers (cases.all_cases runs them across ops; these ops are last in cases.OPS, so within a tier after the others):
+0 = the first GPU shape of each op (varlen D 128, window L 16k, softcap D 128), every provider; 1 = the other shapes.
+GPU, bf16: 68 cases, 34 of them tier 0, of which flash_attn (not installed) and cuda varlen are instant skips: 26 that
+run, estimated for an H100 (not measured yet) at ~1 s a case (the torch rows and the fp32 checks compute the whole
+L x L), plus Triton's first compile of the varlen / window / softcap kernel variants: ~30-60 s. --quick: the tier-0
+shapes only. CPU (fp32,
 Triton under TRITON_INTERPRET=1): fwd+bwd only, 17 cases, 9 that run (torch, triton, auto; ~15 s), smoke tests only.
 """
 from __future__ import annotations

@@ -427,8 +427,7 @@ from .loss_cases import BUILDERS as LOSS_BUILDERS  # noqa: E402
 # The order of OPS is the run order within a tier (see all_cases) and the order of the report.
 OPS = {b.name: b for b in (TrainStepBench(), LinearActBench(), FeedForwardBench(), LayerNormBench(),
                            PointwiseBench.softmax(), PointwiseBench.gelu(), AttentionBench(), DecodeBench(),
-                           *ATTENTION_EXTRAS_BUILDERS,
-                           *LLAMA_BUILDERS, *LOSS_BUILDERS)}
+                           *LLAMA_BUILDERS, *LOSS_BUILDERS, *ATTENTION_EXTRAS_BUILDERS)}
 
 
 def all_cases(ops=None, modes=MODES, dtypes=None, device=None, quick=False) -> list[Case]:

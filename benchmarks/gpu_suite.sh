@@ -32,25 +32,31 @@
 # builder), so a run cut short at --max-seconds still has the headline number of every op; the report sorts rows
 # back by op and shape, and lists the cases not reached as "not run". Estimates for an H100, bf16 (not measured
 # yet; ~0.3-0.5 s a case, ~1 s for GEMMs):
-#   tier 0 (~110 s, 206 cases)  DESIGN.md's headline comparisons, in this order: train_step torch + bigmodel
+#   tier 0 (~150 s, 240 cases)  DESIGN.md's headline comparisons, in this order: train_step torch + bigmodel
 #          (GPT-2 small, 8 x 1024 tokens, tokens/s), linear_act fwd+bwd torch / cublas / triton / cuda at 3 sizes,
 #          layer_norm fwd, bwd and softmax fwd, bwd (torch, triton, cuda), attention fwd, fwd+bwd at L 1k/4k/16k
 #          (torch, sdpa-flash, sdpa-cudnn, triton, cuda); the Llama-family ops (benchmarks/llama_cases.py, 36
 #          cases, ~15 s): rms_norm, add_rms_norm 16384x4096, rotary (8, 32, 2048, 128), swiglu 16384x14336 fwd and bwd,
 #          gated_feed_forward 16384x4096x14336 fwd+bwd, each on torch, triton, cuda, liger; the loss ops
 #          (benchmarks/loss_cases.py, 12 cases, ~40 s: their checks against the fp32 reference take seconds):
-#          cross_entropy 16384x128256 fwd and fwd+bwd, linear_cross_entropy 16384x4096x128256 fwd+bwd, with peak memory
+#          cross_entropy 16384x128256 fwd and fwd+bwd, linear_cross_entropy 16384x4096x128256 fwd+bwd, with peak memory;
+#          last, attention's issue-15 features (benchmarks/attention_extras_cases.py, 34 cases, 26 that run, ~30-60 s:
+#          Triton compiles their kernel variants on first use): attention_varlen (16 packed sequences of 128-2048
+#          tokens, GQA 32:8, D 128), attention_window (window 4096, L 16k) and attention_softcap (cap 50, L 8k), fwd and
+#          fwd+bwd, causal, on torch (SDPA padded / masked, eager softcap), torch-varlen, flash_attn, triton, cuda, auto
 #   tier 1 (~300 s, 400 cases)  train_step torch.compile (compiles GPT-2's training graph, ~1 min),
 #          bigmodel-triton / -cuda; the other modes and sizes of the core providers of every op (feed_forward,
 #          gelu, relu, the fwd-only 8192x8192x32768 GEMM), addmm_activation; attention bwd and L 512/2k/8k; the
 #          Llama-family ops' other sizes and modes, geglu, auto (264 cases, ~2.5 min); the loss ops' other sizes (V 32k
-#          / 256k, d_model 2048), modes and providers: auto, bigmodel-torch, torch-no-upcast (117 cases, ~4 min)
+#          / 256k, d_model 2048), modes and providers: auto, bigmodel-torch, torch-no-upcast (117 cases, ~4 min); the
+#          attention extras' other shapes: varlen D 64, window L 8k (B 2), softcap Gemma-2-9B heads 16:8, D 256 (34 cases)
 #   tier 2 (~300 s, 281 cases)  torch.compile of the ops (a compile per shape and grad mode); attention's
 #          sdpa-efficient, sdpa-math, eager; torch.compile of the Llama-family ops (60 cases, ~5 min more) and of the
 #          loss ops (21 cases, ~2 min)
 #   tier 3  flex (BIGMODEL_BENCH_FULL=1 only)
 # After the build and the tests, bench usually has 150-250 s: tier 0, then the start of tier 1. For more: STEPS="build
-# bench" (bench then gets ~300 s or more), or a second call with BENCH_ARGS="--ops ..." for the ops still missing.
+# bench" (bench then gets ~300 s or more), or a second call with BENCH_ARGS="--ops ..." for the ops still missing
+# (e.g. STEPS="build bench" BENCH_ARGS="--ops attention_varlen,attention_window,attention_softcap": all 68 of theirs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
