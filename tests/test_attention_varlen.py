@@ -136,6 +136,27 @@ def test_varlen_all_empty(backend):
         assert tuple(q.grad.shape) == (0, 2, D)
 
 
+def test_varlen_no_keys_with_sinks(backend):
+    """Queries but no keys, with fp32 sinks: O = 0 and lse = sinks[h] in a fresh tensor (the custom op refuses an
+    output aliasing its sinks input; with one query row the expanded sinks were already contiguous)."""
+    sinks = torch.randn(2, requires_grad=True)
+    q = torch.randn(1, 2, D, requires_grad=True)
+    out = bigmodel.ops.attention_varlen(q, torch.randn(0, 2, D), torch.randn(0, 2, D), cu([1]), cu([0]), 1, 0,
+                                        sinks=sinks, backend=backend)
+    assert torch.equal(out, torch.zeros(1, 2, D))
+    out.sum().backward()  # d sinks = -P_sink * rowsum(dO * O) = 0
+    assert torch.equal(sinks.grad, torch.zeros(2)) and torch.equal(q.grad, torch.zeros(1, 2, D))
+
+
+def test_varlen_strided_cu_seqlens(backend):
+    """cu_seqlens given as a strided view: the kernels index it densely, so it is made contiguous first."""
+    q, k, v = (torch.randn(10, 2, D) for _ in range(3))
+    strided = torch.tensor([0, 0, 3, 3, 10, 10], dtype=torch.int32)[::2]  # [0, 3, 10], stride 2
+    got = bigmodel.ops.attention_varlen(q, k, v, strided, strided, 7, 7, is_causal=True, backend=backend)
+    ref, _ = naive_attention_varlen(q, k, v, [0, 3, 10], [0, 3, 10], is_causal=True)
+    assert_close_by_rule("out", got, ref)
+
+
 def test_varlen_dropout_gradcheck():
     """fp64 gradcheck with dropout and sinks (the seed is reset per call: each evaluation draws the same masks)."""
     lq, lk = [3, 0, 4], [2, 3, 5]

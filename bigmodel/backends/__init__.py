@@ -119,6 +119,11 @@ def auto_order(op: str, **inputs) -> tuple[str, ...]:
     """Auto's candidates for `op` on these inputs, first choice (the static priority) first."""
     device = next((_device_type(t) for t in inputs.values() if _device_type(t) is not None), "cpu")
     if device == "cuda":
+        extras = inputs.get("extras")
+        if op == "attention" and extras is not None and extras.names:
+            # SDPA would get an (Lq, Lk) mask / bias or eager (L, L) scores for window / ALiBi / softcap: the
+            # fused kernels first (measured choices still decide when timing is on)
+            return ("triton", "cuda", "torch")
         return PRIORITY.get(op, DEFAULT_PRIORITY)
     return OTHER_DEVICE_MEASURED if autotune.measures(device) else OTHER_DEVICE_PRIORITY
 

@@ -34,8 +34,9 @@ def make_extras(window_left, window_right, softcap, alibi_slopes, sinks, cu_seql
         return NO_EXTRAS
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     conv = (lambda t: None if t is None else t.detach().to(acc).contiguous())
-    return AttentionExtras(window_left, window_right, softcap, conv(alibi_slopes), conv(sinks), cu_seqlens_q,
-                           cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+    cu = (lambda t: None if t is None else t.contiguous())  # the kernels index cu_seqlens[b] densely
+    return AttentionExtras(window_left, window_right, softcap, conv(alibi_slopes), conv(sinks), cu(cu_seqlens_q),
+                           cu(cu_seqlens_k), int(max_seqlen_q), int(max_seqlen_k))
 
 
 def _attention_impl(backend, q, k, v, attn_mask, dropout_p, is_causal, extras):
@@ -60,7 +61,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], drop
         out = q.new_zeros(*q.shape[:-1], v.size(-1))  # no keys (Lk = 0): every row is fully masked, output 0
         lse = q.new_full(q.shape[:-1], float("inf"), dtype=torch.float32)
         if extras.sinks is not None:  # nothing visible but the sink: lse = sinks[h]
-            lse = extras.sinks.float()[:, None].expand(lse.shape).contiguous()
+            lse = lse.copy_(extras.sinks.float()[:, None].expand(lse.shape))  # a fresh tensor: never an input
         return out, lse, seed
     if extras is NO_EXTRAS:  # every backend's dense call, as before the extras existed
         out, lse = impl.attention_fwd(q, k, v, attn_mask, is_causal, scale, dropout_p, int(seed))
@@ -118,7 +119,7 @@ def _(grad_out, q, k, v, out, lse, attn_mask, dropout_p, is_causal, scale, seed,
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, dropout_p, is_causal, scale, backend = inputs[:8]
     (window_left, window_right, softcap, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-     max_seqlen_k) = (tuple(inputs[8:]) + (None,) * 7 + (0, 0))[:9]
+     max_seqlen_k) = tuple(inputs[8:]) + ((None,) * 7 + (0, 0))[len(inputs) - 8:]  # the schema's defaults
     out, lse, seed = output
     ctx.save_for_backward(q, k, v, out, lse, attn_mask, seed, alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k)
     ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.backend = dropout_p, is_causal, scale, backend
