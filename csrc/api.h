@@ -89,15 +89,22 @@ std::vector<at::Tensor> linear_act_bwd(const at::Tensor& dy, const at::Tensor& x
 // q (B, Hq, Lq, D), k / v (B, Hkv, Lk, D), Hq % Hkv == 0, unit last stride; key_padding_mask: bool (B, Lk),
 // True = attend; is_causal: query i sees key j iff j <= i. Returns {o (B, Hq, Lq, D) contiguous, lse (B, Hq, Lq)
 // fp32 natural log}; a row with no visible key gets o = 0 and lse = +inf.
+// window_left / window_right: ints >= 0 or None (unbounded): query i sees key j only if
+// i - window_left <= j <= i + window_right (top-left aligned, as is_causal; whole tiles outside are skipped).
+// softcap c > 0: scores c * tanh(scale * q.k / c) before the masks; 0 = none.
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                                      double scale);
+                                      double scale, const c10::optional<int64_t>& window_left = c10::nullopt,
+                                      const c10::optional<int64_t>& window_right = c10::nullopt,
+                                      double softcap = 0.0);
 // Returns {dq, dk, dv}, contiguous, in the inputs' dtype; dk / dv summed over each kv head's query heads
-// deterministically. `dout` is the gradient of o (Python keyword: do).
+// deterministically. `dout` is the gradient of o (Python keyword: do). window / softcap: the forward's.
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse,
                                       const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                                      double scale);
+                                      double scale, const c10::optional<int64_t>& window_left = c10::nullopt,
+                                      const c10::optional<int64_t>& window_right = c10::nullopt,
+                                      double softcap = 0.0);
 // ---- end attention ----
 
 // ---- cross-entropy (csrc/cross_entropy) ----

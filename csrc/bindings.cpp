@@ -50,10 +50,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // ---- end feed-forward / activation / softmax ----
   // ---- attention (csrc/attention) ----
   m.def("attention_fwd", &bigmodel::attention_fwd, "Attention forward: [o, lse]", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("key_padding_mask"), py::arg("is_causal"), py::arg("scale"));
+        py::arg("v"), py::arg("key_padding_mask"), py::arg("is_causal"), py::arg("scale"),
+        py::arg("window_left") = py::none(), py::arg("window_right") = py::none(), py::arg("softcap") = 0.0);
   m.def("attention_bwd", &bigmodel::attention_bwd, "Attention backward: [dq, dk, dv]", py::arg("do"), py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("key_padding_mask"), py::arg("is_causal"),
-        py::arg("scale"));
+        py::arg("scale"), py::arg("window_left") = py::none(), py::arg("window_right") = py::none(),
+        py::arg("softcap") = 0.0);
   // ---- end attention ----
   // ---- cross-entropy (csrc/cross_entropy) ----
   m.def("cross_entropy_fwd", &bigmodel::cross_entropy_fwd,

@@ -12,6 +12,11 @@ contract in notes/attention_contract.md).
   padded batch rows and (causal) fully masked leading rows (o = 0, lse = +inf, zero gradients), non-contiguous
   q / k / v / do (from (B, L, H, D) transposed), misaligned rows (element-wise load path), L = 4096, and bitwise
   determinism of forward and backward.
+* Issue 15's extras (`cuda`-marked, same rule): sliding windows (left, right; one side unbounded; (0, 0); with causal,
+  with key padding, with rows that see no key), softcap (alone, with causal, with window + causal, against an eager
+  fp64 composition: matmul, c * tanh(s / c), mask, softmax, matmul), and an unbounded window giving the dense
+  kernels' results bit for bit. CPU-runnable: bad window / softcap arguments, and the cuda backend's reasons for the
+  extras it declines (alibi_slopes, sinks, varlen).
 
 Skips when bigmodel._C is not built; under CI with nvcc (or BIGMODEL_REQUIRE_CUDA_EXT=1) that is a failure.
 """
@@ -136,6 +141,19 @@ class TestForwardChecks:
         with pytest.raises(RuntimeError, match=FWD + r"scale must be finite; got nan"):
             ext.attention_fwd(q, k, v, None, False, float("nan"))
 
+    def test_window_and_softcap(self, ext):
+        q, k, v = _qkv()
+        for name in ("window_left", "window_right"):
+            with pytest.raises(RuntimeError, match=FWD + name + r" must be >= 0 \(None = unbounded\); got -1"):
+                ext.attention_fwd(q, k, v, None, False, 0.125, **{name: -1})
+        for bad, shown in ((-1.0, "-1"), (float("nan"), "nan"), (float("inf"), "inf"), (1e300, r"1e\+300")):
+            with pytest.raises(RuntimeError, match=FWD + r"softcap must be 0 \(none\) or a positive finite float32 "
+                               r"value; got " + shown):
+                ext.attention_fwd(q, k, v, None, False, 0.125, softcap=bad)
+        # valid extras on the CPU reach the device check
+        with pytest.raises(RuntimeError, match=FWD + r"q must be a CUDA tensor"):
+            ext.attention_fwd(q, k, v, None, True, 0.125, window_left=3, window_right=None, softcap=30.0)
+
 
 class TestBackwardChecks:
     def test_cpu_tensors(self, ext):
@@ -197,59 +215,109 @@ class TestBackwardChecks:
             ext.attention_bwd(**args, key_padding_mask=torch.ones(2, 8, dtype=torch.int64), is_causal=False,
                               scale=0.125)
 
+    def test_window_and_softcap(self, ext):
+        args = _bwd_args(*_qkv())
+        with pytest.raises(RuntimeError, match=BWD + r"window_right must be >= 0 \(None = unbounded\); got -5"):
+            ext.attention_bwd(**args, key_padding_mask=None, is_causal=False, scale=0.125, window_right=-5)
+        with pytest.raises(RuntimeError, match=BWD + r"softcap must be 0 \(none\) or a positive finite"):
+            ext.attention_bwd(**args, key_padding_mask=None, is_causal=False, scale=0.125, softcap=-2.0)
+        with pytest.raises(RuntimeError, match=BWD + r"q must be a CUDA tensor"):
+            ext.attention_bwd(**args, key_padding_mask=None, is_causal=False, scale=0.125, window_left=0,
+                              window_right=0, softcap=1.0)
+
+
+def test_cuda_backend_declines_the_extras_it_lacks():
+    """window and softcap are the CUDA kernels' own; alibi_slopes, sinks and varlen each get a reason."""
+    from bigmodel.backends.cuda import CudaBackend
+    from bigmodel.kernels.limits import AttentionExtras
+    q = torch.zeros(1, 2, 8, 64, dtype=torch.float16)
+    backend = CudaBackend()
+    assert backend.attention_reasons(q, q, q, extras=AttentionExtras(window_left=3, window_right=None,
+                                                                     softcap=2.0)) == []
+    slopes = torch.ones(2)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    reasons = backend.attention_reasons(q, q, q, is_causal=True, extras=AttentionExtras(
+        window_left=3, alibi_slopes=slopes, sinks=slopes, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=8,
+        max_seqlen_k=8))
+    assert reasons == [f"{name}: not in the CUDA attention kernels; use triton"
+                       for name in ("alibi_slopes", "sinks", "varlen")]
+
 
 # ================================================================================ GPU numerics
-def _mask(B, Lq, Lk, kpm, causal, device):
-    """The (B, 1, Lq, Lk) bool mask (True = attend) the kernel implements."""
+def _mask(B, Lq, Lk, kpm, causal, device, window=None):
+    """The (B, 1, Lq, Lk) bool mask (True = attend) the kernel implements; window (left, right), None = unbounded
+    side: query i sees key j only if i - left <= j <= i + right (top-left aligned, as causal)."""
     m = torch.ones(B, 1, Lq, Lk, dtype=torch.bool, device=device)
     if kpm is not None:
         m = m & kpm[:, None, None, :]
     if causal:
         m = m & torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril()
+    if window is not None:
+        rel = torch.arange(Lk, device=device)[None, :] - torch.arange(Lq, device=device)[:, None]  # j - i
+        left, right = window
+        if left is not None:
+            m = m & (rel >= -left)
+        if right is not None:
+            m = m & (rel <= right)
     return m
 
 
-def _sdpa(q, k, v, kpm, causal, scale):
-    """F.scaled_dot_product_attention with GQA by repeat_interleave; rows with no visible key give 0 (and get
-    zero gradients), as the contract says (SDPA itself would give NaN there)."""
+def _scores(q, k, scale, softcap):
+    """scale * q k^T, then softcap c: c * tanh(s / c), in q's dtype (k already repeated over the GQA group)."""
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    return s if softcap is None else softcap * torch.tanh(s / softcap)
+
+
+def _sdpa(q, k, v, kpm, causal, scale, window=None, softcap=None):
+    """F.scaled_dot_product_attention with GQA by repeat_interleave (softcap: the eager composition matmul, tanh,
+    mask, softmax, matmul); rows with no visible key give 0 (and get zero gradients), as the contract says (SDPA
+    itself would give NaN there)."""
     group = q.size(1) // k.size(1)
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
-    if kpm is None:  # no fully masked rows (causal: every row sees key 0); lets SDPA pick its fastest kernel
+    if kpm is None and window is None and softcap is None:  # no fully masked rows: SDPA's fastest kernel
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    mask = _mask(q.size(0), q.size(2), k.size(2), kpm, causal, q.device)
+    mask = _mask(q.size(0), q.size(2), k.size(2), kpm, causal, q.device, window)
     valid = mask.any(-1, keepdim=True)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~valid, scale=scale)
+    if softcap is None:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~valid, scale=scale)
+    else:
+        s = _scores(q, k, scale, softcap).masked_fill(~(mask | ~valid), float("-inf"))
+        o = torch.matmul(torch.softmax(s, dim=-1), v)
     return o * valid.to(o.dtype)
 
 
-def _lse64(q, k, kpm, causal, scale):
+def _lse64(q, k, kpm, causal, scale, window=None, softcap=None):
     """Natural-log LSE in fp64, +inf for rows with no visible key."""
     group = q.size(1) // k.size(1)
     k = k.double().repeat_interleave(group, dim=1)
-    s = torch.matmul(q.double(), k.transpose(-1, -2)) * scale
-    s = s.masked_fill(~_mask(q.size(0), q.size(2), k.size(2), kpm, causal, q.device), float("-inf"))
+    s = _scores(q.double(), k, scale, softcap)
+    s = s.masked_fill(~_mask(q.size(0), q.size(2), k.size(2), kpm, causal, q.device, window), float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     return torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
 
 
-def _reference(q, k, v, do, kpm, causal, scale):
+def _reference(q, k, v, do, kpm, causal, scale, window=None, softcap=None):
     """{name: (ref64, torch_lowp)} for o, dq, dk, dv, plus "lse": ref64."""
     out = {}
     for which in ("ref64", "lowp"):
         cast = (lambda t: t.detach().double()) if which == "ref64" else (lambda t: t.detach().clone())
         leaves = [cast(t).requires_grad_(True) for t in (q, k, v)]
-        o = _sdpa(*leaves, kpm, causal, scale)
+        o = _sdpa(*leaves, kpm, causal, scale, window, softcap)
         o.backward(cast(do))
         out[which] = [o.detach()] + [t.grad for t in leaves]
     res = {name: (r, lp) for name, r, lp in zip(("o", "dq", "dk", "dv"), out["ref64"], out["lowp"])}
-    res["lse"] = _lse64(q, k, kpm, causal, scale)
+    res["lse"] = _lse64(q, k, kpm, causal, scale, window, softcap)
     return res
 
 
-def _run(ext, q, k, v, do, kpm, causal, scale):
-    o, lse = ext.attention_fwd(q, k, v, kpm, causal, scale)
-    dq, dk, dv = ext.attention_bwd(do, q, k, v, o, lse, kpm, causal, scale)
+def _run(ext, q, k, v, do, kpm, causal, scale, window=None, softcap=None):
+    if window is None and softcap is None:  # the dense call, without the extras' arguments
+        extras = ()
+    else:
+        extras = (*(window if window is not None else (None, None)), softcap or 0.0)
+    o, lse = ext.attention_fwd(q, k, v, kpm, causal, scale, *extras)
+    dq, dk, dv = ext.attention_bwd(do, q, k, v, o, lse, kpm, causal, scale, *extras)
     return {"o": o, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
 
 
@@ -268,11 +336,11 @@ def _inputs(B, Hq, Hkv, Lq, Lk, D, dtype, layout="contiguous"):
     return q, k, v, do
 
 
-def _check(ext, q, k, v, do, kpm, causal, scale=None):
+def _check(ext, q, k, v, do, kpm, causal, scale=None, window=None, softcap=None):
     D = q.size(-1)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    got = _run(ext, q, k, v, do, kpm, causal, scale)
-    ref = _reference(q, k, v, do, kpm, causal, scale)
+    got = _run(ext, q, k, v, do, kpm, causal, scale, window, softcap)
+    ref = _reference(q, k, v, do, kpm, causal, scale, window, softcap)
     B, Hq, Lq, _ = q.shape
     Hkv, Lk = k.size(1), k.size(2)
     assert got["o"].shape == (B, Hq, Lq, D) and got["o"].dtype == q.dtype and got["o"].is_contiguous()
@@ -395,3 +463,71 @@ def test_attention_empty_and_no_keys(ext):
     assert torch.all(o == 0) and torch.all(torch.isposinf(lse))
     dq, dk, dv = ext.attention_bwd(do, q, k, v, o, lse, None, True, 0.125)
     assert torch.all(dq == 0) and dk.shape == (2, 2, 0, 64) and dv.shape == (2, 2, 0, 64)
+
+
+# ================================================================================ issue 15: window, softcap (GPU)
+# (left, right); None = unbounded side. Narrower and wider than the tiles (64 / 128 rows, 32 / 64 keys), so that
+# whole key tiles are skipped by the forward and both backward loops and edge tiles are masked.
+WINDOWS = [(37, 90), (None, 20), (300, None), (0, 0), (256, 256)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"{w[0]}-{w[1]}" for w in WINDOWS])
+@pytest.mark.parametrize("shape", [(1, 8, 2, 1000, 1000), (1, 4, 1, 300, 777), (2, 4, 4, 777, 300)],
+                         ids=["L1000-gqa", "Lq<Lk-mqa", "Lq>Lk"])
+def test_attention_window_vs_fp64(ext, shape, window, causal, D, dtype):
+    """Lq > Lk with a left bound: the last rows see no key (o = 0, lse = +inf, zero dq)."""
+    B, Hq, Hkv, Lq, Lk = shape
+    _check(ext, *_inputs(B, Hq, Hkv, Lq, Lk, D, dtype), None, causal, window=window)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_attention_window_with_key_padding(ext, causal, D, dtype):
+    """Batch 1 fully padded; batch 2 pads the keys 40..99, so that its rows ~ 60..80 see nothing in a (20, 20)
+    window; strided (B, L, H, D) inputs."""
+    B, Lq, Lk = 3, 200, 150
+    q, k, v, do = _inputs(B, 8, 2, Lq, Lk, D, dtype, "blhd")
+    kpm = torch.rand(B, Lk, device="cuda") > 0.3
+    kpm[1] = False
+    kpm[2] = True
+    kpm[2, 40:100] = False
+    got, ref = _check(ext, q, k, v, do, kpm, causal, window=(20, 20))
+    assert torch.all(got["o"][1] == 0) and torch.all(got["dk"][1] == 0) and torch.all(got["dv"][1] == 0)
+    dead = torch.isinf(ref["lse"])
+    assert dead[2, :, 70].all(), "the test's window should leave row 70 of batch 2 without keys"
+    assert torch.all(got["o"][dead] == 0) and torch.all(got["dq"][dead] == 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("softcap,scale_mul,window", [(50.0, 1.0, None), (5.0, 4.0, None), (1.0, 2.0, None),
+                                                      (50.0, 1.0, (255, 0))], ids=["c50", "c5-x4", "c1-x2", "c50-w"])
+def test_attention_softcap_vs_fp64(ext, window, softcap, scale_mul, causal, D, dtype):
+    """scale_mul > 1 gives scores large enough for the cap to bite (tanh saturates); c50-w: Gemma 2's local
+    layers (causal: a sliding window of 256, window=(255, 0)) with key padding."""
+    q, k, v, do = _inputs(2, 8, 2, 500, 700, D, dtype)
+    kpm = None if window is None else torch.rand(2, 700, device="cuda") > 0.1
+    _check(ext, q, k, v, do, kpm, causal, scale=scale_mul / math.sqrt(D), window=window, softcap=softcap)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_attention_unbounded_window_is_the_dense_kernel(ext, causal, D):
+    """A window no row reaches past (None sides, huge or just covering the sequence) and softcap 0 give the
+    dense kernels' results bit for bit: same tiles, same order, no mask change on any row."""
+    q, k, v, do = _inputs(2, 8, 2, 333, 555, D, torch.bfloat16)
+    kpm = torch.rand(2, 555, device="cuda") > 0.2
+    dense = _run(ext, q, k, v, do, kpm, causal, 0.1)
+    for window in ((None, None), (2**40, 2**40), (333, 555)):
+        got = _run(ext, q, k, v, do, kpm, causal, 0.1, window=window, softcap=0.0)
+        for name in dense:
+            assert torch.equal(got[name], dense[name]), f"{name} differs with window {window}"

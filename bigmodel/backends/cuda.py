@@ -4,6 +4,8 @@ import importlib
 
 import torch
 
+from bigmodel.kernels.limits import NO_EXTRAS  # plain Python, as backends/triton.py imports it (no triton import)
+
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
 
 
@@ -166,8 +168,13 @@ class CudaBackend(Backend):
     ATTENTION_HEAD_DIMS = (64, 128)
     ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
 
-    def attention_reasons(self, q, k, v, attn_mask=None, dropout_p=0.0, **_):
-        reasons = []
+    # The extras the CUDA kernels take: window (runtime bounds; whole key tiles outside it are skipped) and softcap
+    # (kSoftcap instances). The rest are declined with a reason each.
+    ATTENTION_EXTRAS_DECLINED = ("alibi_slopes", "sinks", "varlen")
+
+    def attention_reasons(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, extras=NO_EXTRAS, **_):
+        reasons = [f"{name}: not in the CUDA attention kernels; use triton" for name in extras.names
+                   if name in self.ATTENTION_EXTRAS_DECLINED]
         if q.dtype not in self.ATTENTION_DTYPES:
             reasons.append(f"attention kernels take float16 / bfloat16; q is {str(q.dtype).replace('torch.', '')}")
         if q.size(-1) not in self.ATTENTION_HEAD_DIMS or v.size(-1) != q.size(-1):
@@ -185,12 +192,19 @@ class CudaBackend(Backend):
                            "(shape (B, 1, 1, Lk)); float masks and per-query masks need triton")
         return reasons + mask_grad_reasons(attn_mask)
 
-    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed):
-        o, lse = self._C.attention_fwd(q, k, v, key_padding(mask), is_causal, scale)
+    def attention_fwd(self, q, k, v, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
+        if extras is NO_EXTRAS:  # the dense call, exactly as before the extras existed
+            o, lse = self._C.attention_fwd(q, k, v, key_padding(mask), is_causal, scale)
+        else:
+            o, lse = self._C.attention_fwd(q, k, v, key_padding(mask), is_causal, scale, *_window_softcap(extras))
         return o, lse
 
-    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed):
-        dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
+    def attention_bwd(self, do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed, extras=NO_EXTRAS):
+        if extras is NO_EXTRAS:
+            dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale)
+        else:
+            dq, dk, dv = self._C.attention_bwd(do, q, k, v, o, lse, key_padding(mask), is_causal, scale,
+                                               *_window_softcap(extras))
         return dq, dk, dv
 
     # linear_act: one cuBLASLt GEMM with the bias / ReLU / GELU-aux epilogue (csrc/linear_act; exact GELU and SiLU:
@@ -250,6 +264,13 @@ class CudaBackend(Backend):
     def cross_entropy_bwd(self, grad_loss, logits, target, lse, ignore_index, label_smoothing, softcap, out):
         return self._C.cross_entropy_bwd(grad_loss, logits, target, lse, int(ignore_index), float(label_smoothing),
                                          float(softcap or 0.0), out)
+
+
+def _window_softcap(extras):
+    """bigmodel._C.attention_fwd / _bwd's (window_left, window_right, softcap): None = unbounded side, 0.0 = no
+    softcap."""
+    softcap = float(extras.softcap) if extras.softcap is not None else 0.0
+    return extras.window_left, extras.window_right, softcap
 
 
 def key_padding(mask):

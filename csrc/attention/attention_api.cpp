@@ -3,6 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +30,32 @@ void check_4d(const at::Tensor& t, const char* op, const char* name, const char*
 void check_same_dtype(const at::Tensor& t, const at::Tensor& q, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == q.scalar_type(), op, ": ", name, " must have q's dtype (", q.scalar_type(),
               "); got ", t.scalar_type());
+}
+
+// Checks the window and softcap arguments and fills their fields of p (check_qkv leaves them alone; called
+// before it, so that these messages come before the device checks too). A window side is an int >= 0 or None
+// (unbounded); with causal the right side is min(right, 0).
+void set_extras(const c10::optional<int64_t>& window_left, const c10::optional<int64_t>& window_right,
+                double softcap, bool is_causal, double scale, const char* op, AttentionParams& p) {
+  for (const auto& [side, name] : {std::pair<const c10::optional<int64_t>&, const char*>{window_left, "window_left"},
+                                   {window_right, "window_right"}})
+    TORCH_CHECK(!side.has_value() || *side >= 0, op, ": ", name, " must be >= 0 (None = unbounded); got ", *side);
+  auto clamp = [](const c10::optional<int64_t>& side) {
+    return side.has_value() ? static_cast<int>(std::min<int64_t>(*side, kWindowUnbounded)) : kWindowUnbounded;
+  };
+  p.window_left = clamp(window_left);
+  p.window_right = clamp(window_right);
+  if (is_causal) p.window_right = std::min(p.window_right, 0);
+  // causal alone (left unbounded, right 0) is the causal kernel's mask: the window kernels only for real bounds
+  p.window = p.window_left != kWindowUnbounded || (!is_causal && p.window_right != kWindowUnbounded);
+  TORCH_CHECK(softcap == 0.0 || (std::isfinite(softcap) && softcap > 0.0 && softcap <= FLT_MAX &&
+                                 static_cast<float>(softcap) > 0.f),
+              op, ": softcap must be 0 (none) or a positive finite float32 value; got ", softcap);
+  if (softcap > 0.0) {
+    p.softcap = static_cast<float>(softcap);
+    p.softcap_mul = static_cast<float>(scale / softcap);
+    p.softcap_log2 = static_cast<float>(softcap * 1.4426950408889634);
+  }
 }
 
 // Checks q, k, v (and the key padding mask) and fills the shape / pointer / stride fields of p.
@@ -105,10 +133,14 @@ bool vec_loadable(const at::Tensor& t) {
 }
 
 cudaError_t run_fwd(const AttentionParams& p, cudaStream_t stream) {
+  if (p.softcap > 0.f)
+    return p.head_dim == 64 ? attention_fwd_hdim64_softcap(p, stream) : attention_fwd_hdim128_softcap(p, stream);
   return p.head_dim == 64 ? attention_fwd_hdim64(p, stream) : attention_fwd_hdim128(p, stream);
 }
 
 cudaError_t run_bwd(const AttentionParams& p, cudaStream_t stream) {
+  if (p.softcap > 0.f)
+    return p.head_dim == 64 ? attention_bwd_hdim64_softcap(p, stream) : attention_bwd_hdim128_softcap(p, stream);
   return p.head_dim == 64 ? attention_bwd_hdim64(p, stream) : attention_bwd_hdim128(p, stream);
 }
 
@@ -116,8 +148,10 @@ cudaError_t run_bwd(const AttentionParams& p, cudaStream_t stream) {
 
 std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                                      double scale) {
+                                      double scale, const c10::optional<int64_t>& window_left,
+                                      const c10::optional<int64_t>& window_right, double softcap) {
   AttentionParams p;
+  set_extras(window_left, window_right, softcap, is_causal, scale, kFwd, p);
   check_qkv(q, k, v, key_padding_mask, is_causal, scale, kFwd, p);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor o = at::empty({p.batch, p.heads_q, p.len_q, p.head_dim}, q.options());
@@ -133,7 +167,8 @@ std::vector<at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, 
 std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse,
                                       const c10::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                                      double scale) {
+                                      double scale, const c10::optional<int64_t>& window_left,
+                                      const c10::optional<int64_t>& window_right, double softcap) {
   // Shapes and dtypes of do, o, lse first (see check_qkv), then q, k, v with their devices, then these devices.
   check_4d(q, kBwd, "q", "(batch, heads, seq_len, head_dim)");
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{dout, "do"}, {o, "o"}}) {
@@ -146,6 +181,7 @@ std::vector<at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& 
   check_shape(lse, {q.size(0), q.size(1), q.size(2)}, kBwd, "lse");
   TORCH_CHECK(lse.is_contiguous(), kBwd, ": lse must be contiguous; got strides ", lse.strides());
   AttentionParams p;
+  set_extras(window_left, window_right, softcap, is_causal, scale, kBwd, p);
   check_qkv(q, k, v, key_padding_mask, is_causal, scale, kBwd, p);
   check_same_device(dout, q, kBwd, "do", "q");
   check_same_device(o, q, kBwd, "o", "q");

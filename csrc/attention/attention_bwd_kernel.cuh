@@ -1,5 +1,6 @@
 // FlashAttention-2-style backward, deterministic (no atomics): three kernels, all recomputing P from the LSE.
-// Templated on the element type T (__half / __nv_bfloat16), head dim D (64 / 128) and causal.
+// Templated on the element type T (__half / __nv_bfloat16), head dim D (64 / 128), the mask mode (kCausal, or
+// kWindow with runtime bounds, causal folded in) and softcap, as the forward (attention_fwd_kernel.cuh says why).
 //
 // With S = scale * q k^T (masked entries -inf), P = exp(S - lse) (lse = +inf for a fully masked row, so P = 0):
 //   1. preprocess  delta_i = rowsum(do_i * o_i) in fp32                       (D / 8 threads per row)
@@ -19,8 +20,13 @@
 //                    S = Q K^T, dP = dO V^T, P = exp2(...), dS = P * (dP - delta), dQ += dS K,
 //                  then writes dQ * scale. BN = 64 keys per step for D = 64, 32 for D = 128; K / V double-buffered.
 //                  Shared memory: Q, dO (64 x D) + 2 x (K, V) (BN x D) = 54 KB (D = 64) / 68 KB (D = 128).
-// Masking (key past len_k, key padded, causal key > query) sets P = 0 before dS is formed, so masked entries
-// contribute nothing and never produce NaN (exp2 of a huge value is replaced, not multiplied by 0).
+// Masking (key past len_k, key padded, causal key > query, key outside the query's window) sets P = 0 before dS
+// is formed, so masked entries contribute nothing and never produce NaN (exp2 of a huge value is replaced, not
+// multiplied by 0; dK / dV's window mask is a pass of its own after P and dS, assigning 0 to both). Window: both
+// loops run only over the tiles that hold a visible pair (query_tiles / key_tiles), and tiles across a window
+// edge are masked.
+// Softcap c: S = c tanh(scale q k^T / c), recomputed with the forward's tanh so that P matches its lse;
+// dS = P * (dP - delta) * (1 - tanh^2) (the chain rule through the cap; the final * scale stays as it was).
 #pragma once
 
 #include "attention/attention_common.cuh"
@@ -92,8 +98,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_preprocess_kernel(cons
   if (row < rows && threadIdx.x % TPR == 0) p.delta[row] = sum;
 }
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kWindow, bool kSoftcap>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const AttentionParams p) {
+  static_assert(!(kCausal && kWindow), "causal with a window is the window with right <= 0");
   using Cfg = BwdConfig<D>;
   constexpr int BN = Cfg::kKvBlockN, BM = Cfg::kKvBlockM, S = Cfg::kStride;
   static_assert(BN == 16 * kWarps, "one 16-key slice per warp");
@@ -116,11 +123,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Atte
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   const bool* kpm = p.kpm ? p.kpm + b * p.kpm_stride_b : nullptr;
 
-  // Query tiles [m_begin, m_blocks) of every head of the group; causal: tiles left of the diagonal see none
-  // of these keys. Step `it` is head hk * group + it / nm, query tile m_begin + it % nm.
-  const int m_begin = kCausal ? n0 / BM : 0;
-  const int m_blocks = ceil_div(p.len_q, BM);
-  const int nm = m_blocks > m_begin ? m_blocks - m_begin : 0;
+  // Query tiles [m_begin, m_end) of every head of the group; causal: tiles left of the diagonal see none of
+  // these keys; window: nor do the tiles outside every key's window. Step `it` is head hk * group + it / nm,
+  // query tile m_begin + it % nm.
+  int m_begin, nm;
+  if constexpr (kWindow) {
+    int m_end;
+    query_tiles<BM>(p, n0, n0 + BN - 1, m_begin, m_end);
+    nm = m_end - m_begin;
+  } else {
+    m_begin = kCausal ? n0 / BM : 0;
+    const int m_blocks = ceil_div(p.len_q, BM);
+    nm = m_blocks > m_begin ? m_blocks - m_begin : 0;
+  }
   const int total = group * nm;
 
   // This lane's key rows: n0 + 16 warp + g (r = 0) and + 8 (r = 1). A key past len_k or padded gets P = 0.
@@ -178,17 +193,39 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Atte
     float s[BM / 8][4], dp[BM / 8][4];
     zero(s);
     zero(dp);
+    if constexpr (kSoftcap) {
+      // S^T first and its tanh in place (s = tanh(scale S / c)) before dP^T exists: the tanh's temporaries never
+      // overlap dP^T's registers (interleaving the two products as below spilled at D = 128, measured).
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      load_a<S>(a, sK_warp, kk, lane);
-      mma_bt<T, BM, S>(s, a, q_t, kk, lane);
-      load_a<S>(a, sV_warp, kk, lane);
-      mma_bt<T, BM, S>(dp, a, do_t, kk, lane);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        load_a<S>(a, sK_warp, kk, lane);
+        mma_bt<T, BM, S>(s, a, q_t, kk, lane);
+      }
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[j][i] = tanh_approx(s[j][i] * p.softcap_mul);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        load_a<S>(a, sV_warp, kk, lane);
+        mma_bt<T, BM, S>(dp, a, do_t, kk, lane);
+      }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        load_a<S>(a, sK_warp, kk, lane);
+        mma_bt<T, BM, S>(s, a, q_t, kk, lane);
+        load_a<S>(a, sV_warp, kk, lane);
+        mma_bt<T, BM, S>(dp, a, do_t, kk, lane);
+      }
     }
 
     // P^T and dS^T in place. Column c of the tile is query m0 + c.
     const bool diag = kCausal && m0 < n0 + BN - 1;  // some key of the block is after some query of the tile
+    const bool win = kWindow && window_cuts(p, m0, m0 + BM - 1, n0, n0 + BN - 1);  // a pair outside the window
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j) {
 #pragma unroll
@@ -197,12 +234,28 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Atte
         const float lse_c = lse_t[c], delta_c = delta_t[c];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float pv = exp2f(s[j][2 * r + e] * p.scale_log2 - lse_c);
-          if (!key_ok[r] || (diag && key_g + 8 * r > m0 + c)) pv = 0.f;
-          s[j][2 * r + e] = pv;
-          dp[j][2 * r + e] = pv * (dp[j][2 * r + e] - delta_c);
+          if constexpr (kSoftcap) {  // s holds tanh already; (1 - tanh^2) folded into dP - delta at once
+            const float th = s[j][2 * r + e];
+            const float ddp = (dp[j][2 * r + e] - delta_c) * (1.f - th * th);
+            float pv = exp2f(th * p.softcap_log2 - lse_c);
+            if (!key_ok[r] || (diag && key_g + 8 * r > m0 + c)) pv = 0.f;
+            s[j][2 * r + e] = pv;
+            dp[j][2 * r + e] = pv * ddp;
+          } else {
+            float pv = exp2f(s[j][2 * r + e] * p.scale_log2 - lse_c);
+            if (!key_ok[r] || (diag && key_g + 8 * r > m0 + c)) pv = 0.f;
+            s[j][2 * r + e] = pv;
+            dp[j][2 * r + e] = pv * (dp[j][2 * r + e] - delta_c);
+          }
         }
       }
+    }
+    if (win) {  // the window's mask as a pass of its own (fewer live registers than one more term above)
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (!in_window(p, m0 + j * 8 + 2 * t + (i & 1), key_g + 8 * (i >> 1))) s[j][i] = dp[j][i] = 0.f;
     }
 
     // dV += P^T dO, dK += dS^T Q (A from registers, B = the row-major dO / Q tiles via ldmatrix.trans).
@@ -229,8 +282,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Atte
   store_tile16<T, D>(static_cast<T*>(p.dv) + bhk * p.len_k * D, stage_v, n0 + warp * 16, p.len_k, lane);
 }
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kWindow, bool kSoftcap>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttentionParams p) {
+  static_assert(!(kCausal && kWindow), "causal with a window is the window with right <= 0");
   using Cfg = BwdConfig<D>;
   constexpr int BM = Cfg::kQBlockM, BN = Cfg::kQBlockN, S = Cfg::kStride;
   static_assert(BM == 16 * kWarps, "one 16-row slice per warp");
@@ -253,15 +307,18 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   const bool* kpm = p.kpm ? p.kpm + b * p.kpm_stride_b : nullptr;
 
-  const int n_end = kCausal ? imin(p.len_k, m0 + BM) : p.len_k;
-  const int n_blocks = ceil_div(n_end, BN);
+  // Key tiles [nb_begin, nb_end): causal up to the diagonal, window: those holding a key in some row's window.
+  // Tile nb lives in buffer nb % 2.
+  int nb_begin = 0, nb_end;
+  if constexpr (kWindow) key_tiles<BN>(p, m0, m0 + BM - 1, p.len_k, nb_begin, nb_end);
+  else nb_end = ceil_div(kCausal ? imin(p.len_k, m0 + BM) : p.len_k, BN);
 
   load_tile<T, BM, D>(sQ, q, p.q_stride[2], m0, p.len_q, p.vec_loads);
   load_tile<T, BM, D>(sdO, dout, p.do_stride[2], m0, p.len_q, p.vec_loads);
   cp_async_commit();
-  if (n_blocks > 0) {
-    load_tile<T, BN, D>(sK, k, p.k_stride[2], 0, p.len_k, p.vec_loads);
-    load_tile<T, BN, D>(sV, v, p.v_stride[2], 0, p.len_k, p.vec_loads);
+  if (nb_end > nb_begin) {
+    load_tile<T, BN, D>(sK + (nb_begin & 1) * BN * S, k, p.k_stride[2], nb_begin * BN, p.len_k, p.vec_loads);
+    load_tile<T, BN, D>(sV + (nb_begin & 1) * BN * S, v, p.v_stride[2], nb_begin * BN, p.len_k, p.vec_loads);
   }
   cp_async_commit();
 
@@ -287,10 +344,10 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
 
   float acc[D / 8][4];
   zero(acc);
-  for (int nb = 0; nb < n_blocks; ++nb) {
+  for (int nb = nb_begin; nb < nb_end; ++nb) {
     const int buf = nb & 1;
     const int n0 = nb * BN;
-    if (nb + 1 < n_blocks) {
+    if (nb + 1 < nb_end) {
       load_tile<T, BN, D>(sK + (buf ^ 1) * BN * S, k, p.k_stride[2], n0 + BN, p.len_k, p.vec_loads);
       load_tile<T, BN, D>(sV + (buf ^ 1) * BN * S, v, p.v_stride[2], n0 + BN, p.len_k, p.vec_loads);
       cp_async_commit();
@@ -311,7 +368,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
       mma_bt<T, BN, S>(dp, dof[kk], v_t, kk, lane);
     }
 
-    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > m0);
+    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > m0) ||
+                           (kWindow && window_cuts(p, m0, m0 + BM - 1, n0, n0 + BN - 1));
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
@@ -322,9 +380,18 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
             (col < p.len_k && (kpm == nullptr || kpm[static_cast<int64_t>(col) * p.kpm_stride_k]));
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float pv = exp2f(s[j][2 * r + e] * p.scale_log2 - lse_r[r]);
-          if (need_mask && !(key_ok && (!kCausal || col <= row_g + 8 * r))) pv = 0.f;
-          dp[j][2 * r + e] = pv * (dp[j][2 * r + e] - delta_r[r]);
+          float pv, dcap = 1.f;
+          if constexpr (kSoftcap) {
+            const float th = tanh_approx(s[j][2 * r + e] * p.softcap_mul);
+            pv = exp2f(th * p.softcap_log2 - lse_r[r]);
+            dcap = 1.f - th * th;
+          } else {
+            pv = exp2f(s[j][2 * r + e] * p.scale_log2 - lse_r[r]);
+          }
+          const int row = row_g + 8 * r;
+          if (need_mask && !(key_ok && (!kCausal || col <= row) && (!kWindow || in_window(p, row, col)))) pv = 0.f;
+          if constexpr (kSoftcap) dp[j][2 * r + e] = pv * (dp[j][2 * r + e] - delta_r[r]) * dcap;
+          else dp[j][2 * r + e] = pv * (dp[j][2 * r + e] - delta_r[r]);
         }
       }
     }
@@ -359,25 +426,31 @@ cudaError_t launch_with_smem(Kernel kernel, dim3 grid, int smem, const Attention
   return cudaGetLastError();
 }
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kWindow, bool kSoftcap>
 cudaError_t launch_attention_bwd(const AttentionParams& p, cudaStream_t stream) {
   using Cfg = BwdConfig<D>;
   cudaError_t err = launch_with_smem(attention_bwd_preprocess_kernel<T, D>, Cfg::pre_grid(p), 0, p, stream);
   if (err != cudaSuccess) return err;
-  err = launch_with_smem(attention_bwd_dkdv_kernel<T, D, kCausal>, Cfg::kv_grid(p), Cfg::kKvSmemBytes, p, stream);
+  err = launch_with_smem(attention_bwd_dkdv_kernel<T, D, kCausal, kWindow, kSoftcap>, Cfg::kv_grid(p),
+                         Cfg::kKvSmemBytes, p, stream);
   if (err != cudaSuccess) return err;
-  return launch_with_smem(attention_bwd_dq_kernel<T, D, kCausal>, Cfg::q_grid(p), Cfg::kQSmemBytes, p, stream);
+  return launch_with_smem(attention_bwd_dq_kernel<T, D, kCausal, kWindow, kSoftcap>, Cfg::q_grid(p),
+                          Cfg::kQSmemBytes, p, stream);
 }
 
-template <int D>
+template <typename T, int D, bool kSoftcap>
+cudaError_t attention_bwd_mode(const AttentionParams& p, cudaStream_t stream) {
+  if (p.window) return launch_attention_bwd<T, D, false, true, kSoftcap>(p, stream);  // causal folded in
+  return p.causal ? launch_attention_bwd<T, D, true, false, kSoftcap>(p, stream)
+                  : launch_attention_bwd<T, D, false, false, kSoftcap>(p, stream);
+}
+
+// kSoftcap must agree with p.softcap > 0 (the caller picks the file of the instances).
+template <int D, bool kSoftcap>
 cudaError_t attention_bwd_dispatch(const AttentionParams& p, cudaStream_t stream) {
-  if (p.head_dim != D) return cudaErrorInvalidValue;
-  if (p.dtype == DType::kFloat16)
-    return p.causal ? launch_attention_bwd<__half, D, true>(p, stream)
-                    : launch_attention_bwd<__half, D, false>(p, stream);
-  if (p.dtype == DType::kBFloat16)
-    return p.causal ? launch_attention_bwd<__nv_bfloat16, D, true>(p, stream)
-                    : launch_attention_bwd<__nv_bfloat16, D, false>(p, stream);
+  if (p.head_dim != D || (p.softcap > 0.f) != kSoftcap) return cudaErrorInvalidValue;
+  if (p.dtype == DType::kFloat16) return attention_bwd_mode<__half, D, kSoftcap>(p, stream);
+  if (p.dtype == DType::kBFloat16) return attention_bwd_mode<__nv_bfloat16, D, kSoftcap>(p, stream);
   return cudaErrorInvalidValue;
 }
 #endif

@@ -31,6 +31,58 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
+// tanh for the logit softcap: the MUFU tanh.approx.f32 on the device (sm_75+; one instruction, as FlashAttention's
+// softcap; maximum relative error about 1.1e-5 by published exhaustive measurements, i.e. far below the 16-bit
+// rounding of the scores' inputs). The host emulator substitutes its own model of it (BIGMODEL_EMU_TANH).
+__device__ __forceinline__ float tanh_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#elif defined(BIGMODEL_EMU_TANH)
+  return BIGMODEL_EMU_TANH(x);
+#else
+  return tanhf(x);
+#endif
+}
+
+// Window (see AttentionParams; the kWindow kernels only): the tiles of BN keys that hold a key visible to some
+// query in [r0, r1], among keys [0, n_cap): tiles [nb_begin, nb_end). int64, as a side may be kWindowUnbounded.
+template <int BN>
+__device__ __forceinline__ void key_tiles(const AttentionParams& p, int r0, int r1, int n_cap, int& nb_begin,
+                                          int& nb_end) {
+  const int64_t lo = r0 - static_cast<int64_t>(p.window_left) > 0 ? r0 - static_cast<int64_t>(p.window_left) : 0;
+  const int64_t hi_w = r1 + static_cast<int64_t>(p.window_right) + 1;
+  const int64_t hi = hi_w < n_cap ? hi_w : n_cap;
+  nb_begin = static_cast<int>(lo / BN);
+  nb_end = hi > lo ? static_cast<int>((hi + BN - 1) / BN) : nb_begin;
+}
+
+// The tiles of BM queries [m_begin, m_end) that hold a query seeing some key in [n0, n1].
+template <int BM>
+__device__ __forceinline__ void query_tiles(const AttentionParams& p, int n0, int n1, int& m_begin, int& m_end) {
+  int64_t lo = n0 - static_cast<int64_t>(p.window_right);
+  if (lo < 0) lo = 0;
+  const int64_t hi_w = n1 + static_cast<int64_t>(p.window_left) + 1;
+  const int64_t hi = hi_w < p.len_q ? hi_w : p.len_q;
+  m_begin = static_cast<int>(lo / BM);
+  m_end = hi > lo ? static_cast<int>((hi + BM - 1) / BM) : m_begin;
+}
+
+// True when key `key` is inside query `row`'s window (differences of indices < 2^31: no overflow).
+__device__ __forceinline__ bool in_window(const AttentionParams& p, int row, int key) {
+  return key - row <= p.window_right && row - key <= p.window_left;
+}
+// True when some (query in [r0, r1], key in [n0, n1]) pair is outside the window: the tile needs the window mask.
+__device__ __forceinline__ bool window_cuts(const AttentionParams& p, int r0, int r1, int n0, int n1) {
+  return n1 - r0 > p.window_right || r1 - n0 > p.window_left;
+}
+
+// True when no pair of the tile is inside the window (a warp skips the tile).
+__device__ __forceinline__ bool window_excludes(const AttentionParams& p, int r0, int r1, int n0, int n1) {
+  return n0 - r1 > p.window_right || r0 - n1 > p.window_left;
+}
+
 // Row stride (elements) of a shared-memory tile with D columns.
 template <int D>
 constexpr int smem_stride() {

@@ -1,11 +1,11 @@
-// Attention forward instances for head dim 64: {fp16, bf16} x {causal, not} (one file per head dim and pass so
-// that the build compiles them in parallel).
+// Attention forward instances for head dim 64: {fp16, bf16} x {causal, not}, no softcap (one file per head
+// dim, pass and softcap so that the build compiles them in parallel).
 #include "attention/attention_fwd_kernel.cuh"
 
 namespace bigmodel {
 
 cudaError_t attention_fwd_hdim64(const AttentionParams& p, cudaStream_t stream) {
-  return attn::attention_fwd_dispatch<64>(p, stream);
+  return attn::attention_fwd_dispatch<64, false>(p, stream);
 }
 
 }  // namespace bigmodel

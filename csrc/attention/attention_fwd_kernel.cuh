@@ -1,5 +1,9 @@
 // FlashAttention-2-style forward: o = softmax(scale * q k^T + mask) v and lse = log(sum exp(...)) per row,
-// O(L) memory. Templated on the element type T (__half / __nv_bfloat16), head dim D (64 / 128) and causal.
+// O(L) memory. Templated on the element type T (__half / __nv_bfloat16), head dim D (64 / 128), the mask mode
+// (kCausal, or kWindow: a sliding window with runtime bounds p.window_left / right, causal folded in as right <= 0)
+// and softcap (kSoftcap: scores c * tanh(scale * q.k / c), before the masks). Template flags, not runtime ones:
+// the kernels without them compile to exactly the code they were before windows and softcaps existed (these
+// kernels sit at 245-255 registers; a runtime window alone pushed the dense ones over, measured).
 //
 // Block = 128 threads (4 warps) = 128 query rows of one (batch, query head); warp w owns rows 32w .. 32w + 31 as
 // two 16-row m-tiles, so every K / V fragment one ldmatrix brings into registers feeds 4 MMAs (2 n-tiles x 2
@@ -13,8 +17,11 @@
 //   2. Key tiles, double-buffered: while tile j is computed from stage j % 2, cp.async brings tile j + 1 into the
 //      other stage; one __syncthreads per tile (it both publishes tile j + 1 and retires tile j - 1's stage).
 //      Causal: only tiles up to the block's diagonal are loaded, and a warp skips the tiles past its own last row.
-//      S = Q K^T (fp32 C fragments s[2][BN / 8][4]), scaled by scale * log2(e), masked (-inf) where the key is
-//      past len_k, padded (key_padding_mask false) or after the query (causal);
+//      Window: only the tiles that hold a key inside some row's window are loaded (the loop starts at nb_begin),
+//      and a warp skips the tiles outside all of its rows' windows; tiles across a window edge are masked.
+//      S = Q K^T (fp32 C fragments s[2][BN / 8][4]), scaled by scale * log2(e) (softcap: c log2(e) tanh(scale
+//      S / c)), masked (-inf) where the key is past len_k, padded (key_padding_mask false), after the query
+//      (causal) or outside the query's window;
 //      online softmax per row in registers (each row lives in one quad: quad_max / quad_sum):
 //        m_new = max(m, rowmax(S)); alpha = exp2(m - m_new); P = exp2(S - m_new); l = l * alpha + rowsum(P);
 //        O = O * alpha + P V  (P converted in registers from C fragments to A fragments, see acc_to_a).
@@ -42,8 +49,9 @@ struct FwdConfig {
   }
 };
 
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kWindow, bool kSoftcap>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttentionParams p) {
+  static_assert(!(kCausal && kWindow), "causal with a window is the window with right <= 0");
   using Cfg = FwdConfig<D>;
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStride, MT = Cfg::kMTiles;
   constexpr int kQFrags = Cfg::kQInRegisters ? D / 16 : 1;
@@ -65,16 +73,18 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   const bool* kpm = p.kpm ? p.kpm + b * p.kpm_stride_b : nullptr;
 
-  // Keys [0, n_end) can be visible to some row of this block.
-  const int n_end = kCausal ? imin(p.len_k, m0 + BM) : p.len_k;
-  const int n_blocks = ceil_div(n_end, BN);
+  // Key tiles [nb_begin, nb_end) can hold a key visible to some row of this block (causal: keys < m0 + BM;
+  // window: keys in some row's window). Tile nb lives in stage nb % 2 (also when the loop starts at nb_begin > 0).
+  int nb_begin = 0, nb_end;
+  if constexpr (kWindow) key_tiles<BN>(p, m0, m0 + BM - 1, p.len_k, nb_begin, nb_end);
+  else nb_end = ceil_div(kCausal ? imin(p.len_k, m0 + BM) : p.len_k, BN);
   const int warp_row0 = m0 + warp * 16 * MT;  // this warp's first query row; its last is warp_row0 + 16 MT - 1
   const T* sQw = sQ + warp * 16 * MT * S;
 
   load_tile<T, BM, D>(sQ, q, p.q_stride[2], m0, p.len_q, p.vec_loads);
-  if (n_blocks > 0) {
-    load_tile<T, BN, D>(stage_k(0), k, p.k_stride[2], 0, p.len_k, p.vec_loads);
-    load_tile<T, BN, D>(stage_k(0) + BN * S, v, p.v_stride[2], 0, p.len_k, p.vec_loads);
+  if (nb_end > nb_begin) {
+    load_tile<T, BN, D>(stage_k(nb_begin & 1), k, p.k_stride[2], nb_begin * BN, p.len_k, p.vec_loads);
+    load_tile<T, BN, D>(stage_k(nb_begin & 1) + BN * S, v, p.v_stride[2], nb_begin * BN, p.len_k, p.vec_loads);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -95,19 +105,22 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m_run[mt][0] = m_run[mt][1] = -INFINITY, l_run[mt][0] = l_run[mt][1] = 0.f;
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
+  for (int nb = nb_begin; nb < nb_end; ++nb) {
     const int n0 = nb * BN, st = nb & 1;
-    if (nb > 0) {
+    // (window: also on the first tile, a no-op there, so that nb_begin need not stay in a register)
+    if (kWindow || nb > 0) {
       cp_async_wait<0>();  // tile nb landed (this thread's copies) ...
       __syncthreads();     // ... every thread's; and every warp is done with tile nb - 1's stage
     }
-    if (nb + 1 < n_blocks) {
+    if (nb + 1 < nb_end) {
       load_tile<T, BN, D>(stage_k(st ^ 1), k, p.k_stride[2], n0 + BN, p.len_k, p.vec_loads);
       load_tile<T, BN, D>(stage_k(st ^ 1) + BN * S, v, p.v_stride[2], n0 + BN, p.len_k, p.vec_loads);
     }
     cp_async_commit();
-    // Causal: keys past this warp's last row are masked for all of its rows (warp-uniform skip).
+    // Causal: keys past this warp's last row are masked for all of its rows; window: the tile is outside every
+    // row's window (warp-uniform skips).
     if (kCausal && n0 > warp_row0 + 16 * MT - 1) continue;
+    if (kWindow && window_excludes(p, warp_row0, warp_row0 + 16 * MT - 1, n0, n0 + BN - 1)) continue;
     const T* sK = stage_k(st);
     const T* sV = sK + BN * S;
 
@@ -129,14 +142,18 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
       mma_bt_rows<T, MT, BN, S>(s, a, sK, kk, lane);
     }
 
-    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > warp_row0);
+    const bool need_mask = n0 + BN > p.len_k || kpm != nullptr || (kCausal && n0 + BN - 1 > warp_row0) ||
+                           (kWindow && window_cuts(p, warp_row0, warp_row0 + 16 * MT - 1, n0, n0 + BN - 1));
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int row_g = warp_row0 + mt * 16 + g;  // query index of fragment row g (row g + 8 is row_g + 8)
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s[mt][j][i] *= p.scale_log2;
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (kSoftcap) s[mt][j][i] = p.softcap_log2 * tanh_approx(s[mt][j][i] * p.softcap_mul);
+          else s[mt][j][i] *= p.scale_log2;
+        }
       if (need_mask) {
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j) {
@@ -147,7 +164,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
                 col < p.len_k && (kpm == nullptr || kpm[static_cast<int64_t>(col) * p.kpm_stride_k]);
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              const bool ok = key_ok && (!kCausal || col <= row_g + 8 * r);
+              const bool ok =
+                  key_ok && (!kCausal || col <= row_g + 8 * r) && (!kWindow || in_window(p, row_g + 8 * r, col));
               if (!ok) s[mt][j][2 * r + e] = -INFINITY;
             }
           }
@@ -193,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
       mma_b_rows<T, MT, D, S>(acc_o, a, sV, kk, lane);
     }
   }
-  cp_async_wait<0>();  // nothing is in flight (also when n_blocks == 0)
+  cp_async_wait<0>();  // nothing is in flight (also when there are no key tiles)
 
   // The warp's own 32 rows of sQ are free (only this warp ever read them) and no other warp reads them.
   const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
@@ -222,10 +240,10 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
 }
 
 #if defined(__CUDACC__)
-template <typename T, int D, bool kCausal>
+template <typename T, int D, bool kCausal, bool kWindow, bool kSoftcap>
 cudaError_t launch_attention_fwd(const AttentionParams& p, cudaStream_t stream) {
   using Cfg = FwdConfig<D>;
-  auto kernel = attention_fwd_kernel<T, D, kCausal>;
+  auto kernel = attention_fwd_kernel<T, D, kCausal, kWindow, kSoftcap>;
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
@@ -235,15 +253,19 @@ cudaError_t launch_attention_fwd(const AttentionParams& p, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-template <int D>
+template <typename T, int D, bool kSoftcap>
+cudaError_t attention_fwd_mode(const AttentionParams& p, cudaStream_t stream) {
+  if (p.window) return launch_attention_fwd<T, D, false, true, kSoftcap>(p, stream);  // causal folded in
+  return p.causal ? launch_attention_fwd<T, D, true, false, kSoftcap>(p, stream)
+                  : launch_attention_fwd<T, D, false, false, kSoftcap>(p, stream);
+}
+
+// kSoftcap must agree with p.softcap > 0 (the caller picks the file of the instances).
+template <int D, bool kSoftcap>
 cudaError_t attention_fwd_dispatch(const AttentionParams& p, cudaStream_t stream) {
-  if (p.head_dim != D) return cudaErrorInvalidValue;
-  if (p.dtype == DType::kFloat16)
-    return p.causal ? launch_attention_fwd<__half, D, true>(p, stream)
-                    : launch_attention_fwd<__half, D, false>(p, stream);
-  if (p.dtype == DType::kBFloat16)
-    return p.causal ? launch_attention_fwd<__nv_bfloat16, D, true>(p, stream)
-                    : launch_attention_fwd<__nv_bfloat16, D, false>(p, stream);
+  if (p.head_dim != D || (p.softcap > 0.f) != kSoftcap) return cudaErrorInvalidValue;
+  if (p.dtype == DType::kFloat16) return attention_fwd_mode<__half, D, kSoftcap>(p, stream);
+  if (p.dtype == DType::kBFloat16) return attention_fwd_mode<__nv_bfloat16, D, kSoftcap>(p, stream);
   return cudaErrorInvalidValue;
 }
 #endif

@@ -1,5 +1,6 @@
 // Runs the real attention kernel sources (csrc/attention/*.cuh) under the host emulator (emu.h) and compares
-// o, lse, dq, dk, dv with a double-precision reference.
+// o, lse, dq, dk, dv with a double-precision reference (explicit masks: key padding, causal, sliding window;
+// softcap in the score pipeline and its 1 - tanh^2 in the backward).
 #include "emu.h"
 // (emu.h must come first: it replaces common/mma.cuh and the CUDA keywords)
 #include "attention/attention_bwd_kernel.cuh"
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <random>
 #include <string>
+#include <type_traits>
 
 using namespace bigmodel;
 
@@ -29,6 +31,8 @@ struct Case {
   int kpm;     // 0 none, 1 random padding + batch 1 fully padded (if B > 1), 2 random padding, strided mask
   int layout;  // 0 contiguous, 1 (B, L, H, D) storage, 2 unaligned (row pad 3, offset 1)
   double scale_mul = 1.0;
+  int wl = -1, wr = -1;  // window (left, right); -1 = unbounded side (both -1: no window)
+  double softcap = 0.0;  // 0 = none
 };
 
 template <typename T>
@@ -106,6 +110,13 @@ bool run_case(const Case& c, uint32_t seed) {
   }
   const double scale = c.scale_mul / std::sqrt(double(D));
   const int group = c.Hq / c.Hkv;
+  // visible(i, j): the explicit mask of the spec's pipeline (top-left: diag = 0)
+  auto visible = [&](int b, int i, int j) {
+    if (!kpm_at(b, j) || (c.causal && j > i)) return false;
+    if (c.wl >= 0 && j < i - c.wl) return false;
+    if (c.wr >= 0 && j > i + c.wr) return false;
+    return true;
+  };
 
   // ---------------- reference (double)
   const size_t nq = size_t(c.B) * c.Hq * c.Lq, nk = size_t(c.B) * c.Hkv * c.Lk;
@@ -114,13 +125,18 @@ bool run_case(const Case& c, uint32_t seed) {
     for (int h = 0; h < c.Hq; ++h) {
       const int hk = h / group;
       for (int i = 0; i < c.Lq; ++i) {
-        std::vector<double> s(c.Lk, -INFINITY);
+        std::vector<double> s(c.Lk, -INFINITY), dcap(c.Lk, 1.0);  // dcap: d capped / d uncapped score
         double m = -INFINITY;
         for (int j = 0; j < c.Lk; ++j) {
-          if (!kpm_at(b, j) || (c.causal && j > i)) continue;
+          if (!visible(b, i, j)) continue;
           double acc = 0;
           for (int d = 0; d < D; ++d) acc += double(tf(q.at(b, h, i, d))) * tf(k.at(b, hk, j, d));
           s[j] = acc * scale;
+          if (c.softcap > 0) {
+            const double th = std::tanh(s[j] / c.softcap);
+            s[j] = c.softcap * th;
+            dcap[j] = 1 - th * th;
+          }
           m = std::max(m, s[j]);
         }
         const size_t row = (size_t(b) * c.Hq + h) * c.Lq + i;
@@ -145,7 +161,7 @@ bool run_case(const Case& c, uint32_t seed) {
           if (P[j] == 0) continue;
           double dp = 0;
           for (int d = 0; d < D; ++d) dp += double(tf(dO.at(b, h, i, d))) * tf(v.at(b, hk, j, d));
-          const double ds = P[j] * (dp - delta);
+          const double ds = P[j] * (dp - delta) * dcap[j];
           const size_t krow = (size_t(b) * c.Hkv + hk) * c.Lk + j;
           for (int d = 0; d < D; ++d) {
             dq_ref[row * D + d] += scale * ds * tf(k.at(b, hk, j, d));
@@ -175,22 +191,37 @@ bool run_case(const Case& c, uint32_t seed) {
   p.causal = c.causal;
   p.scale = float(scale);
   p.scale_log2 = float(scale * 1.4426950408889634);
+  // as attention_api.cpp's set_extras
+  p.window_left = c.wl >= 0 ? c.wl : kWindowUnbounded;
+  p.window_right = c.wr >= 0 ? c.wr : kWindowUnbounded;
+  if (c.causal) p.window_right = std::min(p.window_right, 0);
+  p.window = p.window_left != kWindowUnbounded || (!c.causal && p.window_right != kWindowUnbounded);
+  if (c.softcap > 0) {
+    p.softcap = float(c.softcap);
+    p.softcap_mul = float(scale / c.softcap);
+    p.softcap_log2 = float(c.softcap * 1.4426950408889634);
+  }
   p.vec_loads = vec_ok(q) && vec_ok(k) && vec_ok(v) && vec_ok(dO);
   p.o = o.data(), p.lse = lse.data(), p.delta = delta.data(), p.dq = dq.data(), p.dk = dk.data(), p.dv = dv.data();
 
   using FC = attn::FwdConfig<D>;
   using BC = attn::BwdConfig<D>;
   emu::g_collectives = 0;
-  if (c.causal) emu::launch(FC::grid(p), FC::kSmemBytes, [&] { attn::attention_fwd_kernel<T, D, true>(p); });
-  else emu::launch(FC::grid(p), FC::kSmemBytes, [&] { attn::attention_fwd_kernel<T, D, false>(p); });
-  emu::launch(BC::pre_grid(p), 0, [&] { attn::attention_bwd_preprocess_kernel<T, D>(p); });
-  if (c.causal) {
-    emu::launch(BC::kv_grid(p), BC::kKvSmemBytes, [&] { attn::attention_bwd_dkdv_kernel<T, D, true>(p); });
-    emu::launch(BC::q_grid(p), BC::kQSmemBytes, [&] { attn::attention_bwd_dq_kernel<T, D, true>(p); });
-  } else {
-    emu::launch(BC::kv_grid(p), BC::kKvSmemBytes, [&] { attn::attention_bwd_dkdv_kernel<T, D, false>(p); });
-    emu::launch(BC::q_grid(p), BC::kQSmemBytes, [&] { attn::attention_bwd_dq_kernel<T, D, false>(p); });
-  }
+  // the instances attention_{fwd,bwd}_dispatch picks: window (causal folded in), causal or neither; softcap
+  auto launch_all = [&](auto causal, auto window, auto softcap) {
+    constexpr bool kC = decltype(causal)::value, kW = decltype(window)::value, kS = decltype(softcap)::value;
+    emu::launch(FC::grid(p), FC::kSmemBytes, [&] { attn::attention_fwd_kernel<T, D, kC, kW, kS>(p); });
+    emu::launch(BC::pre_grid(p), 0, [&] { attn::attention_bwd_preprocess_kernel<T, D>(p); });
+    emu::launch(BC::kv_grid(p), BC::kKvSmemBytes, [&] { attn::attention_bwd_dkdv_kernel<T, D, kC, kW, kS>(p); });
+    emu::launch(BC::q_grid(p), BC::kQSmemBytes, [&] { attn::attention_bwd_dq_kernel<T, D, kC, kW, kS>(p); });
+  };
+  auto with_mode = [&](auto softcap) {
+    if (p.window) launch_all(std::false_type{}, std::true_type{}, softcap);
+    else if (c.causal) launch_all(std::true_type{}, std::false_type{}, softcap);
+    else launch_all(std::false_type{}, std::false_type{}, softcap);
+  };
+  if (c.softcap > 0) with_mode(std::true_type{});
+  else with_mode(std::false_type{});
 
   // ---------------- compare
   bool ok = true;
@@ -260,6 +291,27 @@ int main(int argc, char** argv) {
       // three 128-row forward blocks, 5 / 10 key tiles through both stages, the causal warp skip
       {{"x-bf16-d64-causal-L300", 1, 1, 1, 300, 300, true, 0, 0}, 1, 64},
       {{"x-fp16-d128-causal-L300", 1, 1, 1, 300, 300, true, 0, 0}, 0, 128},
+      // sliding window (left, right): key tiles outside every row's window are skipped by all three loops
+      // (L 300: fwd blocks of 128 rows, bwd tiles of 64 / 32), tiles across an edge masked
+      {{"win-fp16-d64-40-17-L300-mqa", 1, 2, 1, 300, 300, false, 0, 0, 1.0, 40, 17}, 0, 64},
+      {{"win-bf16-d128-left50-Lq<Lk", 1, 2, 2, 260, 330, false, 0, 0, 1.0, 50, -1}, 1, 128},
+      {{"win-fp16-d128-right5-unaligned", 1, 1, 1, 200, 300, false, 0, 2, 1.0, -1, 5}, 0, 128},
+      {{"win-fp16-d128-0-0", 1, 1, 1, 200, 200, false, 0, 0, 1.0, 0, 0}, 0, 128},
+      // windows wider than the tiles: interior tiles need no mask (window_cuts false), edge tiles must be masked
+      {{"win-fp16-d64-130-70-L400", 1, 1, 1, 400, 400, false, 0, 0, 1.0, 130, 70}, 0, 64},
+      {{"win-causal-bf16-d128-100-L400", 1, 1, 1, 400, 400, true, 0, 0, 1.0, 100, -1}, 1, 128},
+      // window + causal (right = min(right, 0)); Lq > Lk: rows >= Lk + left see no key (o = 0, lse = +inf)
+      {{"win-causal-bf16-d64-64-3-L300", 1, 2, 1, 300, 300, true, 0, 0, 1.0, 64, 3}, 1, 64},
+      {{"win-causal-fp16-d128-30-Lq>Lk", 1, 1, 1, 300, 200, true, 0, 1, 1.0, 30, -1}, 0, 128},
+      // window + key padding (batch 1 fully padded), GQA
+      {{"win-kpm-bf16-d128-20-20-gqa", 2, 4, 2, 150, 180, false, 1, 1, 1.0, 20, 20}, 1, 128},
+      {{"win-kpm-fp16-d64-100-9-strided", 2, 2, 1, 200, 260, false, 2, 0, 1.0, 100, 9}, 0, 64},
+      // softcap (large scores so that the cap bites), alone, with causal, and Gemma 2's local layer
+      {{"softcap-fp16-d64", 1, 2, 2, 150, 200, false, 0, 0, 4.0, -1, -1, 5.0}, 0, 64},
+      {{"softcap-bf16-d128-kpm", 2, 2, 1, 100, 140, false, 1, 0, 4.0, -1, -1, 3.0}, 1, 128},
+      {{"softcap-causal-bf16-d128", 1, 2, 1, 200, 200, true, 0, 0, 3.0, -1, -1, 2.0}, 1, 128},
+      {{"softcap-causal-fp16-d64-gqa", 1, 4, 2, 130, 130, true, 0, 2, 2.0, -1, -1, 30.0}, 0, 64},
+      {{"softcap-win-causal-fp16-d128", 1, 2, 1, 300, 300, true, 1, 0, 2.0, 45, -1, 20.0}, 0, 128},
   };
   bool all = true;
   uint32_t seed = 1;
