@@ -150,6 +150,8 @@ class TestForwardChecks:
             with pytest.raises(RuntimeError, match=FWD + r"softcap must be 0 \(none\) or a positive finite float32 "
                                r"value; got " + shown):
                 ext.attention_fwd(q, k, v, None, False, 0.125, softcap=bad)
+        with pytest.raises(RuntimeError, match=FWD + r"scale / softcap must be finite in float32"):
+            ext.attention_fwd(q, k, v, None, False, 0.125, softcap=1e-44)
         # valid extras on the CPU reach the device check
         with pytest.raises(RuntimeError, match=FWD + r"q must be a CUDA tensor"):
             ext.attention_fwd(q, k, v, None, True, 0.125, window_left=3, window_right=None, softcap=30.0)

@@ -52,6 +52,8 @@ void set_extras(const c10::optional<int64_t>& window_left, const c10::optional<i
                                  static_cast<float>(softcap) > 0.f),
               op, ": softcap must be 0 (none) or a positive finite float32 value; got ", softcap);
   if (softcap > 0.0) {
+    TORCH_CHECK(std::isfinite(static_cast<float>(scale / softcap)), op, ": scale / softcap must be finite in float32 "
+                "(the kernels' tanh argument is (scale / softcap) * q.k); got scale ", scale, ", softcap ", softcap);
     p.softcap = static_cast<float>(softcap);
     p.softcap_mul = static_cast<float>(scale / softcap);
     p.softcap_log2 = static_cast<float>(softcap * 1.4426950408889634);
