@@ -468,20 +468,21 @@ def test_attention_empty_and_no_keys(ext):
 
 
 # ================================================================================ issue 15: window, softcap (GPU)
-# (left, right); None = unbounded side. Narrower and wider than the tiles (64 / 128 rows, 32 / 64 keys), so that
-# whole key tiles are skipped by the forward and both backward loops and edge tiles are masked.
-WINDOWS = [(37, 90), (None, 20), (300, None), (0, 0), (256, 256)]
+# (shape (B, Hq, Hkv, Lq, Lk), window (left, right)); None = unbounded side. Windows narrower and wider than the
+# tiles (64 / 128 rows, 32 / 64 keys), so that whole key tiles are skipped by the forward and both backward loops
+# and edge tiles are masked; Lq > Lk with a left bound: the last rows see no key (o = 0, lse = +inf, zero dq).
+WINDOW_CASES = [((1, 8, 2, 1000, 1000), (37, 90)), ((1, 8, 2, 1000, 1000), (256, 256)),
+                ((1, 4, 1, 300, 777), (None, 20)), ((1, 4, 1, 300, 777), (0, 0)),
+                ((2, 4, 4, 777, 300), (300, None)), ((2, 4, 4, 777, 300), (64, 3))]
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("window", WINDOWS, ids=[f"{w[0]}-{w[1]}" for w in WINDOWS])
-@pytest.mark.parametrize("shape", [(1, 8, 2, 1000, 1000), (1, 4, 1, 300, 777), (2, 4, 4, 777, 300)],
-                         ids=["L1000-gqa", "Lq<Lk-mqa", "Lq>Lk"])
+@pytest.mark.parametrize("shape,window", WINDOW_CASES,
+                         ids=["x".join(map(str, sh)) + f"-w{w[0]}-{w[1]}" for sh, w in WINDOW_CASES])
 def test_attention_window_vs_fp64(ext, shape, window, causal, D, dtype):
-    """Lq > Lk with a left bound: the last rows see no key (o = 0, lse = +inf, zero dq)."""
     B, Hq, Hkv, Lq, Lk = shape
     _check(ext, *_inputs(B, Hq, Hkv, Lq, Lk, D, dtype), None, causal, window=window)
 
