@@ -34,8 +34,8 @@ def _autotuned(kernel, kind: str):
         args = {**named_args, **kwargs}
         q = getattr(args["Q"], "base", args["Q"])  # a tensor descriptor's tensor (TMA)
         arch, smem = _device_arch_and_smem(q.device.index)
-        variant = config_variant(q.dtype, args["IS_CAUSAL"] or args["HAS_WINDOW"],
-                                 args["MASK_KIND"] != MASK_NONE or extras_heavy(arch, args["SOFTCAP"]),
+        variant = config_variant(q.dtype, args["IS_CAUSAL"] or args.get("HAS_WINDOW", False),
+                                 args["MASK_KIND"] != MASK_NONE or extras_heavy(arch, args.get("SOFTCAP", False)),
                                  args["HAS_DROPOUT"], args["ALIGNED"])
         allowed = set(candidate_configs(kind, args["BLOCK_D"], variant, q.dtype, arch, smem))
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
