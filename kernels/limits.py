@@ -33,6 +33,15 @@ def attention_limits_reasons(q, k) -> list:
     return reasons
 
 
+def varlen_limits_reasons(sequences: int, heads: int) -> list:
+    """Why the varlen kernels cannot run (their grid puts heads on axis 1 and sequences on axis 2; no folded
+    variant): [] when they can."""
+    if max(sequences, heads) > MAX_GRID_YZ:
+        return [f"varlen: at most {MAX_GRID_YZ} sequences and heads (grid axes 1, 2); got {sequences} sequences, "
+                f"{heads} heads"]
+    return []
+
+
 class AttentionExtras(NamedTuple):
     """The score modifiers and the packed (varlen) layout of bigmodel.ops.attention / attention_varlen, as every
     backend's attention_fwd / attention_bwd / attention_reasons receive them (`extras=`; NO_EXTRAS: none).

@@ -10,7 +10,7 @@ import importlib
 
 import torch
 
-from bigmodel.kernels.limits import MAX_GRID_YZ, NO_EXTRAS, attention_limits_reasons  # plain Python: traceable, no triton
+from bigmodel.kernels.limits import NO_EXTRAS, attention_limits_reasons, varlen_limits_reasons  # plain Python
 
 from .base import Backend, mask_grad_reasons, rotary_grad_reasons, trace_constant
 from .decode_triton import TritonDecode  # attention_decode (bigmodel.ops.attention_decode)
@@ -178,9 +178,8 @@ class TritonBackend(TritonDecode, Backend):
             reasons.append(f"head dim {q.size(-1)} > {self.MAX_HEAD_DIM}")
         if v.size(-1) != q.size(-1):
             reasons.append(f"v's head dim {v.size(-1)} differs from q's {q.size(-1)}")
-        if extras.varlen and max(extras.cu_seqlens_q.size(0) - 1, q.size(1)) > MAX_GRID_YZ:
-            reasons.append(f"varlen: at most {MAX_GRID_YZ} sequences and heads (grid axes 1, 2); got "
-                           f"{extras.cu_seqlens_q.size(0) - 1} sequences, {q.size(1)} heads")
+        if extras.varlen:
+            reasons += varlen_limits_reasons(extras.cu_seqlens_q.size(0) - 1, q.size(1))
         return reasons + attention_limits_reasons(q, k) + mask_grad_reasons(attn_mask)
 
     @_on_inputs_device

@@ -7,7 +7,7 @@ import triton
 
 from .. import tma
 from .._utils import INTERPRETING, next_pow2
-from ..limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK, NO_EXTRAS
+from ..limits import MAX_GRID_YZ, MAX_ROW_STRIDE, MIN_BLOCK, NO_EXTRAS, varlen_limits_reasons
 from . import decode as attention_decode
 from .backward import _attn_bwd_delta_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
 from .configs import (_TMA_ROWS, CONFIGS, INTERPRETER_CONFIGS, MASK_BOOL, MASK_FLOAT, MASK_NONE, SM80_CONFIGS,
@@ -116,9 +116,9 @@ def _extras_args(q, k, lse, is_causal, scale, extras):
     cap_in, cap_out): what the kernels take for `extras` (kernels/limits.AttentionExtras). Unused pointers are
     stood in for by lse (never read). An unbounded window side is clamped to the longest length (equivalent)."""
     if extras.varlen:
-        if max(extras.cu_seqlens_q.numel() - 1, q.shape[1]) > MAX_GRID_YZ:
-            raise ValueError(f"attention varlen: at most {MAX_GRID_YZ} sequences and heads (grid axes 1, 2); got "
-                             f"{extras.cu_seqlens_q.numel() - 1} sequences, {q.shape[1]} heads")
+        reasons = varlen_limits_reasons(extras.cu_seqlens_q.numel() - 1, q.shape[1])
+        if reasons:
+            raise ValueError(f"attention {reasons[0]}")
         sizes = (extras.cu_seqlens_q.numel() - 1, extras.max_seqlen_q, extras.max_seqlen_k)
         cu_q, cu_k = extras.cu_seqlens_q, extras.cu_seqlens_k
     else:
